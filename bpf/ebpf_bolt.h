@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Types shared by the BPF object (ebpf_bolt.bpf.c) and the Python side
+ * (src/ebpf_bolt/layout.py mirrors them with ctypes; tests/test_bpf_object.py
+ * checks the mirror against the BTF of the compiled object).
+ * Fixed-width types only, so both sides agree on every architecture.
+ */
+#ifndef EBPF_BOLT_H
+#define EBPF_BOLT_H
+
+/* Deepest branch stack any hardware produces (Intel Arch LBR, ARM BRBE). */
+#define EB_MAX_BRANCHES 64
+
+/* BOLT's "no fall-through known" end of a trace (DataAggregator's BR_ONLY). */
+#define EB_BR_ONLY 0xffffffffffffffffULL
+
+/* Options, written into .rodata before the object is loaded. */
+struct eb_config {
+	__u32 target_tgid;     /* process to keep; 0 keeps every process */
+	__u32 count_threads;   /* 1: also count samples per thread id */
+	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
+};
+
+/* Event counters, one set per CPU, summed by user space when it reports. */
+enum eb_counter {
+	EB_SAMPLES = 0,        /* program runs (samples delivered) */
+	EB_OTHER_PROCESS,      /* samples of another process */
+	EB_KERNEL_IP,          /* basic samples whose IP was in the kernel */
+	EB_MAP_FULL,           /* new keys refused because the map was full */
+	EB_UPDATE_FAILED,      /* other map update failures (e.g. lock busy) */
+	EB_THREAD_MAP_FULL,    /* thread ids not counted: thread map full */
+	EB_BRANCH_READ_FAILED, /* bpf_read_branch_records() failed */
+	EB_STACK_CUT,          /* branch stacks deeper than EB_MAX_BRANCHES */
+	EB_SCRATCH_FAILED,     /* per-CPU scratch space unavailable */
+	EB_BRANCH_ENTRIES,     /* branch entries read */
+	EB_KERNEL_BRANCHES,    /* entries dropped: kernel from or to */
+	EB_EMPTY_STACKS,       /* samples with no user branch left */
+	EB_TRACES,             /* traces counted (sum of all trace counts) */
+	EB_NR_COUNTERS
+};
+
+struct eb_stats {
+	__u64 counter[EB_NR_COUNTERS];
+};
+
+/* Key of the trace map: a taken branch from -> to, then straight-line
+ * execution from `to` up to `ft_end` (the next branch's source), or
+ * EB_BR_ONLY for the newest branch of a stack. */
+struct eb_trace {
+	__u64 from;
+	__u64 to;
+	__u64 ft_end;
+};
+
+struct eb_trace_counts {
+	__u64 count;
+	__u64 mispreds;
+};
+
+/* One entry of a branch stack, laid out as the kernel's
+ * struct perf_branch_entry (UAPI, 24 bytes): from, to, then flags with
+ * bit 0 = mispred, bit 1 = predicted. */
+struct eb_branch {
+	__u64 from;
+	__u64 to;
+	__u64 flags;
+};
+
+#define EB_BRANCH_MISPRED 1ULL
+
+#endif /* EBPF_BOLT_H */

@@ -1,0 +1,191 @@
+"""ctypes bindings to the system libbpf (libbpf.so.1, libbpf >= 1.0).
+
+Every function the tool calls is declared once in ``_PROTOTYPES`` with its
+argument types, result type and error convention; ``_bind`` applies the
+table, so a misspelt attribute (ctypes silently ignores ``.argtype``) cannot
+slip in, and tests check that every bound function has argtypes.
+
+libbpf 1.x reports failure as a negative errno (int results) or as NULL with
+errno set (pointer results); the checkers turn both into LibbpfError, an
+OSError that names the call.
+"""
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+
+from .errors import BpfError, LibbpfMissing
+
+c_int, c_uint, c_size_t, c_void_p, c_char_p, c_bool, c_uint32 = (
+    ctypes.c_int, ctypes.c_uint, ctypes.c_size_t, ctypes.c_void_p,
+    ctypes.c_char_p, ctypes.c_bool, ctypes.c_uint32)
+
+
+class LibbpfError(BpfError, OSError):
+    """A libbpf call failed; ``errno`` is the kernel's or libbpf's error."""
+
+    def __init__(self, call, err, detail=""):
+        self.call = call
+        msg = f"{call}: {os.strerror(err)}"
+        if detail:
+            msg += f" ({detail})"
+        BpfError.__init__(self, msg)
+        self.errno = err
+
+
+# --- structures from <bpf/bpf.h> and <bpf/libbpf.h> ------------------------
+
+class bpf_map_batch_opts(ctypes.Structure):
+    _fields_ = [("sz", c_size_t), ("elem_flags", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class bpf_test_run_opts(ctypes.Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p), ("data_out", c_void_p),
+        ("data_size_in", c_uint32), ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p), ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32), ("ctx_size_out", c_uint32),
+        ("retval", c_uint32), ("repeat", c_int), ("duration", c_uint32),
+        ("flags", c_uint32), ("cpu", c_uint32), ("batch_size", c_uint32),
+    ]
+
+
+# --- error conventions ------------------------------------------------------
+
+def _check_int(result, func, args):
+    if result < 0:
+        raise LibbpfError(func.__name__, -result)
+    return result
+
+
+def _check_ptr(result, func, args):
+    if not result:
+        err = ctypes.get_errno() or _errno.EINVAL
+        raise LibbpfError(func.__name__, err)
+    return result
+
+
+_INT, _PTR, _NONE = _check_int, _check_ptr, None
+PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_pp = c_void_p  # opaque libbpf handles: struct bpf_object *, bpf_map *, ...
+
+# name: (argtypes, restype, errcheck)
+_PROTOTYPES = {
+    "libbpf_major_version": ([], c_uint32, _NONE),
+    "libbpf_minor_version": ([], c_uint32, _NONE),
+    "libbpf_num_possible_cpus": ([], c_int, _INT),
+    "libbpf_set_print": ([PRINT_FN], c_void_p, _NONE),
+    "bpf_object__open_file": ([c_char_p, c_void_p], _pp, _PTR),
+    "bpf_object__load": ([_pp], c_int, _INT),
+    "bpf_object__close": ([_pp], None, _NONE),
+    "bpf_object__find_map_by_name": ([_pp, c_char_p], _pp, _PTR),
+    "bpf_object__find_program_by_name": ([_pp, c_char_p], _pp, _PTR),
+    "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
+    "bpf_map__max_entries": ([_pp], c_uint32, _NONE),
+    "bpf_map__set_map_flags": ([_pp, c_uint32], c_int, _INT),
+    "bpf_map__map_flags": ([_pp], c_uint32, _NONE),
+    "bpf_map__set_initial_value": ([_pp, c_void_p, c_size_t], c_int, _INT),
+    "bpf_map__fd": ([_pp], c_int, _INT),
+    "bpf_program__fd": ([_pp], c_int, _INT),
+    "bpf_program__set_autoload": ([_pp, c_bool], c_int, _INT),
+    "bpf_program__attach_perf_event": ([_pp, c_int], _pp, _PTR),
+    "bpf_link__destroy": ([_pp], c_int, _INT),
+    "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int, _INT),
+    "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, ctypes.c_uint64],
+                            c_int, _INT),
+    "bpf_map_get_next_key": ([c_int, c_void_p, c_void_p], c_int, _INT),
+    "bpf_map_lookup_batch": ([c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+                              ctypes.POINTER(c_uint32),
+                              ctypes.POINTER(bpf_map_batch_opts)],
+                             c_int, _NONE),  # -ENOENT marks the last batch
+    "bpf_prog_test_run_opts": ([c_int, ctypes.POINTER(bpf_test_run_opts)],
+                               c_int, _INT),
+}
+
+SONAME = "libbpf.so.1"
+
+
+def _load_library():
+    names = [SONAME]
+    found = ctypes.util.find_library("bpf")
+    if found and found != SONAME:
+        names.append(found)
+    for name in names:
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise LibbpfMissing(f"cannot load {SONAME} (libbpf >= 1.0)")
+
+
+def _bind(lib):
+    for name, (argtypes, restype, errcheck) in _PROTOTYPES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise LibbpfMissing(
+                f"{SONAME} lacks {name}(): libbpf >= 1.0 is needed") from None
+        fn.argtypes = argtypes
+        fn.restype = restype
+        if errcheck is not None:
+            fn.errcheck = errcheck
+    return lib
+
+
+_lib = None
+_libc = None
+_log = []          # recent libbpf messages, for error reports
+_verbose = False
+
+
+def _print_cb(level, fmt, va_list):
+    buf = ctypes.create_string_buffer(4096)
+    _libc.vsnprintf(buf, len(buf), fmt, va_list)
+    text = buf.value.decode(errors="replace")
+    _log.append(text)
+    del _log[:-200]
+    if _verbose:
+        os.write(2, b"libbpf: " + buf.value)
+    return 0
+
+
+_print_ref = PRINT_FN(_print_cb)  # kept alive for as long as libbpf uses it
+
+
+def lib():
+    """The bound library, loaded on first use (raises LibbpfMissing)."""
+    global _lib, _libc
+    if _lib is None:
+        bound = _bind(_load_library())
+        if bound.libbpf_major_version() < 1:
+            raise LibbpfMissing("libbpf %d.%d is too old: >= 1.0 is needed" % (
+                bound.libbpf_major_version(), bound.libbpf_minor_version()))
+        _libc = ctypes.CDLL(None)
+        _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+        _libc.vsnprintf.restype = c_int
+        bound.libbpf_set_print(_print_ref)
+        _lib = bound
+    return _lib
+
+
+def set_verbose(on):
+    global _verbose
+    _verbose = bool(on)
+
+
+def recent_log(lines=30):
+    """libbpf's last messages (the verifier log on a load failure)."""
+    return "".join(_log[-lines:])
+
+
+def version():
+    bound = lib()
+    return "%d.%d" % (bound.libbpf_major_version(), bound.libbpf_minor_version())
+
+
+def bound_functions():
+    """(name, ctypes function) for every declared prototype (for tests)."""
+    bound = lib()
+    return [(name, getattr(bound, name)) for name in _PROTOTYPES]

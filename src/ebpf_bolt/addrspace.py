@@ -1,0 +1,122 @@
+"""Address translation: runtime addresses -> the binary's ELF addresses.
+
+BOLT does no rebasing in pre-aggregated mode (bolt-profile-formats.md,
+section 1): every address must be the ELF virtual address. For a mapping of
+the executable with file offset ``off`` at runtime ``start``, a runtime
+address ``a`` is at file offset ``a - start + off``, which the segment table
+turns into the vaddr. Non-PIE executables map at their link addresses, so
+their addresses come out unchanged; PIE ones lose the load bias.
+"""
+import os
+from dataclasses import dataclass
+
+from .elf import ElfFile
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    offset: int
+    dev: str
+    inode: int
+    path: str
+    perms: str
+
+
+def read_maps(pid):
+    """Parsed /proc/PID/maps (raises OSError if the process is gone)."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 5:
+                continue
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            path = parts[5].rstrip("\n") if len(parts) > 5 else ""
+            out.append(Mapping(start, end, int(parts[2], 16), parts[3],
+                               int(parts[4]), path, parts[1]))
+    return out
+
+
+def executable_identity(pid):
+    """(path of /proc/PID/exe, its (dev, inode)) of a running process."""
+    path = os.readlink(f"/proc/{pid}/exe")
+    st = os.stat(f"/proc/{pid}/exe")
+    return path, (st.st_dev, st.st_ino)
+
+
+class AddressSpace:
+    """Runtime ranges of one binary, each with the offset that turns a
+    runtime address into an ELF vaddr (vaddr = addr - bias)."""
+
+    def __init__(self, elf):
+        self.elf = elf
+        self._ranges = []   # (start, end, bias)
+
+    @classmethod
+    def from_load_base(cls, elf, load_base=0):
+        """For replay: the binary loaded with its first segment at
+        load_base + vaddr (load_base is 0 for non-PIE, the runtime address
+        of the first mapping for a usual PIE)."""
+        space = cls(elf)
+        for seg in elf.text_segments():
+            space._add(seg.vaddr + load_base, seg.vaddr + seg.memsz + load_base,
+                       load_base)
+        return space
+
+    def add_process_maps(self, maps, inode):
+        """Add the executable mappings of /proc/PID/maps that belong to the
+        binary (matched by inode, which survives renames and '(deleted)')."""
+        added = 0
+        for m in maps:
+            if m.inode != inode or "x" not in m.perms:
+                continue
+            vaddr = self.elf.offset_to_vaddr(m.offset)
+            if vaddr is None:
+                continue
+            self._add(m.start, m.end, m.start - vaddr)
+            added += 1
+        return added
+
+    def _add(self, start, end, bias):
+        rng = (start, end, bias)
+        if rng not in self._ranges:
+            self._ranges.append(rng)
+            self._ranges.sort()
+
+    @property
+    def ranges(self):
+        return list(self._ranges)
+
+    @property
+    def load_bias(self):
+        return self._ranges[0][2] if self._ranges else None
+
+    def translate(self, addr):
+        """ELF vaddr of a runtime address, or None outside the binary."""
+        for start, end, bias in self._ranges:
+            if start <= addr < end:
+                return addr - bias
+        return None
+
+    def translator(self):
+        """A fast closure for bulk translation (few ranges, many addresses)."""
+        ranges = tuple(self._ranges)
+        if len(ranges) == 1:
+            (start, end, bias), = ranges
+
+            def one(addr):
+                return addr - bias if start <= addr < end else None
+            return one
+
+        def many(addr):
+            for start, end, bias in ranges:
+                if start <= addr < end:
+                    return addr - bias
+            return None
+        return many
+
+
+def load_elf(path):
+    return ElfFile(path)

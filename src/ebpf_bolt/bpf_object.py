@@ -1,0 +1,274 @@
+"""The loaded BPF object: options, map sizes, programs, links, per-CPU drains.
+
+One ``BoltObject`` owns the libbpf object; each ``Link`` owns its perf event
+fd from the moment the attach succeeds (libbpf closes it on destroy), and the
+object closes every link it made before closing itself.
+"""
+import ctypes
+import os
+from array import array
+from importlib import resources
+from operator import add
+
+from . import _libbpf
+from .layout import COUNTERS, Config, Stats
+
+OBJECT_NAME = "ebpf_bolt.bpf.o"
+
+# map name -> (key size, value size in bytes), as in ebpf_bolt.bpf.c
+MAPS = {"ip_counts": (8, 8), "thread_samples": (4, 8),
+        "trace_counts": (24, 16)}
+
+
+def object_path():
+    """Where the packaged BPF object is (EBPF_BOLT_OBJECT overrides)."""
+    override = os.environ.get("EBPF_BOLT_OBJECT")
+    if override:
+        return override
+    return str(resources.files("ebpf_bolt").joinpath("bpf", OBJECT_NAME))
+
+
+def possible_cpus():
+    return _libbpf.lib().libbpf_num_possible_cpus()
+
+
+def percpu_value_size(value_size):
+    return (value_size + 7) // 8 * 8
+
+
+def map_kernel_bytes(key_size, value_size, max_entries, ncpus):
+    """Kernel memory of a preallocated per-CPU hash: one value per possible
+    CPU per entry, plus each element's header (~48 bytes + key + pointer)."""
+    elem = 48 + (key_size + 7) // 8 * 8 + 8
+    return max_entries * (percpu_value_size(value_size) * ncpus + elem)
+
+
+def kernel_version():
+    parts = os.uname().release.split(".")
+    try:
+        return int(parts[0]), int(parts[1].split("-")[0])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def prealloc_needed():
+    """Kernels before 6.1 allow only preallocated hash maps in perf_event
+    programs (they may run in NMI context); 6.1 brought an NMI-safe
+    allocator (bpf_mem_alloc), so maps can fill on demand: set-up is fast
+    and memory follows use, with max_entries as the cap."""
+    return kernel_version() < (6, 1)
+
+
+BPF_F_NO_PREALLOC = 1
+
+
+class Link:
+    def __init__(self, ptr, perf_fd):
+        self._ptr, self.perf_fd = ptr, perf_fd
+
+    def destroy(self):
+        if self._ptr:
+            ptr, self._ptr = self._ptr, None
+            _libbpf.lib().bpf_link__destroy(ptr)  # closes perf_fd too
+
+
+class BoltObject:
+    def __init__(self, config=None, map_entries=None, programs=None, path=None):
+        """Open and load the object.
+
+        config: layout.Config written to .rodata before load.
+        map_entries: {map name: max_entries}; maps not named get 1 entry so
+            that unused preallocated maps cost no memory.
+        programs: names of programs to load (None loads all).
+        """
+        lib = _libbpf.lib()
+        self._lib = lib
+        self._links = []
+        self.path = path or object_path()
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"BPF object missing: {self.path} "
+                                    "(reinstall ebpf-bolt)")
+        self._obj = lib.bpf_object__open_file(self.path.encode(), None)
+        try:
+            self.ncpus = lib.libbpf_num_possible_cpus()
+            cfg = config or Config()
+            rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
+            lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
+                                           ctypes.sizeof(cfg))
+            self.map_entries = {}
+            self.prealloc = prealloc_needed()
+            for name in MAPS:
+                entries = (map_entries or {}).get(name, 1)
+                lib.bpf_map__set_max_entries(self._map(name), entries)
+                if not self.prealloc:
+                    lib.bpf_map__set_map_flags(self._map(name),
+                                               BPF_F_NO_PREALLOC)
+                self.map_entries[name] = entries
+            if programs is not None:
+                for name in self.program_names():
+                    lib.bpf_program__set_autoload(self._prog(name),
+                                                  name in programs)
+            lib.bpf_object__load(self._obj)
+        except Exception:
+            self.close()
+            raise
+
+    # --- lookups -----------------------------------------------------------
+    @staticmethod
+    def program_names():
+        return ("sample_ip",)
+
+    def _require_open(self):
+        if not self._obj:
+            raise ValueError("BPF object is closed")
+
+    def _map(self, name):
+        self._require_open()
+        return self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+
+    def _prog(self, name):
+        self._require_open()
+        return self._lib.bpf_object__find_program_by_name(self._obj,
+                                                          name.encode())
+
+    def map_fd(self, name):
+        return self._lib.bpf_map__fd(self._map(name))
+
+    def program_fd(self, name):
+        return self._lib.bpf_program__fd(self._prog(name))
+
+    def kernel_bytes(self, used=None):
+        """Kernel memory the maps may hold (all entries), or hold for
+        `used` = {map name: entries in use} when maps fill on demand."""
+        total = 0
+        for name, (ksz, vsz) in MAPS.items():
+            entries = self.map_entries[name]
+            if used is not None and not self.prealloc:
+                entries = min(entries, used.get(name, 0))
+            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus)
+        return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
+
+    # --- attach ------------------------------------------------------------
+    def attach(self, program, perf_fd):
+        """Attach to a perf event; the returned link owns perf_fd. On
+        failure the fd is closed here, so the caller never owns it after."""
+        try:
+            ptr = self._lib.bpf_program__attach_perf_event(self._prog(program),
+                                                           perf_fd)
+        except Exception:
+            os.close(perf_fd)
+            raise
+        link = Link(ptr, perf_fd)
+        self._links.append(link)
+        return link
+
+    def detach_all(self):
+        links, self._links = self._links, []
+        for link in links:
+            link.destroy()
+
+    # --- reading the maps --------------------------------------------------
+    def stats(self):
+        """Event counters summed over CPUs, as {name: count}."""
+        buf = (Stats * self.ncpus)()
+        key = ctypes.c_uint32(0)
+        self._lib.bpf_map_lookup_elem(self.map_fd("stats"), ctypes.byref(key),
+                                      buf)
+        totals = [0] * len(COUNTERS)
+        for cpu in buf:
+            totals = list(map(add, totals, cpu.counter))
+        return dict(zip(COUNTERS, totals))
+
+    def drain(self, name, batch=8192):
+        """All entries of a per-CPU hash: (keys bytes, values bytes, n).
+
+        Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
+        kernel's batch lookup (5.6+), falling back to key-by-key reads."""
+        ksz, vsz = MAPS[name]
+        stride = percpu_value_size(vsz) * self.ncpus
+        fd = self.map_fd(name)
+        keys, values = bytearray(), bytearray()
+        kbuf = ctypes.create_string_buffer(ksz * batch)
+        vbuf = ctypes.create_string_buffer(stride * batch)
+        token_in = ctypes.create_string_buffer(max(ksz, 8))
+        token_out = ctypes.create_string_buffer(max(ksz, 8))
+        opts = _libbpf.bpf_map_batch_opts(sz=ctypes.sizeof(
+            _libbpf.bpf_map_batch_opts))
+        first = True
+        while True:
+            count = ctypes.c_uint32(batch)
+            err = self._lib.bpf_map_lookup_batch(
+                fd, None if first else token_in, token_out, kbuf, vbuf,
+                ctypes.byref(count), ctypes.byref(opts))
+            if err < 0 and -err not in (2,):  # ENOENT ends the walk
+                if first and -err in (22, 95, 524):  # EINVAL/EOPNOTSUPP
+                    return self._drain_slow(name)
+                raise _libbpf.LibbpfError("bpf_map_lookup_batch", -err)
+            n = count.value
+            keys += kbuf.raw[:n * ksz]
+            values += vbuf.raw[:n * stride]
+            if err < 0:
+                break
+            ctypes.memmove(token_in, token_out, len(token_in))
+            first = False
+        return bytes(keys), bytes(values), len(keys) // ksz
+
+    def _drain_slow(self, name):
+        ksz, vsz = MAPS[name]
+        stride = percpu_value_size(vsz) * self.ncpus
+        fd = self.map_fd(name)
+        keys, values = bytearray(), bytearray()
+        cur, nxt = None, ctypes.create_string_buffer(ksz)
+        vbuf = ctypes.create_string_buffer(stride)
+        while True:
+            try:
+                self._lib.bpf_map_get_next_key(fd, cur, nxt)
+            except OSError as e:
+                if e.errno == 2:
+                    break
+                raise
+            try:
+                self._lib.bpf_map_lookup_elem(fd, nxt, vbuf)
+            except OSError as e:
+                if e.errno != 2:
+                    raise
+            else:
+                keys += nxt.raw
+                values += vbuf.raw
+            cur = ctypes.create_string_buffer(nxt.raw, ksz)
+        return bytes(keys), bytes(values), len(keys) // ksz
+
+    def sum_u64_values(self, values, words_per_cpu):
+        """Sum per-CPU values: returns one list per 8-byte word of the value,
+        each with one total per key."""
+        arr = array("Q", values)
+        n = self.ncpus
+        step = words_per_cpu * n
+        out = []
+        for w in range(words_per_cpu):
+            total = arr[w::step]
+            for cpu in range(1, n):
+                total = array("Q", map(add, total, arr[cpu * words_per_cpu + w::step]))
+            out.append(total)
+        return out
+
+    def drain_u64_counts(self, name, key_format):
+        """{key: count summed over CPUs} for a map with a u64 value."""
+        keys, values, n = self.drain(name)
+        if not n:
+            return {}
+        (totals,) = self.sum_u64_values(values, 1)
+        return dict(zip(array(key_format, keys), totals))
+
+    # --- teardown ----------------------------------------------------------
+    def close(self):
+        self.detach_all()
+        if getattr(self, "_obj", None):
+            obj, self._obj = self._obj, None
+            self._lib.bpf_object__close(obj)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,216 @@
+"""Command line: ``ebpf-bolt [options] -p PID [duration]`` or
+``ebpf-bolt [options] [duration] -- COMMAND [ARGS]``."""
+import argparse
+import os
+import signal
+import sys
+
+from . import __version__, bolt
+from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
+from .errors import EbpfBoltError, OutputError, UsageError
+from .profile import OutputFile
+from .writers import FORMATS
+
+PROG = "ebpf-bolt"
+
+
+def _say(msg):
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        usage="%(prog)s [options] -p PID [duration]\n"
+              "       %(prog)s [options] [duration] -- COMMAND [ARGS...]",
+        description="Collect a profile for the LLVM BOLT optimizer with eBPF: "
+                    "branch stacks where the CPU records them, else IP samples, "
+                    "aggregated in the kernel.")
+    p.add_argument("-p", "--pid", type=int, help="profile this process (all "
+                   "its threads, including ones it creates while recorded)")
+    p.add_argument("duration", nargs="?", help="seconds to record (default "
+                   f"{DEFAULT_DURATION:g} for -p; a command is recorded until it "
+                   "exits)")
+    p.add_argument("-f", "-F", "--frequency", dest="frequency",
+                   default=str(DEFAULT_FREQUENCY),
+                   help=f"samples per second per CPU (default {DEFAULT_FREQUENCY}: "
+                        "near perf's 4000, off the beat of timer ticks)")
+    p.add_argument("-o", "--output", help="profile file (default: stdout)")
+    p.add_argument("--format", choices=FORMATS, help="fdata (default for IP "
+                   "samples: every BOLT reads it), preagg (pre-aggregated "
+                   "text, llvm-bolt --pa; default for branch stacks), "
+                   "preagg-bf (B/F records for LLVM 19-22)")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="lbr: branch stacks (needs LBR/BRBE hardware); ip: "
+                        "instruction-pointer samples; auto: lbr if available")
+    p.add_argument("--max-entries", type=int, help="sample map size "
+                   "(default: what fits a 64 MiB kernel memory budget)")
+    p.add_argument("--threads", action="store_true",
+                   help="also count samples per thread and report them")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-V", "--version", action="version",
+                   version=f"{PROG} {__version__}")
+    return p
+
+
+def _split_command(argv):
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
+def _parse_number(text, kind, conv):
+    try:
+        value = conv(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid {kind} {text!r}",
+                         f"give a positive number for the {kind}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"invalid {kind} {text!r}",
+                         f"give a positive number for the {kind}")
+    return value
+
+
+class _Progress:
+    """A one-line progress display, only when stderr is a terminal."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, elapsed, duration, stats):
+        if not self.enabled:
+            return
+        total = f"/{duration:g}" if duration else ""
+        kept = stats["samples"] - stats["other_process"]
+        sys.stderr.write(f"\r{PROG}: recording {elapsed:5.1f}{total} s, "
+                         f"{kept:,} samples ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self):
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            self.shown = False
+
+
+_signals_received = []
+
+
+def _raise_interrupt(signum, frame):
+    _signals_received.append(signum)
+    raise KeyboardInterrupt
+
+
+def summary_lines(profile, fmt, output, text):
+    i, st = profile.info, profile.stats
+    kept = st["samples"] - st["other_process"]
+    in_binary = profile.total()
+    lines = []
+    pie = f"PIE, load bias {i['load_bias']:#x}" if i["is_pie"] else "non-PIE"
+    lines.append(f"recorded {profile.binary} ({pie}) pid {i['pid']} for "
+                 f"{i['duration']:.2f} s, stopped by {i['stopped_by']}; "
+                 f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz)")
+    share = 100.0 * in_binary / kept if kept else 0.0
+    lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
+                 f"binary ({share:.1f}%), {st['outside_binary']:,} in other "
+                 f"objects, {st['kernel_ip']:,} in the kernel; "
+                 f"{i['distinct_addresses']:,} distinct addresses")
+    dropped = st["map_full"] + st["update_failed"]
+    lines.append(f"dropped: {dropped:,} (map full {st['map_full']:,}, update "
+                 f"failures {st['update_failed']:,})" +
+                 (f"; raise --max-entries (now {i['map_entries']:,})"
+                  if st["map_full"] else ""))
+    how = ("preallocated" if i["prealloc"] else
+           f"filled on demand, cap {i['kernel_bytes_cap'] / 2**20:.1f} MiB")
+    lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB ({how}; "
+                 f"{i['map_entries']:,} map entries x {i['ncpus']} possible "
+                 f"CPUs); drain and translation {i['drain_seconds']:.3f} s")
+    if i.get("threads"):
+        lines.append(f"threads sampled: {len(i['threads'])} ("
+                     + ", ".join(f"{t}:{c}" for t, c in
+                                 sorted(i["threads"].items())) + ")")
+    where = output if output not in (None, "-") else "stdout"
+    extra = ""
+    if fmt == "fdata" and st.get("outside_functions"):
+        extra = (f"; {st['outside_functions']:,} samples outside function "
+                 "symbols left out")
+    lines.append(f"wrote {fmt} profile to {where} ({len(text):,} bytes, "
+                 f"{text.count(chr(10)):,} lines){extra}")
+    if output not in (None, "-"):
+        lines.append("apply it: " + bolt.apply_command(
+            profile.binary, output, fmt, profile.kind))
+    else:
+        lines.append("apply it: save it with -o FILE, then: " + bolt.apply_command(
+            profile.binary, "FILE", fmt, profile.kind))
+    return lines
+
+
+def record(args, command):
+    if args.pid is None and not command:
+        raise UsageError("nothing to profile", "give -p PID or -- COMMAND")
+    if args.pid is not None and command:
+        raise UsageError("give -p PID or a command, not both")
+    frequency = _parse_number(args.frequency, "frequency", int)
+    duration = (_parse_number(args.duration, "duration", float)
+                if args.duration is not None else None)
+    out = None
+    if args.output not in (None, "-"):
+        out = OutputFile(args.output)   # checked before recording starts
+    rec = Recorder(pid=args.pid, command=command, duration=duration,
+                   frequency=frequency, mode=args.mode,
+                   max_entries=args.max_entries, count_threads=args.threads,
+                   notice=lambda m: _say("note: " + m), verbose=args.verbose)
+    progress = _Progress(sys.stderr.isatty())
+    try:
+        rec.start()
+        _say(f"recording {rec.target.describe()} "
+             f"({rec.mode} mode, {rec.event.name} at {frequency} Hz)"
+             + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
+        rec.run(progress)
+        progress.clear()
+        profile = rec.finish()
+        fmt = args.format or profile.default_format
+        text = profile.render(fmt)
+        if out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            out.commit(text)
+            out = None
+        for line in summary_lines(profile, fmt, args.output, text):
+            _say(line)
+        if profile.total() == 0:
+            _say("warning: no samples in the binary; is it running on CPU?")
+    finally:
+        progress.clear()
+        if out is not None:
+            out.abort()
+        rec.close()
+    if rec.target.child:
+        if signal.SIGTERM in _signals_received:
+            rec.target.signal(signal.SIGTERM)  # pass on a stop meant for both
+        return rec.target.wait()
+    return 0
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, command = _split_command(argv)
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        args = _parser().parse_args(own)
+        return record(args, command)
+    except EbpfBoltError as e:
+        _say(f"error: {e}")
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted before recording started")
+        return 130
+    except BrokenPipeError:
+        return 141
+    finally:
+        signal.signal(signal.SIGTERM, old_term)

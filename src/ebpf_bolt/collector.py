@@ -1,0 +1,354 @@
+"""Recording: perf events -> BPF program -> per-CPU maps -> drain ->
+address translation -> Profile.
+
+``Recorder`` runs the steps one by one (the CLI needs to write the profile
+before a command it started has finished); ``collect`` runs them all.
+"""
+import ctypes
+import errno
+import fcntl
+import os
+import time
+
+from . import _libbpf
+from . import perf_event as pe
+from .addrspace import AddressSpace, executable_identity, read_maps
+from .bpf_object import BoltObject, map_kernel_bytes, MAPS
+from .elf import ElfFile, ElfError
+from .errors import (EbpfBoltError, KernelUnsupported, NoBranchHardware,
+                     ParanoidRefusal, PermissionProblem, TargetError,
+                     UsageError)
+from .layout import USER_ADDR_END, Config
+from .profile import Profile, translate_samples
+from .targets import CommandTarget, ProcessTarget
+
+# 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
+# of the 100/250/1000 Hz of timer ticks and periodic work, so samples do not
+# lock step with them (the reason bcc and bpftrace use 49/99 Hz).
+DEFAULT_FREQUENCY = 4999
+DEFAULT_DURATION = 10.0     # seconds, for -p PID
+# Kernel memory budget of the sample map: max_entries x (value x possible
+# CPUs + element header). 64 MiB gives ~40,000 IP entries on a 192-CPU host
+# (8-byte values) and ~330,000 on a 16-CPU one; --max-entries overrides.
+MAP_BUDGET = 64 << 20
+MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
+MODES = ("auto", "lbr", "ip")
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
+    ksz, vsz = MAPS[map_name]
+    per_entry = map_kernel_bytes(ksz, vsz, 1, ncpus)
+    return max(MIN_ENTRIES, min(MAX_ENTRIES, budget // per_entry))
+
+
+def effective_caps():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges():
+    caps = effective_caps()
+    if caps & (1 << CAP_SYS_ADMIN) or caps & (1 << CAP_BPF):
+        return
+    raise PermissionProblem(
+        f"not permitted to load BPF programs (uid {os.geteuid()}, "
+        "no CAP_BPF or CAP_SYS_ADMIN)")
+
+
+def online_cpus():
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _open_error(err, spec, frequency):
+    """Turn a perf_event_open errno into the exception users can act on."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        level = pe.paranoid_level()
+        return ParanoidRefusal(
+            f"kernel.perf_event_paranoid={level} refuses CPU-wide "
+            f"{spec.name} events without CAP_PERFMON")
+    if err.errno == errno.EMFILE:
+        return KernelUnsupported("too many open files for the perf events",
+                                 "raise the limit: ulimit -n 65536")
+    if err.errno == errno.EINVAL and frequency > (pe.max_sample_rate() or 0):
+        return UsageError(
+            f"frequency {frequency} Hz is above the kernel's limit "
+            f"(kernel.perf_event_max_sample_rate={pe.max_sample_rate()})",
+            "lower -F/-f")
+    return KernelUnsupported(f"cannot open the {spec.name} event: "
+                             f"{os.strerror(err.errno)}")
+
+
+def probe_event(spec, frequency):
+    """None if `spec` can be sampled here, else the OSError it gives."""
+    try:
+        fd = pe.perf_event_open(pe.make_attr(spec, frequency), -1,
+                                online_cpus()[0])
+    except OSError as e:
+        return e
+    os.close(fd)
+    return None
+
+
+def choose_event(mode, frequency, notice):
+    """Resolve --mode into the event to sample: branch stacks on cycles if
+    asked or available, else IP samples (hardware cycles, then cpu-clock)."""
+    if mode in ("auto", "lbr"):
+        err = probe_event(pe.CYCLES_BRSTACK, frequency)
+        if err is None:
+            # branch stacks exist here, but their recording is not built yet
+            if mode == "lbr":
+                raise KernelUnsupported(
+                    "branch-stack recording is not in this version",
+                    "use --mode ip")
+            notice("branch stacks are available but this version records "
+                   "IP samples only")
+        elif err.errno in (errno.EACCES, errno.EPERM):
+            raise _open_error(err, pe.CYCLES_BRSTACK, frequency)
+        elif mode == "lbr":
+            raise NoBranchHardware(
+                "no branch-stack sampling on this machine "
+                f"(cycles with a branch stack: {os.strerror(err.errno)})")
+        else:
+            notice("no branch-stack sampling here "
+                   f"({os.strerror(err.errno)}): recording IP samples; BOLT "
+                   "gets no taken-branch or fall-through counts, only where "
+                   "time is spent, so its block layout is less exact")
+    for spec in (pe.CYCLES, pe.CPU_CLOCK):
+        err = probe_event(spec, frequency)
+        if err is None:
+            return "ip", spec
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise _open_error(err, spec, frequency)
+    raise _open_error(err, pe.CPU_CLOCK, frequency)
+
+
+def validate(frequency, duration):
+    if not isinstance(frequency, int) or frequency <= 0:
+        raise UsageError(f"invalid frequency {frequency!r}",
+                         "give a positive whole number of samples per second")
+    limit = pe.max_sample_rate()
+    if limit and frequency > limit:
+        raise UsageError(
+            f"frequency {frequency} Hz is above the kernel's limit of "
+            f"{limit} Hz (kernel.perf_event_max_sample_rate)", "lower -F/-f")
+    if duration is not None and not duration > 0:
+        raise UsageError(f"invalid duration {duration!r}",
+                         "give a positive number of seconds")
+
+
+class Recorder:
+    """One recording. Call start(), run(), then finish() for the Profile;
+    close() releases everything (also on errors)."""
+
+    def __init__(self, pid=None, command=None, duration=None,
+                 frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
+                 count_threads=False, notice=None, verbose=False):
+        if (pid is None) == (command is None):
+            raise UsageError("give either a PID or a command to profile")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}", "use auto, lbr or ip")
+        if max_entries is not None and not (isinstance(max_entries, int)
+                                            and max_entries > 0):
+            raise UsageError(f"invalid --max-entries {max_entries!r}",
+                             "give a positive number of map entries")
+        if pid is not None and duration is None:
+            duration = DEFAULT_DURATION
+        validate(frequency, duration)
+        self.pid, self.command = pid, command
+        self.duration, self.frequency = duration, frequency
+        self.mode_requested, self.max_entries = mode, max_entries
+        self.count_threads = count_threads
+        self.notice = notice or (lambda msg: None)
+        _libbpf.set_verbose(verbose)
+        self.target = None
+        self.obj = None
+        self._fds = []
+        self.stopped_by = None
+
+    # --- set-up ------------------------------------------------------------
+    def start(self):
+        check_privileges()
+        _libbpf.lib()  # fails early with the package name if missing
+        self.mode, self.event = choose_event(self.mode_requested,
+                                             self.frequency, self.notice)
+        if self.command is not None:
+            self.target = CommandTarget(self.command)
+        else:
+            self.target = ProcessTarget(self.pid)
+        try:
+            self._open_events()
+            self._load_and_attach()
+            if self.target.child:
+                self.target.start()
+            self._read_target()
+            self._enable(True)
+        except BaseException:
+            if self.target.child and self.target.returncode is None:
+                self.target.abandon()
+            self.close()
+            raise
+        self.t_start = time.monotonic()
+
+    def _open_events(self):
+        # CPU-wide events, filtered by tgid in the kernel: threads created at
+        # any time are covered without racing their creation. Opened before
+        # the BPF load, so a perf_event_paranoid refusal is reported as such.
+        attr = pe.make_attr(self.event, self.frequency)
+        attr.flags |= 1  # disabled until everything is attached
+        for cpu in online_cpus():
+            try:
+                self._fds.append(pe.perf_event_open(attr, -1, cpu))
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    continue  # went offline meanwhile
+                raise _open_error(e, self.event, self.frequency) from None
+
+    def _load_and_attach(self):
+        ncpus = _libbpf.lib().libbpf_num_possible_cpus()
+        self.map_name = "ip_counts" if self.mode == "ip" else "trace_counts"
+        entries = self.max_entries or default_max_entries(self.map_name, ncpus)
+        sizes = {self.map_name: entries}
+        if self.count_threads:
+            sizes["thread_samples"] = 4096
+        cfg = Config(target_tgid=self.target.pid,
+                     count_threads=int(self.count_threads),
+                     user_addr_end=USER_ADDR_END)
+        program = "sample_ip"
+        try:
+            self.obj = BoltObject(cfg, sizes, programs=[program])
+        except _libbpf.LibbpfError as e:
+            if e.errno in (errno.EPERM, errno.EACCES):
+                raise PermissionProblem(
+                    f"the kernel refused to load the BPF program ({e}); "
+                    "it needs CAP_BPF and CAP_PERFMON") from None
+            raise
+        while self._fds:
+            self.obj.attach(program, self._fds.pop())  # the link owns the fd
+
+    def _enable(self, on):
+        req = pe.PERF_EVENT_IOC_ENABLE if on else pe.PERF_EVENT_IOC_DISABLE
+        for link in self.obj._links if self.obj else ():
+            fcntl.ioctl(link.perf_fd, req, 0)
+
+    def _read_target(self):
+        pid = self.target.pid
+        try:
+            self.exe_path, (dev, self.inode) = executable_identity(pid)
+            self.elf = ElfFile(f"/proc/{pid}/exe")
+            self.space = AddressSpace(self.elf)
+            found = self.space.add_process_maps(read_maps(pid), self.inode)
+        except FileNotFoundError:
+            raise TargetError(f"process {pid} exited before recording "
+                              "started", "check that it is running") from None
+        except ElfError as e:
+            raise TargetError(f"cannot read the executable of {pid}: {e}")
+        if not found:
+            raise TargetError(f"no executable mapping of {self.exe_path} "
+                              f"in process {pid}")
+        if self.exe_path.endswith(" (deleted)"):
+            self.notice(f"{self.exe_path}: the executable was replaced on disk "
+                        "after it started; BOLT needs the file that ran")
+
+    # --- recording ---------------------------------------------------------
+    def run(self, progress=None, tick=1.0):
+        """Record until the duration passes, the target exits, or Ctrl-C /
+        SIGTERM (KeyboardInterrupt). Records how it stopped."""
+        end = None if self.duration is None else self.t_start + self.duration
+        try:
+            while True:
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    self.stopped_by = "duration"
+                    break
+                wait = tick if end is None else min(tick, end - now)
+                if self.target.wait_exit(wait):
+                    self.stopped_by = "target exited"
+                    break
+                if progress:
+                    progress(time.monotonic() - self.t_start, self.duration,
+                             self.obj.stats())
+        except KeyboardInterrupt:
+            self.stopped_by = "interrupted"
+        self.t_stop = time.monotonic()
+        self._enable(False)
+
+    def finish(self):
+        """Drain the maps and translate: the Profile of the binary."""
+        t0 = time.monotonic()
+        if self.target.alive():
+            try:  # late mappings (e.g. dlopen of nothing new) are harmless
+                self.space.add_process_maps(read_maps(self.target.pid),
+                                            self.inode)
+            except OSError:
+                pass
+        stats = self.obj.stats()
+        runtime = self.obj.drain_u64_counts(self.map_name, "Q")
+        samples, outside = translate_samples(runtime, self.space)
+        threads = (self.obj.drain_u64_counts("thread_samples", "I")
+                   if self.count_threads else {})
+        stats["outside_binary"] = outside
+        profile = Profile(self.exe_path.removesuffix(" (deleted)"),
+                          self.event.name, self.mode, samples=samples,
+                          stats=stats)
+        profile._elf = self.elf
+        profile.info.update(
+            pid=self.target.pid, frequency=self.frequency,
+            duration=self.t_stop - self.t_start, stopped_by=self.stopped_by,
+            distinct_addresses=len(runtime), map_entries=self.obj.map_entries[
+                self.map_name], kernel_bytes_cap=self.obj.kernel_bytes(),
+            kernel_bytes=self.obj.kernel_bytes(
+                {self.map_name: len(runtime), "thread_samples": len(threads)}),
+            prealloc=self.obj.prealloc,
+            ncpus=self.obj.ncpus, threads=threads, is_pie=self.elf.is_pie,
+            load_bias=self.space.load_bias, build_id=self.elf.build_id,
+            drain_seconds=time.monotonic() - t0)
+        return profile
+
+    def close(self):
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        if self.target is not None:
+            self.target.close()
+
+
+def collect(pid=None, command=None, duration=None,
+            frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
+            count_threads=False, notice=None, verbose=False):
+    """Profile a process (`pid`) or a command (`command`, an argv list) and
+    return a :class:`ebpf_bolt.profile.Profile`.
+
+    A command is recorded until it exits (or for `duration` seconds, then
+    left running until it exits); its exit status is in
+    ``profile.info["returncode"]``. A PID is recorded for `duration`
+    seconds (default 10) or until it exits."""
+    rec = Recorder(pid=pid, command=command, duration=duration,
+                   frequency=frequency, mode=mode, max_entries=max_entries,
+                   count_threads=count_threads, notice=notice,
+                   verbose=verbose)
+    try:
+        rec.start()
+        rec.run()
+        profile = rec.finish()
+    finally:
+        rec.close()
+    if command is not None:
+        profile.info["returncode"] = rec.target.wait()
+    return profile

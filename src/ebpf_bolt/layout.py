@@ -1,0 +1,51 @@
+"""ctypes mirrors of bpf/ebpf_bolt.h (checked against the object's BTF by
+tests/test_bpf_object.py, so the two cannot drift apart silently)."""
+import ctypes
+
+MAX_BRANCHES = 64
+BR_ONLY = 0xFFFFFFFFFFFFFFFF
+BRANCH_MISPRED = 1
+# Lowest kernel address on x86-64 and arm64 (48-bit VA); perf2bolt drops
+# branch entries at or above it when profiling user code.
+USER_ADDR_END = 0xFFFF800000000000
+
+# enum eb_counter, in order
+COUNTERS = (
+    "samples", "other_process", "kernel_ip", "map_full", "update_failed",
+    "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
+    "branch_entries", "kernel_branches", "empty_stacks", "traces",
+)
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("target_tgid", ctypes.c_uint32),
+                ("count_threads", ctypes.c_uint32),
+                ("user_addr_end", ctypes.c_uint64)]
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [("counter", ctypes.c_uint64 * len(COUNTERS))]
+
+
+class Trace(ctypes.Structure):
+    _fields_ = [("from_", ctypes.c_uint64), ("to", ctypes.c_uint64),
+                ("ft_end", ctypes.c_uint64)]
+
+
+class TraceCounts(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("mispreds", ctypes.c_uint64)]
+
+
+class Branch(ctypes.Structure):
+    _fields_ = [("from_", ctypes.c_uint64), ("to", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+# C name -> (ctypes mirror, {C member name: mirror field name})
+MIRRORS = {
+    "eb_config": (Config, {}),
+    "eb_stats": (Stats, {}),
+    "eb_trace": (Trace, {"from": "from_"}),
+    "eb_trace_counts": (TraceCounts, {}),
+    "eb_branch": (Branch, {"from": "from_"}),
+}

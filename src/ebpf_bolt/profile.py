@@ -1,0 +1,187 @@
+"""The profile of one binary, in its ELF address space, and how it is written.
+
+``Profile`` is what :func:`ebpf_bolt.collect` returns and the CLI writes:
+basic samples (``samples``: vaddr -> count) or branch traces (``traces``:
+(from, to, ft_end) -> (count, mispreds)), plus what was left out and why.
+"""
+import os
+import sys
+import tempfile
+
+from . import writers
+from .elf import ElfFile, Symbolizer
+from .errors import OutputError, UsageError
+from .layout import BR_ONLY
+
+
+class Profile:
+    def __init__(self, binary, event, mode, samples=None, traces=None,
+                 stats=None):
+        self.binary = str(binary)
+        self.event = event
+        self.mode = mode                    # "ip" or "lbr"
+        self.samples = samples if samples is not None else {}
+        self.traces = traces if traces is not None else {}
+        self.stats = dict(stats or {})      # kernel counters and left-outs
+        self.info = {}                      # run facts for the summary
+        self._elf = None
+
+    @property
+    def kind(self):
+        return "branch" if self.mode == "lbr" else "basic"
+
+    @property
+    def elf(self):
+        if self._elf is None:
+            self._elf = ElfFile(self.binary)
+        return self._elf
+
+    @property
+    def default_format(self):
+        # IP profiles default to fdata: LLVM 22's --pa --ba drops S records
+        return "preagg" if self.kind == "branch" else "fdata"
+
+    def total(self):
+        if self.kind == "basic":
+            return sum(self.samples.values())
+        return sum(c for c, _ in self.traces.values())
+
+    def render(self, fmt=None):
+        """The profile as text in `fmt` (preagg, preagg-bf or fdata)."""
+        fmt = fmt or self.default_format
+        if fmt not in writers.FORMATS:
+            raise UsageError(f"unknown format {fmt!r}",
+                             "use one of " + ", ".join(writers.FORMATS))
+        if self.kind == "basic":
+            if fmt == "preagg":
+                return writers.preagg_basic(self.samples, self.event)
+            if fmt == "fdata":
+                text, outside = writers.fdata_basic(
+                    self.samples, self.event, Symbolizer(self.elf))
+                self.stats["outside_functions"] = outside
+                return text
+            raise UsageError("format preagg-bf needs a branch profile",
+                             "use --format fdata or preagg for IP samples")
+        if fmt == "preagg":
+            return writers.preagg_traces(self.traces, self.event)
+        if fmt == "preagg-bf":
+            return writers.preagg_branches_fallthroughs(self.traces)
+        raise UsageError("fdata is written for IP profiles only",
+                         "write --format preagg or preagg-bf; perf2bolt --pa "
+                         "turns either into fdata or YAML")
+
+    def write(self, path=None, fmt=None):
+        """Write to `path` (None or '-' for stdout) all at once: a file is
+        complete or absent."""
+        text = self.render(fmt)
+        if path in (None, "-"):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        out = OutputFile(path)
+        try:
+            out.commit(text)
+        except BaseException:
+            out.abort()
+            raise
+
+
+class OutputFile:
+    """A profile file that appears whole or not at all: written to a
+    temporary file in the target's own directory, then renamed over it.
+
+    Opened before recording starts, so that an unwritable directory or a
+    full file system is reported before the user waits for a profile."""
+
+    RESERVE = 64 * 1024  # bytes that must be free before recording
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        directory = os.path.dirname(self.path)
+        if os.path.isdir(self.path):
+            raise OutputError(f"output {path} is a directory",
+                              "give a file name with -o")
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=".ebpf-bolt-", dir=directory)
+        except OSError as e:
+            raise _output_error(path, e) from None
+        self._file = os.fdopen(fd, "w")
+        try:
+            os.posix_fallocate(fd, 0, self.RESERVE)
+            os.ftruncate(fd, 0)
+        except OSError as e:
+            if e.errno not in (95,):  # EOPNOTSUPP: fs cannot preallocate
+                self.abort()
+                raise _output_error(path, e) from None
+
+    def commit(self, text):
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.chmod(self._tmp, 0o644)
+            os.rename(self._tmp, self.path)
+            self._tmp = None
+        except OSError as e:
+            self.abort()
+            raise _output_error(self.path, e) from None
+
+    def abort(self):
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError:
+            pass
+        if self._tmp:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
+
+
+def _output_error(path, err):
+    if err.errno == 28:
+        return OutputError(f"no space left to write {path}",
+                           "free space there or write elsewhere with -o")
+    if err.errno in (13, 1, 30):
+        return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
+                           "choose a writable directory with -o")
+    if err.errno == 2:
+        return OutputError(f"cannot write {path}: directory does not exist",
+                           "create the directory or fix the -o path")
+    return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
+                       "check the -o path")
+
+
+def translate_samples(runtime_counts, space):
+    """Runtime IP -> count into vaddr -> count; returns (samples, outside)."""
+    tr = space.translator()
+    samples, outside = {}, 0
+    for addr, count in runtime_counts.items():
+        v = tr(addr)
+        if v is None:
+            outside += count
+        else:
+            samples[v] = samples.get(v, 0) + count
+    return samples, outside
+
+
+def translate_traces(runtime_traces, space):
+    """Runtime traces into the binary's addresses (formats doc §2): a from
+    or to outside becomes 0 (external), a fall-through end outside, or one
+    starting outside, becomes BR_ONLY; a trace whose branch has neither end
+    inside is left out. Returns (traces, left-out trace count)."""
+    tr = space.translator()
+    out, left_out = {}, 0
+    for (frm, to, ft_end), (count, mis) in runtime_traces.items():
+        f, t = tr(frm), tr(to)
+        e = tr(ft_end) if ft_end != BR_ONLY else None
+        if f is None and t is None:
+            left_out += count      # nothing of the binary is left
+            continue
+        key = (f or 0, t or 0, e if (e is not None and t is not None) else BR_ONLY)
+        prev = out.get(key)
+        out[key] = (count, mis) if prev is None else (prev[0] + count, prev[1] + mis)
+    return out, left_out

@@ -1,0 +1,79 @@
+"""Profile writers: BOLT's pre-aggregated text (bolt-profile-formats.md §1)
+and symbolized fdata (§3). Each takes already-translated ELF addresses.
+
+All writers emit records sorted by address, so equal profiles give equal
+files, and return the text: profiles are small next to perf.data.
+"""
+from .layout import BR_ONLY
+
+FORMATS = ("preagg", "preagg-bf", "fdata")
+
+
+def preagg_basic(samples, event):
+    """``E event`` then ``S addr count`` (LLVM >= 21). LLVM 22's
+    ``llvm-bolt --pa --ba`` ignores S records: pass this file through
+    ``perf2bolt --pa --ba`` first, or use fdata."""
+    lines = [f"E {event}\n"]
+    lines += [f"S {addr:x} {count}\n" for addr, count in sorted(samples.items())]
+    return "".join(lines)
+
+
+def preagg_traces(traces, event):
+    """``E event`` then ``T from to ft_end count`` (LLVM >= 21). LLVM 22
+    takes no mispredict field on T, so mispredicts are not written."""
+    out = [f"E {event}\n"]
+    for (frm, to, ft_end), (count, _mis) in sorted(traces.items()):
+        out.append(f"T {frm:x} {to:x} {ft_end:x} {count}\n")
+    return "".join(out)
+
+
+def preagg_branches_fallthroughs(traces):
+    """``B from to count mispreds`` and ``F start end count`` (every LLVM
+    from 19 on): the same information as T records, split in two."""
+    branches, fallthroughs = {}, {}
+    for (frm, to, ft_end), (count, mis) in traces.items():
+        b = branches.setdefault((frm, to), [0, 0])
+        b[0] += count
+        b[1] += mis
+        if ft_end != BR_ONLY and to != 0:
+            fallthroughs[(to, ft_end)] = fallthroughs.get((to, ft_end), 0) + count
+    out = [f"B {f:x} {t:x} {c} {m}\n" for (f, t), (c, m) in sorted(branches.items())]
+    out += [f"F {s:x} {e:x} {c}\n" for (s, e), c in sorted(fallthroughs.items())]
+    return "".join(out)
+
+
+class FunctionNames:
+    """BOLT's names for functions, as fdata must spell them: a global keeps
+    its symbol name; the n-th local (static) symbol of a name, in address
+    order, is ``name/n`` (what perf2bolt writes, e.g. ``loc/1``)."""
+
+    def __init__(self, symbolizer):
+        self._names = {}
+        seen = {}
+        for f in symbolizer.functions:
+            if f.local:
+                seen[f.name] = seen.get(f.name, 0) + 1
+                self._names[f.addr] = f"{f.name}/{seen[f.name]}"
+            else:
+                self._names[f.addr] = f.name
+
+    def __getitem__(self, func):
+        return self._names[func.addr]
+
+
+def fdata_basic(samples, event, symbolizer):
+    """``no_lbr EVENT`` then ``1 name hexoff count`` per sampled address.
+
+    Returns (text, samples outside any function symbol): those cannot be
+    expressed in fdata and are reported, not silently dropped."""
+    names = FunctionNames(symbolizer)
+    lines, outside = [f"no_lbr {event}\n"], 0
+    for addr, count in sorted(samples.items()):
+        hit = symbolizer.lookup(addr)
+        if hit is None:
+            outside += count
+            continue
+        func, off = hit
+        name = names[func]
+        lines.append(f"1 {name} {off:x} {count}\n")
+    return "".join(lines), outside
