@@ -36,6 +36,7 @@ enum eb_counter {
 	EB_KERNEL_BRANCHES,    /* entries dropped: kernel from or to */
 	EB_EMPTY_STACKS,       /* samples with no user branch left */
 	EB_TRACES,             /* traces counted (sum of all trace counts) */
+	EB_TRACES_LOST,        /* trace counts not stored: trace map full */
 	EB_NR_COUNTERS
 };
 
@@ -67,5 +68,25 @@ struct eb_branch {
 };
 
 #define EB_BRANCH_MISPRED 1ULL
+
+/* Replay (BPF_PROG_RUN of replay_branches): branch stacks packed in the
+ * caller's memory, each an eb_stack_header then `nr` eb_branch entries,
+ * newest first. The program reads them with bpf_copy_from_user. */
+struct eb_stack_header {
+	__u32 nr;
+	__u32 reserved;
+};
+
+/* Context of replay_branches, written back after the run. */
+struct eb_replay_args {
+	__u64 stacks;          /* user address of the packed stacks */
+	__u64 size;            /* bytes there */
+	__u32 nr_stacks;
+	__u32 naive;           /* benchmark baseline: one hash update per entry */
+	__u32 done;            /* out: stacks aggregated */
+	__u32 bad;             /* out: stacks rejected (malformed) */
+};
+
+#define EB_MAX_REPLAY_STACKS (1U << 20)
 
 #endif /* EBPF_BOLT_H */

@@ -116,7 +116,7 @@ class BoltObject:
     # --- lookups -----------------------------------------------------------
     @staticmethod
     def program_names():
-        return ("sample_ip",)
+        return ("sample_ip", "sample_branches", "replay_branches")
 
     def _require_open(self):
         if not self._obj:

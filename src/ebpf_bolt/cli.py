@@ -7,7 +7,7 @@ import sys
 
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
-from .errors import EbpfBoltError, OutputError, UsageError
+from .errors import EbpfBoltError, UsageError
 from .profile import OutputFile
 from .writers import FORMATS
 
@@ -151,19 +151,21 @@ def record(args, command):
     if args.pid is None and not command:
         raise UsageError("nothing to profile", "give -p PID or -- COMMAND")
     if args.pid is not None and command:
-        raise UsageError("give -p PID or a command, not both")
+        raise UsageError("give -p PID or a command, not both",
+                         "use -p PID to attach to a running process, or "
+                         "-- COMMAND to start one")
     frequency = _parse_number(args.frequency, "frequency", int)
     duration = (_parse_number(args.duration, "duration", float)
                 if args.duration is not None else None)
-    out = None
-    if args.output not in (None, "-"):
-        out = OutputFile(args.output)   # checked before recording starts
     rec = Recorder(pid=args.pid, command=command, duration=duration,
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
                    notice=lambda m: _say("note: " + m), verbose=args.verbose)
     progress = _Progress(sys.stderr.isatty())
+    out = None
     try:
+        if args.output not in (None, "-"):
+            out = OutputFile(args.output)   # checked before recording
         rec.start()
         _say(f"recording {rec.target.describe()} "
              f"({rec.mode} mode, {rec.event.name} at {frequency} Hz)"
@@ -195,11 +197,86 @@ def record(args, command):
     return 0
 
 
+def _replay_parser():
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} replay",
+        description="Aggregate branch stacks given as text (perf script -F "
+                    "brstack form, one sample per line, newest entry first) "
+                    "through the same kernel code that live LBR sampling "
+                    "uses, and write the profile of BINARY.")
+    p.add_argument("stacks", nargs="?", default="-",
+                   help="file of branch stacks (default: stdin)")
+    p.add_argument("--binary", required=True, help="the profiled executable")
+    p.add_argument("--load-base", default="0", help="hex runtime address of "
+                   "the binary's first segment (PIE); 0 for non-PIE")
+    p.add_argument("-o", "--output", help="profile file (default: stdout)")
+    p.add_argument("--format", choices=("preagg", "preagg-bf"),
+                   default="preagg")
+    p.add_argument("--max-entries", type=int, help="trace map size")
+    p.add_argument("--cpu", type=int, action="append", dest="cpus",
+                   help="CPU to run on (repeat to spread stacks; default 0)")
+    return p
+
+
+def replay_command(args):
+    from .replay import parse_stacks, replay
+    try:
+        load_base = int(args.load_base, 16)
+    except ValueError:
+        raise UsageError(f"invalid --load-base {args.load_base!r}",
+                         "give a hexadecimal address, e.g. 0x555555554000")
+    if not os.path.isfile(args.binary):
+        raise UsageError(f"no such binary: {args.binary}", "check --binary")
+    if args.stacks == "-":
+        stacks = parse_stacks(sys.stdin)
+    else:
+        try:
+            with open(args.stacks) as f:
+                stacks = parse_stacks(f)
+        except OSError as e:
+            raise UsageError(f"cannot read {args.stacks}: {e.strerror}",
+                             "check the stacks file") from None
+    out = OutputFile(args.output) if args.output not in (None, "-") else None
+    try:
+        profile = replay(args.binary, stacks, load_base=load_base,
+                         max_entries=args.max_entries, cpus=args.cpus)
+        text = profile.render(args.format)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            out.commit(text)
+            out = None
+    finally:
+        if out is not None:
+            out.abort()
+    for line in replay_summary(profile, args.format, len(stacks)):
+        _say(line)
+    return 0
+
+
+def replay_summary(profile, fmt, nstacks):
+    st = profile.stats
+    lines = [f"replayed {nstacks:,} branch stacks: {st['branch_entries']:,} "
+             f"entries, {st['kernel_branches']:,} kernel entries dropped, "
+             f"{st['stack_cut']:,} stacks cut to 64 entries, "
+             f"{st['empty_stacks']:,} with no user entry"]
+    lines.append(f"traces: {len(profile.traces):,} distinct, "
+                 f"{profile.total():,} counted; lost (trace map full): "
+                 f"{st['traces_lost']:,} in {st['map_full']:,} failed inserts; "
+                 f"outside the binary: {st['traces_outside_binary']:,}")
+    if fmt == "preagg":
+        lines.append("mispredicts are left out: LLVM 22 takes no mispredict "
+                     "field on T records; --format preagg-bf keeps them")
+    return lines
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     own, command = _split_command(argv)
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if own[:1] == ["replay"]:
+            return replay_command(_replay_parser().parse_args(own[1:]))
         args = _parser().parse_args(own)
         return record(args, command)
     except EbpfBoltError as e:

@@ -4,8 +4,8 @@ address translation -> Profile.
 ``Recorder`` runs the steps one by one (the CLI needs to write the profile
 before a command it started has finished); ``collect`` runs them all.
 """
-import ctypes
 import errno
+from array import array
 import fcntl
 import os
 import time
@@ -15,11 +15,11 @@ from . import perf_event as pe
 from .addrspace import AddressSpace, executable_identity, read_maps
 from .bpf_object import BoltObject, map_kernel_bytes, MAPS
 from .elf import ElfFile, ElfError
-from .errors import (EbpfBoltError, KernelUnsupported, NoBranchHardware,
+from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
 from .layout import USER_ADDR_END, Config
-from .profile import Profile, translate_samples
+from .profile import Profile, translate_samples, translate_traces
 from .targets import CommandTarget, ProcessTarget
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
@@ -104,29 +104,23 @@ def probe_event(spec, frequency):
 
 
 def choose_event(mode, frequency, notice):
-    """Resolve --mode into the event to sample: branch stacks on cycles if
-    asked or available, else IP samples (hardware cycles, then cpu-clock)."""
+    """Resolve --mode into (mode, event): branch stacks on hardware cycles
+    if asked or available, else IP samples (hardware cycles, then
+    cpu-clock). In auto mode, says what it got and what BOLT loses."""
     if mode in ("auto", "lbr"):
         err = probe_event(pe.CYCLES_BRSTACK, frequency)
         if err is None:
-            # branch stacks exist here, but their recording is not built yet
-            if mode == "lbr":
-                raise KernelUnsupported(
-                    "branch-stack recording is not in this version",
-                    "use --mode ip")
-            notice("branch stacks are available but this version records "
-                   "IP samples only")
-        elif err.errno in (errno.EACCES, errno.EPERM):
+            return "lbr", pe.CYCLES_BRSTACK
+        if err.errno in (errno.EACCES, errno.EPERM):
             raise _open_error(err, pe.CYCLES_BRSTACK, frequency)
-        elif mode == "lbr":
+        if mode == "lbr":
             raise NoBranchHardware(
-                "no branch-stack sampling on this machine "
-                f"(cycles with a branch stack: {os.strerror(err.errno)})")
-        else:
-            notice("no branch-stack sampling here "
-                   f"({os.strerror(err.errno)}): recording IP samples; BOLT "
-                   "gets no taken-branch or fall-through counts, only where "
-                   "time is spent, so its block layout is less exact")
+                "no branch-stack sampling on this machine (cycles event with "
+                f"a user branch stack: {os.strerror(err.errno)})")
+        notice("no branch-stack sampling here "
+               f"({os.strerror(err.errno)}): recording IP samples; BOLT "
+               "gets no taken-branch or fall-through counts, only where "
+               "time is spent, so its block layout is less exact")
     for spec in (pe.CYCLES, pe.CPU_CLOCK):
         err = probe_event(spec, frequency)
         if err is None:
@@ -134,6 +128,18 @@ def choose_event(mode, frequency, notice):
         if err.errno in (errno.EACCES, errno.EPERM):
             raise _open_error(err, spec, frequency)
     raise _open_error(err, pe.CPU_CLOCK, frequency)
+
+
+def runtime_traces(obj):
+    """The trace map summed over CPUs: {(from, to, ft_end): (count,
+    mispreds)} in runtime addresses."""
+    keys, values, n = obj.drain("trace_counts")
+    if not n:
+        return {}
+    counts, mispreds = obj.sum_u64_values(values, 2)
+    k = array("Q", keys)
+    return {(k[3 * i], k[3 * i + 1], k[3 * i + 2]): (counts[i], mispreds[i])
+            for i in range(n)}
 
 
 def validate(frequency, duration):
@@ -183,13 +189,13 @@ class Recorder:
     def start(self):
         check_privileges()
         _libbpf.lib()  # fails early with the package name if missing
-        self.mode, self.event = choose_event(self.mode_requested,
-                                             self.frequency, self.notice)
         if self.command is not None:
             self.target = CommandTarget(self.command)
         else:
             self.target = ProcessTarget(self.pid)
         try:
+            self.mode, self.event = choose_event(self.mode_requested,
+                                                 self.frequency, self.notice)
             self._open_events()
             self._load_and_attach()
             if self.target.child:
@@ -227,7 +233,7 @@ class Recorder:
         cfg = Config(target_tgid=self.target.pid,
                      count_threads=int(self.count_threads),
                      user_addr_end=USER_ADDR_END)
-        program = "sample_ip"
+        program = "sample_ip" if self.mode == "ip" else "sample_branches"
         try:
             self.obj = BoltObject(cfg, sizes, programs=[program])
         except _libbpf.LibbpfError as e:
@@ -296,14 +302,20 @@ class Recorder:
             except OSError:
                 pass
         stats = self.obj.stats()
-        runtime = self.obj.drain_u64_counts(self.map_name, "Q")
-        samples, outside = translate_samples(runtime, self.space)
+        if self.mode == "ip":
+            runtime = self.obj.drain_u64_counts(self.map_name, "Q")
+            samples, outside = translate_samples(runtime, self.space)
+            traces = None
+        else:
+            runtime = runtime_traces(self.obj)
+            traces, outside = translate_traces(runtime, self.space)
+            samples = None
         threads = (self.obj.drain_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
         stats["outside_binary"] = outside
         profile = Profile(self.exe_path.removesuffix(" (deleted)"),
                           self.event.name, self.mode, samples=samples,
-                          stats=stats)
+                          traces=traces, stats=stats)
         profile._elf = self.elf
         profile.info.update(
             pid=self.target.pid, frequency=self.frequency,

@@ -29,8 +29,8 @@ class PermissionProblem(EbpfBoltError):
 class ParanoidRefusal(PermissionProblem):
     """kernel.perf_event_paranoid refuses the event."""
     exit_code = 4
-    hint = ("lower it with 'sysctl kernel.perf_event_paranoid=1' "
-            "or run with CAP_PERFMON")
+    hint = ("grant CAP_PERFMON (with CAP_BPF), run as root, or allow "
+            "CPU-wide events with 'sysctl kernel.perf_event_paranoid=0'")
 
 
 class TargetError(EbpfBoltError):

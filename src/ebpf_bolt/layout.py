@@ -14,6 +14,7 @@ COUNTERS = (
     "samples", "other_process", "kernel_ip", "map_full", "update_failed",
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces",
+    "traces_lost",
 )
 
 
@@ -41,6 +42,18 @@ class Branch(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
+class StackHeader(ctypes.Structure):
+    _fields_ = [("nr", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class ReplayArgs(ctypes.Structure):
+    _fields_ = [("stacks", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("nr_stacks", ctypes.c_uint32), ("naive", ctypes.c_uint32),
+                ("done", ctypes.c_uint32), ("bad", ctypes.c_uint32)]
+
+
+MAX_REPLAY_STACKS = 1 << 20
+
 # C name -> (ctypes mirror, {C member name: mirror field name})
 MIRRORS = {
     "eb_config": (Config, {}),
@@ -48,4 +61,6 @@ MIRRORS = {
     "eb_trace": (Trace, {"from": "from_"}),
     "eb_trace_counts": (TraceCounts, {}),
     "eb_branch": (Branch, {"from": "from_"}),
+    "eb_stack_header": (StackHeader, {}),
+    "eb_replay_args": (ReplayArgs, {}),
 }

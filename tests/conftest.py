@@ -1,0 +1,74 @@
+"""Shared fixtures: the bundled workload, the installed command, BOLT.
+
+Tests run as root on the real kernel. With EBPF_BOLT_STRICT_SKIPS=1 (set by
+scripts/test.sh, hence CI) a skipped test fails the run unless it is marked
+lbr_hw (needs branch-sampling hardware, which no machine here has)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebpf_bolt.demo.build import build_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+LLVM22 = Path("/usr/lib/llvm-22/bin")
+LLVM19 = Path("/usr/lib/llvm-19/bin")
+
+
+def installed_command():
+    """The ebpf-bolt console script of the environment running the tests."""
+    exe = Path(sys.executable).parent / "ebpf-bolt"
+    if exe.exists():
+        return str(exe)
+    return shutil.which("ebpf-bolt")
+
+
+@pytest.fixture(scope="session")
+def ebpf_bolt_cmd():
+    cmd = installed_command()
+    assert cmd, "the ebpf-bolt command is not installed (run scripts/setup.sh)"
+    return cmd
+
+
+@pytest.fixture(scope="session")
+def workload_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("workload")
+
+
+@pytest.fixture(scope="session")
+def workload_pie(workload_dir):
+    return build_workload(workload_dir, pie=True)
+
+
+@pytest.fixture(scope="session")
+def workload_nopie(workload_dir):
+    return build_workload(workload_dir, pie=False)
+
+
+def bolt_tool(version, name):
+    path = {22: LLVM22, 19: LLVM19}[version] / name
+    assert path.exists(), f"{path} missing: install bolt-{version}"
+    return str(path)
+
+
+def run(cmd, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    return subprocess.run(cmd, **kw)
+
+
+_bad_skips = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "lbr_hw" not in report.keywords:
+        _bad_skips.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("EBPF_BOLT_STRICT_SKIPS") == "1" and _bad_skips:
+        print("\nskipped tests that must run here:\n  " + "\n  ".join(_bad_skips))
+        session.exitstatus = 1

@@ -1,0 +1,116 @@
+"""The BPF object: every program loads and verifies on this kernel, the
+ctypes mirrors match its BTF, and the binding table is complete."""
+import ctypes
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ebpf_bolt import _libbpf
+from ebpf_bolt.bpf_object import MAPS, BoltObject, object_path
+from ebpf_bolt.layout import COUNTERS, MIRRORS, Config
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def btf_types():
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", object_path()],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["types"]
+
+
+def by_name(types, kind, name):
+    found = [t for t in types if t["kind"] == kind and t.get("name") == name]
+    assert len(found) == 1, f"{kind} {name} not (uniquely) in the object's BTF"
+    return found[0]
+
+
+@pytest.mark.parametrize("cname", sorted(MIRRORS))
+def test_ctypes_mirror_matches_btf(cname):
+    types = btf_types()
+    mirror, renames = MIRRORS[cname]
+    struct = by_name(types, "STRUCT", cname)
+    assert struct["size"] == ctypes.sizeof(mirror)
+    assert len(struct["members"]) == len(mirror._fields_)
+    for member in struct["members"]:
+        field = getattr(mirror, renames.get(member["name"], member["name"]))
+        assert member["bits_offset"] == field.offset * 8, member["name"]
+
+
+def test_counters_match_enum():
+    """layout.COUNTERS follows enum eb_counter of the shared header (the
+    enum is not in the BTF: no variable has its type)."""
+    header = (ROOT / "bpf" / "ebpf_bolt.h").read_text()
+    body = re.search(r"enum eb_counter \{(.*?)\};", header, re.S).group(1)
+    names = re.findall(r"^\s*(EB_[A-Z_]+)", body, re.M)
+    assert names[-1] == "EB_NR_COUNTERS"
+    assert names[:-1] == ["EB_" + c.upper() for c in COUNTERS]
+    stats = by_name(btf_types(), "STRUCT", "eb_stats")
+    assert stats["size"] == 8 * len(COUNTERS)
+
+
+def test_config_is_the_whole_rodata():
+    """The options struct is written over .rodata as one blob: it must be
+    the only variable there and start at offset 0."""
+    types = btf_types()
+    sec = by_name(types, "DATASEC", ".rodata")
+    assert len(sec["vars"]) == 1
+    var = next(t for t in types if t["id"] == sec["vars"][0]["type_id"])
+    assert var["name"] == "cfg" and sec["vars"][0]["offset"] == 0
+    assert sec["vars"][0]["size"] == ctypes.sizeof(Config)
+
+
+def test_map_sizes_match_btf():
+    types = btf_types()
+    sizes = {t["id"]: t.get("size") for t in types}
+    kinds = {t["id"]: t for t in types}
+
+    def resolved_size(type_id):
+        t = kinds[type_id]
+        while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE"):
+            t = kinds[t["type_id"]]
+        return t["size"]
+
+    for name, (ksz, vsz) in MAPS.items():
+        var = by_name(types, "VAR", name)
+        members = {m["name"]: m for m in kinds[var["type_id"]]["members"]}
+        key_ptr = kinds[members["key"]["type_id"]]
+        val_ptr = kinds[members["value"]["type_id"]]
+        assert resolved_size(key_ptr["type_id"]) == ksz, name
+        assert resolved_size(val_ptr["type_id"]) == vsz, name
+    assert sizes  # the dump had types
+
+
+@pytest.mark.root
+def test_every_program_loads_and_verifies():
+    with BoltObject(map_entries={name: 16 for name in MAPS}) as obj:
+        for name in obj.program_names():
+            assert obj.program_fd(name) > 0
+        assert obj.stats() == {c: 0 for c in COUNTERS}
+
+
+def test_every_bound_function_has_a_prototype():
+    for name, fn in _libbpf.bound_functions():
+        assert fn.argtypes is not None, name
+        assert fn.restype is not None or name == "bpf_object__close", name
+
+
+@pytest.mark.root
+def test_libbpf_errors_name_the_call():
+    with pytest.raises(_libbpf.LibbpfError) as info:
+        _libbpf.lib().bpf_object__open_file(b"/nonexistent.bpf.o", None)
+    assert info.value.errno == 2
+    assert "bpf_object__open_file" in str(info.value)
+    assert isinstance(info.value, OSError)
+
+
+@pytest.mark.root
+def test_closed_object_raises_instead_of_crashing():
+    obj = BoltObject(map_entries={name: 16 for name in MAPS})
+    obj.close()
+    with pytest.raises(ValueError):
+        obj.map_fd("ip_counts")
+    obj.close()  # closing twice is harmless
