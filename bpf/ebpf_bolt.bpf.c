@@ -132,25 +132,10 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 
 /* ---- Branch stacks -------------------------------------------------- */
 
-/* Slots of the per-sample combining table: loops repeat the same trace many
- * times within one stack, so counts are combined here first and each
- * distinct trace costs one hash-map operation per sample, not one per
- * entry. Direct-mapped: a colliding trace flushes the slot's occupant. */
-#define EB_SLOTS 64
-
-struct eb_slot {
-	struct eb_trace key;
-	__u64 count;
-	__u64 mispreds;
-	__u64 gen;             /* valid only when equal to eb_scratch.gen */
-};
-
-/* Per-CPU scratch space: branch stacks do not fit the 512-byte BPF stack. */
+/* Per-CPU scratch space for the live program: a branch stack (up to
+ * 1536 bytes) does not fit the 512-byte BPF stack. */
 struct eb_scratch {
 	struct eb_branch entries[EB_MAX_BRANCHES];
-	struct eb_slot slots[EB_SLOTS];
-	__u64 gen;
-	struct eb_stack_header replay_hdr;  /* replay's copy of a header */
 };
 
 struct {
@@ -160,15 +145,26 @@ struct {
 	__type(value, struct eb_scratch);
 } scratch SEC(".maps");
 
-static __always_inline struct eb_scratch *get_scratch(void)
-{
-	__u32 zero = 0;
+/*
+ * The trace cache: a direct-mapped table per CPU in front of trace_counts.
+ * Loops make the same traces recur within a stack and across samples; a
+ * recurring trace is counted in its slot with two adds, no hash lookup.
+ * A slot only ever holds a trace that trace_counts already has (its first
+ * count went there when it entered the slot), so the map's capacity is
+ * exactly --max-entries and a full map loses exactly what it refuses.
+ * Slots keep counts not yet added to the map; user space adds them when it
+ * drains, and a slot flushes its counts to the map when evicted.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EB_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct eb_cache_slot);
+} trace_cache SEC(".maps");
 
-	return bpf_map_lookup_elem(&scratch, &zero);
-}
-
-/* Add one trace's counts to this CPU's value in the trace map. */
-static __always_inline void add_trace(const struct eb_trace *key, __u64 count,
+/* Add counts to this CPU's value of one trace in the trace map; returns 0,
+ * or the error (after counting it) when the map refused a new trace. */
+static __always_inline long add_trace(const struct eb_trace *key, __u64 count,
 				      __u64 mispreds, struct eb_stats *st)
 {
 	struct eb_trace_counts *val = bpf_map_lookup_elem(&trace_counts, key);
@@ -178,7 +174,7 @@ static __always_inline void add_trace(const struct eb_trace *key, __u64 count,
 	if (val) {
 		val->count += count;
 		val->mispreds += mispreds;
-		return;
+		return 0;
 	}
 	err = bpf_map_update_elem(&trace_counts, key, &init, BPF_NOEXIST);
 	if (err == -EEXIST) {
@@ -187,13 +183,14 @@ static __always_inline void add_trace(const struct eb_trace *key, __u64 count,
 		if (val) {
 			val->count += count;
 			val->mispreds += mispreds;
-			return;
+			return 0;
 		}
 	}
 	if (err) {
 		count_failure(st, err, EB_MAP_FULL);
 		st->counter[EB_TRACES_LOST] += count;
 	}
+	return err;
 }
 
 static __always_inline __u32 slot_of(const struct eb_trace *t)
@@ -201,7 +198,35 @@ static __always_inline __u32 slot_of(const struct eb_trace *t)
 	__u64 h = t->from * 0x9E3779B97F4A7C15ULL ^
 		  t->to * 0xC2B2AE3D27D4EB4FULL ^ t->ft_end;
 
-	return (__u32)(h >> 58) & (EB_SLOTS - 1);
+	return (__u32)(h >> 40) & (EB_CACHE_SLOTS - 1);
+}
+
+/* Count one trace: in its cache slot if it is there, else in the map,
+ * then it takes the slot (the previous occupant's counts go to the map). */
+static __always_inline void count_trace(const struct eb_trace *t, __u64 mis,
+					struct eb_stats *st)
+{
+	__u32 idx = slot_of(t);
+	struct eb_cache_slot *slot = bpf_map_lookup_elem(&trace_cache, &idx);
+
+	if (!slot) {
+		add_trace(t, 1, mis, st);
+		return;
+	}
+	if (slot->valid && slot->key.from == t->from && slot->key.to == t->to &&
+	    slot->key.ft_end == t->ft_end) {
+		slot->count++;
+		slot->mispreds += mis;
+		return;
+	}
+	if (add_trace(t, 1, mis, st))
+		return;  /* not in the map: it must not take a slot */
+	if (slot->valid && (slot->count || slot->mispreds))
+		add_trace(&slot->key, slot->count, slot->mispreds, st);
+	slot->key = *t;
+	slot->count = 0;
+	slot->mispreds = 0;
+	slot->valid = 1;
 }
 
 /*
@@ -209,25 +234,24 @@ static __always_inline __u32 slot_of(const struct eb_trace *t)
  * perf2bolt's rules (bolt-profile-formats.md, section 2): entries are
  * newest first; entry i gives the trace (from_i, to_i, from of the next
  * newer kept entry), the newest gets EB_BR_ONLY; entries with a kernel
- * from or to are dropped before pairing.
+ * from or to are dropped before pairing. `naive` (benchmark baseline only)
+ * updates the map once per entry, without the cache.
  */
-static __always_inline void aggregate_stack(struct eb_scratch *s, __u32 nr,
+static __always_inline void aggregate_stack(struct eb_branch *entries, __u32 nr,
 					    struct eb_stats *st, int naive)
 {
 	__u64 newer_from = EB_BR_ONLY;
-	__u64 gen = ++s->gen;
 	__u32 i;
 
 	st->counter[EB_BRANCH_ENTRIES] += nr;
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
-		struct eb_slot *slot;
 		struct eb_trace t;
 		__u64 mis;
 
 		if (i >= nr)
 			break;
-		b = &s->entries[i];
+		b = &entries[i];
 		if (b->from >= cfg.user_addr_end || b->to >= cfg.user_addr_end) {
 			st->counter[EB_KERNEL_BRANCHES]++;
 			continue;
@@ -240,35 +264,13 @@ static __always_inline void aggregate_stack(struct eb_scratch *s, __u32 nr,
 		/* counted in memory, not in a register, so that the verifier's
 		 * states at the loop head stay alike and are pruned */
 		st->counter[EB_TRACES]++;
-		if (naive) {
+		if (naive)
 			add_trace(&t, 1, mis, st);
-			continue;
-		}
-		slot = &s->slots[slot_of(&t)];
-		if (slot->gen == gen) {
-			if (slot->key.from == t.from && slot->key.to == t.to &&
-			    slot->key.ft_end == t.ft_end) {
-				slot->count++;
-				slot->mispreds += mis;
-				continue;
-			}
-			add_trace(&slot->key, slot->count, slot->mispreds, st);
-		}
-		slot->key = t;
-		slot->count = 1;
-		slot->mispreds = mis;
-		slot->gen = gen;
+		else
+			count_trace(&t, mis, st);
 	}
 	if (newer_from == EB_BR_ONLY)  /* no user-space entry kept */
 		st->counter[EB_EMPTY_STACKS]++;
-	if (naive)
-		return;
-	for (i = 0; i < EB_SLOTS; i++) {
-		struct eb_slot *slot = &s->slots[i];
-
-		if (slot->gen == gen)
-			add_trace(&slot->key, slot->count, slot->mispreds, st);
-	}
 }
 
 /*
@@ -283,11 +285,12 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 	struct eb_scratch *s;
+	__u32 zero = 0;
 	long size, total;
 
 	if (!st || keep_sample(st))
 		return 0;
-	s = get_scratch();
+	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s) {
 		st->counter[EB_SCRATCH_FAILED]++;
 		return 0;
@@ -301,70 +304,71 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 					BPF_F_GET_BRANCH_RECORDS_SIZE);
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
-	aggregate_stack(s, (__u32)size / sizeof(struct eb_branch), st, 0);
+	aggregate_stack(s->entries, (__u32)size / sizeof(struct eb_branch), st, 0);
 	return 0;
 }
 
 /* ---- Replay: the same worker on branch stacks the caller supplies ---- */
 
+/* Stacks to replay, written by user space straight into this array through
+ * mmap: the program reads them in place, nothing is copied per stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eb_replay_stack);
+} replay_stacks SEC(".maps");
+
+/* The ctx may only be read at fixed offsets from its own pointer, so the
+ * loop works on a copy of the arguments and writes results back once. */
 struct replay_state {
-	__u64 pos;
-	__u64 end;
-	struct eb_replay_args *args;
-	struct eb_scratch *s;
 	struct eb_stats *st;
+	__u32 first;
+	__u32 naive;
+	__u32 done;
+	__u32 bad;
 };
 
 static long replay_one(__u32 index, void *data)
 {
 	struct replay_state *rs = data;
-	struct eb_stack_header *hdr = &rs->s->replay_hdr;
+	__u32 idx = rs->first + index;
+	struct eb_replay_stack *stack = bpf_map_lookup_elem(&replay_stacks, &idx);
 	__u32 nr;
 
-	if (rs->pos + sizeof(*hdr) > rs->end)
+	if (!stack)
 		goto bad;
-	if (bpf_copy_from_user(hdr, sizeof(*hdr), (void *)rs->pos))
-		goto bad;
-	nr = hdr->nr;
+	nr = stack->nr;
 	if (nr > EB_MAX_BRANCHES)
 		goto bad;
-	rs->pos += sizeof(*hdr);
-	if (rs->pos + nr * sizeof(struct eb_branch) > rs->end)
-		goto bad;
-	if (nr && bpf_copy_from_user(rs->s->entries,
-				     nr * sizeof(struct eb_branch),
-				     (void *)rs->pos))
-		goto bad;
-	rs->pos += nr * sizeof(struct eb_branch);
 	rs->st->counter[EB_SAMPLES]++;
 	/* constant `naive` in each call keeps the verifier's work a sum */
-	if (rs->args->naive)
-		aggregate_stack(rs->s, nr, rs->st, 1);
+	if (rs->naive)
+		aggregate_stack(stack->entries, nr, rs->st, 1);
 	else
-		aggregate_stack(rs->s, nr, rs->st, 0);
-	rs->args->done++;
+		aggregate_stack(stack->entries, nr, rs->st, 0);
+	rs->done++;
 	return 0;
 bad:
-	rs->args->bad++;
-	return 1;  /* stop: the rest cannot be parsed */
+	rs->bad++;
+	return 1;  /* stop at the first malformed stack */
 }
 
 SEC("syscall")
 int replay_branches(struct eb_replay_args *args)
 {
-	struct replay_state rs = {};
-	__u32 n = args->nr_stacks;
+	struct replay_state rs = {
+		.st = get_stats(),
+		.first = args->first,
+		.naive = args->naive,
+	};
 
-	rs.s = get_scratch();
-	rs.st = get_stats();
-	if (!rs.s || !rs.st)
+	if (!rs.st)
 		return 1;
-	rs.pos = args->stacks;
-	rs.end = args->stacks + args->size;
-	rs.args = args;
-	if (n > EB_MAX_REPLAY_STACKS)
-		n = EB_MAX_REPLAY_STACKS;
-	bpf_loop(n, replay_one, &rs, 0);
+	bpf_loop(args->count, replay_one, &rs, 0);
+	args->done = rs.done;
+	args->bad = rs.bad;
 	return 0;
 }
 

@@ -69,24 +69,32 @@ struct eb_branch {
 
 #define EB_BRANCH_MISPRED 1ULL
 
-/* Replay (BPF_PROG_RUN of replay_branches): branch stacks packed in the
- * caller's memory, each an eb_stack_header then `nr` eb_branch entries,
- * newest first. The program reads them with bpf_copy_from_user. */
-struct eb_stack_header {
+/* Slots of the per-CPU trace cache (a power of two). */
+#define EB_CACHE_SLOTS 1024
+
+struct eb_cache_slot {
+	struct eb_trace key;
+	__u64 count;           /* counts not yet added to the trace map */
+	__u64 mispreds;
+	__u64 valid;
+};
+
+/* Replay (BPF_PROG_RUN of replay_branches): stacks in the replay_stacks
+ * array, newest entry first. */
+struct eb_replay_stack {
 	__u32 nr;
 	__u32 reserved;
+	struct eb_branch entries[EB_MAX_BRANCHES];
 };
 
 /* Context of replay_branches, written back after the run. */
 struct eb_replay_args {
-	__u64 stacks;          /* user address of the packed stacks */
-	__u64 size;            /* bytes there */
-	__u32 nr_stacks;
-	__u32 naive;           /* benchmark baseline: one hash update per entry */
+	__u32 first;           /* index of the first stack in replay_stacks */
+	__u32 count;           /* stacks to aggregate */
+	__u32 naive;           /* benchmark baseline: one map update per entry */
 	__u32 done;            /* out: stacks aggregated */
-	__u32 bad;             /* out: stacks rejected (malformed) */
+	__u32 bad;             /* out: stacks rejected (nr too large) */
+	__u32 reserved;
 };
-
-#define EB_MAX_REPLAY_STACKS (1U << 20)
 
 #endif /* EBPF_BOLT_H */

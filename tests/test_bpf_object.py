@@ -74,7 +74,7 @@ def test_map_sizes_match_btf():
             t = kinds[t["type_id"]]
         return t["size"]
 
-    for name, (ksz, vsz) in MAPS.items():
+    for name, (ksz, vsz, _kind) in MAPS.items():
         var = by_name(types, "VAR", name)
         members = {m["name"]: m for m in kinds[var["type_id"]]["members"]}
         key_ptr = kinds[members["key"]["type_id"]]

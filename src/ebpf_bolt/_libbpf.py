@@ -141,7 +141,7 @@ _verbose = False
 
 
 def _print_cb(level, fmt, va_list):
-    buf = ctypes.create_string_buffer(4096)
+    buf = ctypes.create_string_buffer(1 << 18)  # verifier logs are long
     _libc.vsnprintf(buf, len(buf), fmt, va_list)
     text = buf.value.decode(errors="replace")
     _log.append(text)

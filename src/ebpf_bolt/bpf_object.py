@@ -15,9 +15,13 @@ from .layout import COUNTERS, Config, Stats
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
-# map name -> (key size, value size in bytes), as in ebpf_bolt.bpf.c
-MAPS = {"ip_counts": (8, 8), "thread_samples": (4, 8),
-        "trace_counts": (24, 16)}
+# Maps sized from user space: name -> (key size, value size, type), as in
+# ebpf_bolt.bpf.c. A map not given a size gets 1 entry: unused maps cost
+# nothing, and trace_cache with 1 slot simply sends traces to the map.
+HASH, PERCPU_ARRAY, ARRAY = "hash", "percpu_array", "array"
+MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
+        "trace_counts": (24, 16, HASH), "trace_cache": (4, 48, PERCPU_ARRAY),
+        "replay_stacks": (4, 1544, ARRAY)}
 
 
 def object_path():
@@ -36,11 +40,16 @@ def percpu_value_size(value_size):
     return (value_size + 7) // 8 * 8
 
 
-def map_kernel_bytes(key_size, value_size, max_entries, ncpus):
-    """Kernel memory of a preallocated per-CPU hash: one value per possible
-    CPU per entry, plus each element's header (~48 bytes + key + pointer)."""
+def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
+    """Kernel memory of a map: a per-CPU hash holds one value per possible
+    CPU per entry plus each element's header (~48 bytes + key + pointer)."""
+    value = percpu_value_size(value_size)
+    if kind == ARRAY:
+        return max_entries * value
+    if kind == PERCPU_ARRAY:
+        return max_entries * value * ncpus
     elem = 48 + (key_size + 7) // 8 * 8 + 8
-    return max_entries * (percpu_value_size(value_size) * ncpus + elem)
+    return max_entries * (value * ncpus + elem)
 
 
 def kernel_version():
@@ -97,10 +106,10 @@ class BoltObject:
                                            ctypes.sizeof(cfg))
             self.map_entries = {}
             self.prealloc = prealloc_needed()
-            for name in MAPS:
+            for name, (_, _, kind) in MAPS.items():
                 entries = (map_entries or {}).get(name, 1)
                 lib.bpf_map__set_max_entries(self._map(name), entries)
-                if not self.prealloc:
+                if kind == HASH and not self.prealloc:
                     lib.bpf_map__set_map_flags(self._map(name),
                                                BPF_F_NO_PREALLOC)
                 self.map_entries[name] = entries
@@ -141,11 +150,11 @@ class BoltObject:
         """Kernel memory the maps may hold (all entries), or hold for
         `used` = {map name: entries in use} when maps fill on demand."""
         total = 0
-        for name, (ksz, vsz) in MAPS.items():
+        for name, (ksz, vsz, kind) in MAPS.items():
             entries = self.map_entries[name]
-            if used is not None and not self.prealloc:
+            if kind == HASH and used is not None and not self.prealloc:
                 entries = min(entries, used.get(name, 0))
-            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus)
+            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind)
         return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
 
     # --- attach ------------------------------------------------------------
@@ -184,8 +193,8 @@ class BoltObject:
 
         Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
         kernel's batch lookup (5.6+), falling back to key-by-key reads."""
-        ksz, vsz = MAPS[name]
-        stride = percpu_value_size(vsz) * self.ncpus
+        ksz, vsz, kind = MAPS[name]
+        stride = percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         kbuf = ctypes.create_string_buffer(ksz * batch)
@@ -214,8 +223,8 @@ class BoltObject:
         return bytes(keys), bytes(values), len(keys) // ksz
 
     def _drain_slow(self, name):
-        ksz, vsz = MAPS[name]
-        stride = percpu_value_size(vsz) * self.ncpus
+        ksz, vsz, kind = MAPS[name]
+        stride = percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         cur, nxt = None, ctypes.create_string_buffer(ksz)

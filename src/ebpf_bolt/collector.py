@@ -18,7 +18,7 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import USER_ADDR_END, Config
+from .layout import CACHE_SLOTS, USER_ADDR_END, Config
 from .profile import Profile, translate_samples, translate_traces
 from .targets import CommandTarget, ProcessTarget
 
@@ -38,8 +38,8 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
-    ksz, vsz = MAPS[map_name]
-    per_entry = map_kernel_bytes(ksz, vsz, 1, ncpus)
+    ksz, vsz, kind = MAPS[map_name]
+    per_entry = map_kernel_bytes(ksz, vsz, 1, ncpus, kind)
     return max(MIN_ENTRIES, min(MAX_ENTRIES, budget // per_entry))
 
 
@@ -131,15 +131,24 @@ def choose_event(mode, frequency, notice):
 
 
 def runtime_traces(obj):
-    """The trace map summed over CPUs: {(from, to, ft_end): (count,
-    mispreds)} in runtime addresses."""
+    """The trace map summed over CPUs, plus the counts still held in each
+    CPU's trace cache: {(from, to, ft_end): (count, mispreds)} in runtime
+    addresses."""
     keys, values, n = obj.drain("trace_counts")
     if not n:
         return {}
     counts, mispreds = obj.sum_u64_values(values, 2)
     k = array("Q", keys)
-    return {(k[3 * i], k[3 * i + 1], k[3 * i + 2]): (counts[i], mispreds[i])
-            for i in range(n)}
+    traces = {(k[3 * i], k[3 * i + 1], k[3 * i + 2]): [counts[i], mispreds[i]]
+              for i in range(n)}
+    _, slots, _ = obj.drain("trace_cache")
+    w = array("Q", slots)  # per slot and CPU: from, to, ft_end, count, mis, valid
+    for i in range(0, len(w), 6):
+        if w[i + 5] and (w[i + 3] or w[i + 4]):
+            t = traces[(w[i], w[i + 1], w[i + 2])]  # a cached trace is mapped
+            t[0] += w[i + 3]
+            t[1] += w[i + 4]
+    return {key: tuple(v) for key, v in traces.items()}
 
 
 def validate(frequency, duration):
@@ -228,6 +237,8 @@ class Recorder:
         self.map_name = "ip_counts" if self.mode == "ip" else "trace_counts"
         entries = self.max_entries or default_max_entries(self.map_name, ncpus)
         sizes = {self.map_name: entries}
+        if self.mode == "lbr":
+            sizes["trace_cache"] = CACHE_SLOTS
         if self.count_threads:
             sizes["thread_samples"] = 4096
         cfg = Config(target_tgid=self.target.pid,

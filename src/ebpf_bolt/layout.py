@@ -42,17 +42,24 @@ class Branch(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-class StackHeader(ctypes.Structure):
-    _fields_ = [("nr", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+CACHE_SLOTS = 1024  # EB_CACHE_SLOTS
+
+
+class CacheSlot(ctypes.Structure):
+    _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
+                ("mispreds", ctypes.c_uint64), ("valid", ctypes.c_uint64)]
+
+
+class ReplayStack(ctypes.Structure):
+    _fields_ = [("nr", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("entries", Branch * MAX_BRANCHES)]
 
 
 class ReplayArgs(ctypes.Structure):
-    _fields_ = [("stacks", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("nr_stacks", ctypes.c_uint32), ("naive", ctypes.c_uint32),
-                ("done", ctypes.c_uint32), ("bad", ctypes.c_uint32)]
+    _fields_ = [("first", ctypes.c_uint32), ("count", ctypes.c_uint32),
+                ("naive", ctypes.c_uint32), ("done", ctypes.c_uint32),
+                ("bad", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
-
-MAX_REPLAY_STACKS = 1 << 20
 
 # C name -> (ctypes mirror, {C member name: mirror field name})
 MIRRORS = {
@@ -61,6 +68,7 @@ MIRRORS = {
     "eb_trace": (Trace, {"from": "from_"}),
     "eb_trace_counts": (TraceCounts, {}),
     "eb_branch": (Branch, {"from": "from_"}),
-    "eb_stack_header": (StackHeader, {}),
+    "eb_cache_slot": (CacheSlot, {}),
+    "eb_replay_stack": (ReplayStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
 }

@@ -4,11 +4,12 @@ The live program (sample_branches) and replay_branches share one worker in
 the BPF object, so replaying stacks through BPF_PROG_RUN tests and measures
 the exact code that runs on LBR hardware. BPF_PROG_RUN of a syscall
 program takes no CPU flag: the calling thread is pinned with
-sched_setaffinity to choose whose per-CPU map slots are filled. The stacks
-go in our own memory, which the program reads with bpf_copy_from_user, so
-one run aggregates up to MAX_REPLAY_STACKS stacks.
+sched_setaffinity to choose whose per-CPU maps are filled. Stacks are
+written straight into the mmap of the replay_stacks array, so one run
+aggregates a whole batch with nothing copied per stack.
 """
 import ctypes
+import mmap
 import os
 import time
 from array import array
@@ -18,13 +19,15 @@ from .addrspace import AddressSpace
 from .bpf_object import BoltObject
 from .collector import check_privileges, default_max_entries, runtime_traces
 from .elf import ElfFile
-from .layout import (MAX_BRANCHES, MAX_REPLAY_STACKS, USER_ADDR_END,
-                     BRANCH_MISPRED, Config, ReplayArgs)
+from .layout import (BRANCH_MISPRED, CACHE_SLOTS, MAX_BRANCHES,
+                     USER_ADDR_END, Config, ReplayArgs, ReplayStack)
 from .profile import Profile, translate_traces
 from .errors import UsageError
 
-HEADER = 8
-ENTRY = 24
+STACK_BYTES = ctypes.sizeof(ReplayStack)
+STACK_WORDS = STACK_BYTES // 8
+BATCH = 4096  # stacks per run: 6 MiB of replay_stacks
+_ZEROS = array("Q", bytes(STACK_BYTES))
 
 
 def parse_entry(token):
@@ -53,41 +56,55 @@ def parse_stacks(lines):
 
 
 def pack_stacks(stacks):
-    """Packed eb_stack_header + eb_branch records; stacks deeper than the
-    hardware maximum are cut to their newest entries. Returns (buffer,
-    number of stacks cut)."""
+    """eb_replay_stack records (fixed size), for the replay_stacks array;
+    stacks deeper than the hardware maximum keep their newest entries.
+    Returns (array of u64 words, number of stacks cut)."""
     words = array("Q")
     cut = 0
     for stack in stacks:
         if len(stack) > MAX_BRANCHES:
             stack = stack[:MAX_BRANCHES]
             cut += 1
-        words.append(len(stack))  # header: nr (low half), reserved 0
+        words.append(len(stack))  # nr in the low half, reserved 0
         for frm, to, mis in stack:
             words.extend((frm, to, BRANCH_MISPRED if mis else 0))
+        words.extend(_ZEROS[:STACK_WORDS - 1 - 3 * len(stack)])  # padding
     return words, cut
 
 
 class Replayer:
     """A loaded object whose replay program aggregates supplied stacks."""
 
-    def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END):
+    def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
+                 batch=BATCH):
         check_privileges()
         ncpus = _libbpf.lib().libbpf_num_possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
+        self.batch = batch
         self.obj = BoltObject(Config(user_addr_end=user_addr_end),
-                              {"trace_counts": self.max_entries},
+                              {"trace_counts": self.max_entries,
+                               "trace_cache": CACHE_SLOTS,
+                               "replay_stacks": batch},
                               programs=["replay_branches"])
         self.prog_fd = self.obj.program_fd("replay_branches")
+        size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
+                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.cut = 0
 
-    def run_packed(self, words, nr_stacks, cpu=0, naive=False):
-        """One BPF_PROG_RUN over packed stacks on `cpu`; returns the run's
-        ReplayArgs (done, bad) and its wall time in nanoseconds."""
-        addr, _ = words.buffer_info()
-        args = ReplayArgs(stacks=addr, size=len(words) * 8,
-                          nr_stacks=nr_stacks, naive=int(naive))
+    def load(self, words):
+        """Put packed stacks (at most `batch`) into the replay array."""
+        data = words.tobytes()
+        if len(data) > self.batch * STACK_BYTES:
+            raise ValueError("more stacks than the replay batch holds")
+        self._mem[:len(data)] = data
+        return len(data) // STACK_BYTES
+
+    def run(self, count, cpu=0, naive=False):
+        """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
+        returns the run's ReplayArgs and its wall time in nanoseconds."""
+        args = ReplayArgs(first=0, count=count, naive=int(naive))
         opts = _libbpf.bpf_test_run_opts(
             sz=ctypes.sizeof(_libbpf.bpf_test_run_opts),
             ctx_in=ctypes.cast(ctypes.pointer(args), ctypes.c_void_p),
@@ -102,19 +119,18 @@ class Replayer:
         finally:
             os.sched_setaffinity(0, old)
         if opts.retval != 0:
-            raise _libbpf.LibbpfError("replay_branches", 22,
-                                      "scratch space unavailable")
+            raise _libbpf.LibbpfError("replay_branches", 22, "no stats map")
         return args, elapsed
 
     def feed(self, stacks, cpu=0, naive=False):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
-        on `cpu`, in runs of at most MAX_REPLAY_STACKS."""
-        for i in range(0, len(stacks), MAX_REPLAY_STACKS):
-            chunk = stacks[i:i + MAX_REPLAY_STACKS]
-            words, cut = pack_stacks(chunk)
+        on `cpu`, a batch per run."""
+        for i in range(0, len(stacks), self.batch):
+            words, cut = pack_stacks(stacks[i:i + self.batch])
             self.cut += cut
-            args, _ = self.run_packed(words, len(chunk), cpu, naive)
-            if args.bad or args.done != len(chunk):
+            count = self.load(words)
+            args, _ = self.run(count, cpu, naive)
+            if args.bad or args.done != count:
                 raise _libbpf.LibbpfError("replay_branches", 22,
                                           f"{args.bad} malformed stacks")
 
@@ -138,6 +154,9 @@ class Replayer:
         return prof
 
     def close(self):
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
         self.obj.close()
 
     def __enter__(self):
