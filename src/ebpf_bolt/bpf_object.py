@@ -82,13 +82,19 @@ class Link:
 
 
 class BoltObject:
-    def __init__(self, config=None, map_entries=None, programs=None, path=None):
+    def __init__(self, config=None, map_entries=None, programs=None, path=None,
+                 prealloc=None):
         """Open and load the object.
 
         config: layout.Config written to .rodata before load.
         map_entries: {map name: max_entries}; maps not named get 1 entry so
             that unused preallocated maps cost no memory.
         programs: names of programs to load (None loads all).
+        prealloc: preallocate the hash maps (None: only where the kernel
+            requires it). Filling on demand draws on per-CPU caches that are
+            refilled between program runs; a run that inserts thousands of
+            keys (replay, bursts of branch stacks) can drain them and fail
+            with ENOMEM, so the branch paths preallocate.
         """
         lib = _libbpf.lib()
         self._lib = lib
@@ -105,7 +111,7 @@ class BoltObject:
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
             self.map_entries = {}
-            self.prealloc = prealloc_needed()
+            self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, _, kind) in MAPS.items():
                 entries = (map_entries or {}).get(name, 1)
                 lib.bpf_map__set_max_entries(self._map(name), entries)

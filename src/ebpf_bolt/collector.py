@@ -246,7 +246,10 @@ class Recorder:
                      user_addr_end=USER_ADDR_END)
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         try:
-            self.obj = BoltObject(cfg, sizes, programs=[program])
+            # IP samples insert at most one key per program run: maps can
+            # fill on demand; branch stacks insert up to 64 per run.
+            self.obj = BoltObject(cfg, sizes, programs=[program],
+                                  prealloc=True if self.mode == "lbr" else None)
         except _libbpf.LibbpfError as e:
             if e.errno in (errno.EPERM, errno.EACCES):
                 raise PermissionProblem(

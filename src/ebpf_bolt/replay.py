@@ -86,7 +86,7 @@ class Replayer:
                               {"trace_counts": self.max_entries,
                                "trace_cache": CACHE_SLOTS,
                                "replay_stacks": batch},
-                              programs=["replay_branches"])
+                              programs=["replay_branches"], prealloc=True)
         self.prog_fd = self.obj.program_fd("replay_branches")
         size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
