@@ -173,15 +173,45 @@ def translate_traces(runtime_traces, space):
     or to outside becomes 0 (external), a fall-through end outside, or one
     starting outside, becomes BR_ONLY; a trace whose branch has neither end
     inside is left out. Returns (traces, left-out trace count)."""
+    ranges = space.ranges
+    if len(ranges) == 1:
+        return _translate_one_range(runtime_traces, *ranges[0])
     tr = space.translator()
     out, left_out = {}, 0
     for (frm, to, ft_end), (count, mis) in runtime_traces.items():
         f, t = tr(frm), tr(to)
-        e = tr(ft_end) if ft_end != BR_ONLY else None
         if f is None and t is None:
             left_out += count      # nothing of the binary is left
             continue
-        key = (f or 0, t or 0, e if (e is not None and t is not None) else BR_ONLY)
+        e = tr(ft_end) if t is not None and ft_end != BR_ONLY else None
+        _add(out, (f or 0, t or 0, BR_ONLY if e is None else e), count, mis)
+    return out, left_out
+
+
+def _add(out, key, count, mis):
+    prev = out.get(key)
+    out[key] = (count, mis) if prev is None else (prev[0] + count, prev[1] + mis)
+
+
+def _translate_one_range(runtime_traces, start, end, bias):
+    """The usual case, one executable mapping: the same rules, inlined
+    (a million traces go through here when a big profile is written)."""
+    out, left_out = {}, 0
+    for (frm, to, ft_end), value in runtime_traces.items():
+        f_in = start <= frm < end
+        t_in = start <= to < end
+        if f_in and t_in:
+            key = (frm - bias, to - bias,
+                   ft_end - bias if start <= ft_end < end else BR_ONLY)
+        elif t_in:
+            key = (0, to - bias,
+                   ft_end - bias if start <= ft_end < end else BR_ONLY)
+        elif f_in:
+            key = (frm - bias, 0, BR_ONLY)
+        else:
+            left_out += value[0]
+            continue
         prev = out.get(key)
-        out[key] = (count, mis) if prev is None else (prev[0] + count, prev[1] + mis)
+        out[key] = value if prev is None else (prev[0] + value[0],
+                                               prev[1] + value[1])
     return out, left_out
