@@ -112,14 +112,30 @@ def summary_lines(profile, fmt, output, text):
     lines.append(f"recorded {profile.binary} ({pie}) pid {i['pid']} for "
                  f"{i['duration']:.2f} s, stopped by {i['stopped_by']}; "
                  f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz)")
-    share = 100.0 * in_binary / kept if kept else 0.0
-    lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
-                 f"binary ({share:.1f}%), {st['outside_binary']:,} in other "
-                 f"objects, {st['kernel_ip']:,} in the kernel; "
-                 f"{i['distinct_addresses']:,} distinct addresses")
-    dropped = st["map_full"] + st["update_failed"]
+    if profile.kind == "basic":
+        share = 100.0 * in_binary / kept if kept else 0.0
+        lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
+                     f"binary ({share:.1f}%), {st['outside_binary']:,} in other "
+                     f"objects, {st['kernel_ip']:,} in the kernel; "
+                     f"{i['distinct_addresses']:,} distinct addresses")
+    else:
+        lines.append(f"samples: {kept:,} of the process with "
+                     f"{st['branch_entries']:,} branch entries; "
+                     f"{st['kernel_branches']:,} kernel entries dropped, "
+                     f"{st['stack_cut']:,} stacks cut at 64, "
+                     f"{st['branch_read_failed']:,} unreadable, "
+                     f"{st['empty_stacks']:,} with no user branch")
+        lines.append(f"traces: {len(profile.traces):,} distinct in the binary, "
+                     f"{in_binary:,} counted; {st['outside_binary']:,} left out "
+                     "(no end in the binary)")
+        if fmt == "preagg":
+            lines.append("mispredicts left out: LLVM 22 takes none on T "
+                         "records; --format preagg-bf keeps them")
+    dropped = st["map_full"] + st["update_failed"] + st["scratch_failed"]
+    lost = (f", trace counts lost {st['traces_lost']:,}"
+            if profile.kind == "branch" else "")
     lines.append(f"dropped: {dropped:,} (map full {st['map_full']:,}, update "
-                 f"failures {st['update_failed']:,})" +
+                 f"failures {st['update_failed']:,}{lost})" +
                  (f"; raise --max-entries (now {i['map_entries']:,})"
                   if st["map_full"] else ""))
     how = ("preallocated" if i["prealloc"] else
