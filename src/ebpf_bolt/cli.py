@@ -4,6 +4,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
@@ -207,10 +208,21 @@ def record(args, command):
             out.abort()
         rec.close()
     if rec.target.child:
-        if signal.SIGTERM in _signals_received:
-            rec.target.signal(signal.SIGTERM)  # pass on a stop meant for both
-        return rec.target.wait()
+        return wait_for_command(rec.target)
     return 0
+
+
+def wait_for_command(target):
+    """Wait for the command after recording; a SIGTERM meant for ebpf-bolt
+    is passed on to it (Ctrl-C reaches it from the terminal by itself)."""
+    while True:
+        if signal.SIGTERM in _signals_received:
+            target.signal(signal.SIGTERM)
+            _signals_received.clear()
+        try:
+            return target.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def _replay_parser():
@@ -289,7 +301,10 @@ def replay_summary(profile, fmt, nstacks):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     own, command = _split_command(argv)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM ends a recording as Ctrl-C does (only the main thread may set
+    # handlers; main() called from another thread keeps the default)
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         if own[:1] == ["replay"]:
             return replay_command(_replay_parser().parse_args(own[1:]))
@@ -306,4 +321,5 @@ def main(argv=None):
     except BrokenPipeError:
         return 141
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)

@@ -208,9 +208,18 @@ class Recorder:
             self._open_events()
             self._load_and_attach()
             if self.target.child:
+                # sampling starts before the exec, so the command's first
+                # instructions count; it is held after the exec while its
+                # mappings are read
+                self._enable(True)
                 self.target.start()
-            self._read_target()
-            self._enable(True)
+                try:
+                    self._read_target()
+                finally:
+                    self.target.resume()
+            else:
+                self._read_target()
+                self._enable(True)
         except BaseException:
             if self.target.child and self.target.returncode is None:
                 self.target.abandon()

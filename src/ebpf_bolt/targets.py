@@ -4,6 +4,7 @@ Both are one process (a thread group): the BPF program keeps samples whose
 tgid is the target's, so every thread counts, including threads created
 during the recording by any thread, with no race against thread creation.
 """
+import ctypes
 import errno
 import os
 import select
@@ -75,9 +76,18 @@ class ProcessTarget(Target):
         return f"process {self.pid}"
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                         ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+PTRACE_TRACEME, PTRACE_DETACH = 0, 17
+
+
 class CommandTarget(Target):
-    """A command forked and held before exec until recording is set up, so
-    no instruction of it runs unobserved."""
+    """A command forked and held twice: before exec, until recording is
+    set up (the events count its tgid from the first instruction), and
+    right after exec (a ptrace stop), so its executable and mappings are
+    read even if it would exit at once."""
     child = True
 
     def __init__(self, argv):
@@ -85,6 +95,7 @@ class CommandTarget(Target):
             raise TargetError("no command given", "put the command after --")
         self.argv = list(argv)
         self.returncode = None
+        self._traced = False
         exe = shutil.which(self.argv[0])
         if exe is None:
             raise CommandNotFound(f"command not found: {self.argv[0]}")
@@ -100,6 +111,9 @@ class CommandTarget(Target):
                 os.close(gate_r)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                # stop at the exec (SIGTRAP) for the parent to look at us
+                traced = _libc.ptrace(PTRACE_TRACEME, 0, None, None) == 0
+                os.write(err_w, b"T" if traced else b"N")
                 os.execv(exe, self.argv)
             except OSError as e:
                 os.write(err_w, str(e.errno).encode())
@@ -115,9 +129,19 @@ class CommandTarget(Target):
         return "command " + " ".join(self.argv)
 
     def start(self):
-        """Let the child exec; returns once the exec succeeded."""
+        """Let the child exec. Returns once the exec succeeded; the child is
+        then stopped (if ptrace allowed it) until resume()."""
         os.write(self._gate, b"g")
         os.close(self._gate)
+        self._gate = None
+        self._traced = os.read(self._err, 1) == b"T"
+        if self._traced:
+            _, status = os.waitpid(self.pid, 0)
+            if os.WIFSTOPPED(status):
+                pass            # stopped at the exec: it succeeded
+            else:               # exited: the exec failed
+                self._traced = False
+                self.returncode = os.waitstatus_to_exitcode(status)
         data = os.read(self._err, 16)  # EOF when exec closed the pipe
         os.close(self._err)
         if data:
@@ -128,12 +152,17 @@ class CommandTarget(Target):
                                       f"{os.strerror(code)}")
             raise TargetError(f"cannot run {self.argv[0]}: {os.strerror(code)}")
 
+    def resume(self):
+        """Let the command run on after its post-exec stop."""
+        if self._traced:
+            self._traced = False
+            _libc.ptrace(PTRACE_DETACH, self.pid, None, None)
+
     def abandon(self):
         """Setup failed before exec: make the held child go away."""
-        try:
+        if self._gate is not None:
             os.close(self._gate)
-        except OSError:
-            pass
+            self._gate = None
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
