@@ -31,17 +31,24 @@ def preagg_traces(traces, event):
 
 
 def preagg_branches_fallthroughs(traces):
-    """``B from to count mispreds`` and ``F start end count`` (every LLVM
-    from 19 on): the same information as T records, split in two."""
+    """``B from to count mispreds`` plus ``F start end count`` (or ``f`` when
+    the branch came from outside the binary, from = 0), read by every LLVM
+    from 19 on: the same information as T records, split in two.
+
+    perf2bolt adds the edge into a fall-through's first block only for T
+    and ``f`` records (DataAggregator::getFallthroughsInTrace), so a return
+    from a shared library must be ``f``, or that edge is lost."""
     branches, fallthroughs = {}, {}
     for (frm, to, ft_end), (count, mis) in traces.items():
         b = branches.setdefault((frm, to), [0, 0])
         b[0] += count
         b[1] += mis
         if ft_end != BR_ONLY and to != 0:
-            fallthroughs[(to, ft_end)] = fallthroughs.get((to, ft_end), 0) + count
+            key = ("f" if frm == 0 else "F", to, ft_end)
+            fallthroughs[key] = fallthroughs.get(key, 0) + count
     out = ["B %x %x %d %d\n" % (f, t, c, m) for (f, t), (c, m) in branches.items()]
-    out += ["F %x %x %d\n" % (s, e, c) for (s, e), c in fallthroughs.items()]
+    out += ["%s %x %x %d\n" % (kind, s, e, c)
+            for (kind, s, e), c in fallthroughs.items()]
     return "".join(out)
 
 
