@@ -5,6 +5,7 @@ fd from the moment the attach succeeds (libbpf closes it on destroy), and the
 object closes every link it made before closing itself.
 """
 import ctypes
+import errno
 import os
 from array import array
 from importlib import resources
@@ -69,6 +70,7 @@ def prealloc_needed():
 
 
 BPF_F_NO_PREALLOC = 1
+ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
 class Link:
@@ -215,8 +217,9 @@ class BoltObject:
             err = self._lib.bpf_map_lookup_batch(
                 fd, None if first else token_in, token_out, kbuf, vbuf,
                 ctypes.byref(count), ctypes.byref(opts))
-            if err < 0 and -err not in (2,):  # ENOENT ends the walk
-                if first and -err in (22, 95, 524):  # EINVAL/EOPNOTSUPP
+            if err < 0 and -err != errno.ENOENT:  # ENOENT ends the walk
+                if first and -err in (errno.EINVAL, errno.EOPNOTSUPP,
+                                      ENOTSUPP):  # kernel without batches
                     return self._drain_slow(name)
                 raise _libbpf.LibbpfError("bpf_map_lookup_batch", -err)
             n = count.value
@@ -239,13 +242,13 @@ class BoltObject:
             try:
                 self._lib.bpf_map_get_next_key(fd, cur, nxt)
             except OSError as e:
-                if e.errno == 2:
+                if e.errno == errno.ENOENT:
                     break
                 raise
             try:
                 self._lib.bpf_map_lookup_elem(fd, nxt, vbuf)
             except OSError as e:
-                if e.errno != 2:
+                if e.errno != errno.ENOENT:  # deleted meanwhile
                     raise
             else:
                 keys += nxt.raw

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from .elf import ElfFile
 
 DEFAULT_DEPTH = 32
-DEFAULT_PERIOD = 101
+DEFAULT_PERIOD = 1009
 PAGE = 4096
 
 _UNCOND = ("jmp", "call", "ret", "ljmp", "lcall", "lret", "iret", "sysret")
