@@ -19,6 +19,8 @@ struct eb_config {
 	__u32 target_tgid;     /* process to keep; 0 keeps every process */
 	__u32 count_threads;   /* 1: also count samples per thread id */
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
+	__u32 cache_mask;      /* trace cache slots - 1 (a power of two - 1) */
+	__u32 reserved;
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -69,15 +71,15 @@ struct eb_branch {
 
 #define EB_BRANCH_MISPRED 1ULL
 
-/* Slots of the per-CPU trace cache (a power of two). */
-#define EB_CACHE_SLOTS 1024
-
+/* One slot of the per-CPU trace cache. credit 0: empty. */
 struct eb_cache_slot {
 	struct eb_trace key;
 	__u64 count;           /* counts not yet added to the trace map */
 	__u64 mispreds;
-	__u64 valid;
+	__u64 credit;          /* hits keep a trace in its slot, misses wear it */
 };
+
+#define EB_CACHE_MAX_CREDIT 8
 
 /* Replay (BPF_PROG_RUN of replay_branches): stacks in the replay_stacks
  * array, newest entry first. */

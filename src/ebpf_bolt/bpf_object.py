@@ -70,6 +70,7 @@ def prealloc_needed():
 
 
 BPF_F_NO_PREALLOC = 1
+BPF_EXIST = 2
 ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
@@ -108,7 +109,12 @@ class BoltObject:
         self._obj = lib.bpf_object__open_file(self.path.encode(), None)
         try:
             self.ncpus = lib.libbpf_num_possible_cpus()
-            cfg = config or Config()
+            cfg = Config.from_buffer_copy(config or Config())
+            # the slot mask follows the cache's size, so the two agree
+            slots = (map_entries or {}).get("trace_cache", 1)
+            if slots & (slots - 1):
+                raise ValueError("trace_cache size must be a power of two")
+            cfg.cache_mask = slots - 1
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
@@ -277,6 +283,28 @@ class BoltObject:
             return {}
         (totals,) = self.sum_u64_values(values, 1)
         return dict(zip(array(key_format, keys), totals))
+
+    def add_to_value(self, name, key, words):
+        """Add `words` (one per u64 of the value) to one key's per-CPU value
+        (on CPU 0: only the sum over CPUs means anything). The key must
+        exist; user space only, between program runs."""
+        ksz, vsz, _ = MAPS[name]
+        nwords = percpu_value_size(vsz) // 8
+        buf = (ctypes.c_uint64 * (nwords * self.ncpus))()
+        kbuf = ctypes.create_string_buffer(bytes(key), ksz)
+        fd = self.map_fd(name)
+        self._lib.bpf_map_lookup_elem(fd, kbuf, buf)
+        for i, w in enumerate(words):
+            buf[i] += w
+        self._lib.bpf_map_update_elem(fd, kbuf, buf, BPF_EXIST)
+
+    def clear_value(self, name, index):
+        """Zero every CPU's value of an array entry."""
+        _, vsz, _ = MAPS[name]
+        buf = ctypes.create_string_buffer(percpu_value_size(vsz) * self.ncpus)
+        key = ctypes.c_uint32(index)
+        self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
+                                      buf, 0)
 
     # --- teardown ----------------------------------------------------------
     def close(self):

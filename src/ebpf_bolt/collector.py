@@ -18,8 +18,8 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import CACHE_SLOTS, USER_ADDR_END, Config
-from .profile import Profile, translate_samples, translate_traces
+from .layout import USER_ADDR_END, Config, cache_slots
+from .profile import Profile, translate_samples, translate_trace_columns
 from .targets import CommandTarget, ProcessTarget
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
@@ -130,25 +130,48 @@ def choose_event(mode, frequency, notice):
     raise _open_error(err, pe.CPU_CLOCK, frequency)
 
 
-def runtime_traces(obj):
-    """The trace map summed over CPUs, plus the counts still held in each
-    CPU's trace cache: {(from, to, ft_end): (count, mispreds)} in runtime
-    addresses. Built with C-level zips: a million traces take well under a
-    second."""
-    keys, values, n = obj.drain("trace_counts")
-    if not n:
-        return {}
-    counts, mispreds = obj.sum_u64_values(values, 2)
-    k = array("Q", keys)
-    traces = dict(zip(zip(k[0::3], k[1::3], k[2::3]), zip(counts, mispreds)))
+def flush_trace_cache(obj):
+    """Move the counts still pending in the CPUs' trace caches into the
+    trace map (each cached trace is in the map already), then empty the
+    slots: afterwards the map alone holds every count. Call it once the
+    programs have stopped running."""
     _, slots, _ = obj.drain("trace_cache")
-    w = array("Q", slots)  # per slot and CPU: from, to, ft_end, count, mis, valid
+    w = array("Q", slots)  # per slot and CPU: from, to, ft_end, count, mis, credit
+    ncpus = obj.ncpus
+    pending, touched = {}, set()
     for i in range(0, len(w), 6):
-        if w[i + 5] and (w[i + 3] or w[i + 4]):
+        if w[i + 5] and (w[i + 3] or w[i + 4]):  # owned, counts pending
             key = (w[i], w[i + 1], w[i + 2])
-            count, mis = traces[key]  # a cached trace is always in the map
-            traces[key] = (count + w[i + 3], mis + w[i + 4])
-    return traces
+            c, m = pending.get(key, (0, 0))
+            pending[key] = (c + w[i + 3], m + w[i + 4])
+            touched.add(i // 6 // ncpus)
+    for key, (count, mis) in pending.items():
+        obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
+    for index in touched:
+        obj.clear_value("trace_cache", index)
+
+
+def drain_traces(obj):
+    """The trace map summed over CPUs, as columns (from, to, ft_end, count,
+    mispreds): a million traces stay cheap, with no Python object per
+    trace until something asks for one."""
+    flush_trace_cache(obj)
+    keys, values, n = obj.drain("trace_counts")
+    counts, mispreds = obj.sum_u64_values(values, 2) if n else ([], [])
+    k = array("Q", keys)
+    return k[0::3], k[1::3], k[2::3], counts, mispreds
+
+
+def runtime_traces(obj):
+    """All traces in runtime addresses: {(from, to, ft_end): (count,
+    mispreds)}."""
+    f, t, e, c, m = drain_traces(obj)
+    return dict(zip(zip(f, t, e), zip(c, m)))
+
+
+def translated_traces(obj, space):
+    """All traces in the binary's ELF addresses, and the count left out."""
+    return translate_trace_columns(drain_traces(obj), space)
 
 
 def validate(frequency, duration):
@@ -247,7 +270,7 @@ class Recorder:
         entries = self.max_entries or default_max_entries(self.map_name, ncpus)
         sizes = {self.map_name: entries}
         if self.mode == "lbr":
-            sizes["trace_cache"] = CACHE_SLOTS
+            sizes["trace_cache"] = cache_slots(ncpus)
         if self.count_threads:
             sizes["thread_samples"] = 4096
         cfg = Config(target_tgid=self.target.pid,
@@ -330,8 +353,8 @@ class Recorder:
             samples, outside = translate_samples(runtime, self.space)
             traces = None
         else:
-            runtime = runtime_traces(self.obj)
-            traces, outside = translate_traces(runtime, self.space)
+            traces, outside = translated_traces(self.obj, self.space)
+            runtime = traces
             samples = None
         threads = (self.obj.drain_u64_counts("thread_samples", "I")
                    if self.count_threads else {})

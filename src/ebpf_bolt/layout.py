@@ -21,7 +21,9 @@ COUNTERS = (
 class Config(ctypes.Structure):
     _fields_ = [("target_tgid", ctypes.c_uint32),
                 ("count_threads", ctypes.c_uint32),
-                ("user_addr_end", ctypes.c_uint64)]
+                ("user_addr_end", ctypes.c_uint64),
+                ("cache_mask", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):
@@ -42,12 +44,23 @@ class Branch(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-CACHE_SLOTS = 1024  # EB_CACHE_SLOTS
+# Trace cache slots per CPU: up to MAX_CACHE_SLOTS, within CACHE_BUDGET
+# bytes of kernel memory over all possible CPUs (48 bytes a slot).
+MAX_CACHE_SLOTS = 8192
+CACHE_BUDGET = 16 << 20
+
+
+def cache_slots(ncpus):
+    slots = MAX_CACHE_SLOTS
+    while slots > 64 and slots * 48 * ncpus > CACHE_BUDGET:
+        slots //= 2
+    return slots
+
 
 
 class CacheSlot(ctypes.Structure):
     _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
-                ("mispreds", ctypes.c_uint64), ("valid", ctypes.c_uint64)]
+                ("mispreds", ctypes.c_uint64), ("credit", ctypes.c_uint64)]
 
 
 class ReplayStack(ctypes.Structure):

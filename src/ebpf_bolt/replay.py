@@ -17,11 +17,12 @@ from array import array
 from . import _libbpf
 from .addrspace import AddressSpace
 from .bpf_object import BoltObject
-from .collector import check_privileges, default_max_entries, runtime_traces
+from .collector import (check_privileges, default_max_entries,
+                        runtime_traces, translated_traces)
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, CACHE_SLOTS, MAX_BRANCHES,
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, cache_slots,
                      USER_ADDR_END, Config, ReplayArgs, ReplayStack)
-from .profile import Profile, translate_traces
+from .profile import Profile
 from .errors import UsageError
 
 STACK_BYTES = ctypes.sizeof(ReplayStack)
@@ -84,7 +85,7 @@ class Replayer:
         self.batch = batch
         self.obj = BoltObject(Config(user_addr_end=user_addr_end),
                               {"trace_counts": self.max_entries,
-                               "trace_cache": CACHE_SLOTS,
+                               "trace_cache": cache_slots(ncpus),
                                "replay_stacks": batch},
                               programs=["replay_branches"], prealloc=True)
         self.prog_fd = self.obj.program_fd("replay_branches")
@@ -145,7 +146,7 @@ class Replayer:
     def profile(self, binary, load_base=0):
         elf = ElfFile(binary)
         space = AddressSpace.from_load_base(elf, load_base)
-        traces, left_out = translate_traces(self.runtime_traces(), space)
+        traces, left_out = translated_traces(self.obj, space)
         stats = self.stats()
         stats["traces_outside_binary"] = left_out
         prof = Profile(binary, "cycles", "lbr", traces=traces, stats=stats)

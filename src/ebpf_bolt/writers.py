@@ -23,11 +23,15 @@ def preagg_basic(samples, event):
 def preagg_traces(traces, event):
     """``E event`` then ``T from to ft_end count`` (LLVM >= 21). LLVM 22
     takes no mispredict field on T, so mispredicts are not written."""
-    # One %-format per line in a comprehension, in the kernel map's order:
-    # sorting a million traces would cost several times the writing.
-    lines = ["T %x %x %x %d\n" % (frm, to, ft_end, count)
-             for (frm, to, ft_end), (count, _mis) in traces.items()]
-    return f"E {event}\n" + "".join(lines)
+    # One C-level %-format per line, in the kernel map's order: sorting a
+    # million traces would cost several times the writing.
+    columns = getattr(traces, "columns", None)
+    if columns is not None:
+        frm, to, ft_end, counts, _ = columns
+        rows = zip(frm, to, ft_end, counts)
+    else:
+        rows = ((f, t, e, c) for (f, t, e), (c, _m) in traces.items())
+    return f"E {event}\n" + "".join(map("T %x %x %x %d\n".__mod__, rows))
 
 
 def preagg_branches_fallthroughs(traces):
