@@ -276,9 +276,6 @@ static __always_inline void aggregate_stack(struct eb_branch *entries, __u32 nr,
 		t.ft_end = newer_from;
 		newer_from = b->from;
 		mis = b->flags & EB_BRANCH_MISPRED;
-		/* counted in memory, not in a register, so that the verifier's
-		 * states at the loop head stay alike and are pruned */
-		st->counter[EB_TRACES]++;
 		if (naive)
 			add_trace(&t, 1, mis, st);
 		else

@@ -37,7 +37,6 @@ enum eb_counter {
 	EB_BRANCH_ENTRIES,     /* branch entries read */
 	EB_KERNEL_BRANCHES,    /* entries dropped: kernel from or to */
 	EB_EMPTY_STACKS,       /* samples with no user branch left */
-	EB_TRACES,             /* traces counted (sum of all trace counts) */
 	EB_TRACES_LOST,        /* trace counts not stored: trace map full */
 	EB_NR_COUNTERS
 };

@@ -200,7 +200,11 @@ class BoltObject:
         totals = [0] * len(COUNTERS)
         for cpu in buf:
             totals = list(map(add, totals, cpu.counter))
-        return dict(zip(COUNTERS, totals))
+        stats = dict(zip(COUNTERS, totals))
+        # every kept branch entry is one trace: derived here rather than
+        # counted per entry on the hot path
+        stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
+        return stats
 
     def drain(self, name, batch=8192):
         """All entries of a per-CPU hash: (keys bytes, values bytes, n).

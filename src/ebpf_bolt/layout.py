@@ -13,8 +13,7 @@ USER_ADDR_END = 0xFFFF800000000000
 COUNTERS = (
     "samples", "other_process", "kernel_ip", "map_full", "update_failed",
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
-    "branch_entries", "kernel_branches", "empty_stacks", "traces",
-    "traces_lost",
+    "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
 )
 
 
