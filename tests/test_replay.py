@@ -477,6 +477,18 @@ def perf2bolt(version, preagg_file, binary, out):
     return lines
 
 
+def dialect_fdata(prof, binary, tmp_path):
+    """perf2bolt's fdata of the profile written as T records (LLVM 22) and
+    as B/F records (LLVM 22 and 19); the inputs stay in tmp_path as
+    t.preagg and bf.preagg."""
+    t_file, bf_file = tmp_path / "t.preagg", tmp_path / "bf.preagg"
+    t_file.write_text(prof.render("preagg"))
+    bf_file.write_text(prof.render("preagg-bf"))
+    return (perf2bolt(22, t_file, binary, tmp_path / "t22.fdata"),
+            perf2bolt(22, bf_file, binary, tmp_path / "bf22.fdata"),
+            perf2bolt(19, bf_file, binary, tmp_path / "bf19.fdata"))
+
+
 def without_mispreds(fdata_lines):
     """fdata branch lines `is_sym name off is_sym name off mispreds count`
     with the mispreds column left out, sorted."""
@@ -496,12 +508,7 @@ def test_dialects_read_alike(workload_pie, tmp_path):
                   cpus=cpus())
     assert_same_traces(prof.traces, translate_reference(
         rules.aggregate(stacks)[0], text_ranges(workload_pie), LOAD_BASE)[0])
-    t_file, bf_file = tmp_path / "t.preagg", tmp_path / "bf.preagg"
-    t_file.write_text(prof.render("preagg"))
-    bf_file.write_text(prof.render("preagg-bf"))
-    t22 = perf2bolt(22, t_file, workload_pie, tmp_path / "t22.fdata")
-    bf22 = perf2bolt(22, bf_file, workload_pie, tmp_path / "bf22.fdata")
-    bf19 = perf2bolt(19, bf_file, workload_pie, tmp_path / "bf19.fdata")
+    t22, bf22, bf19 = dialect_fdata(prof, workload_pie, tmp_path)
     assert without_mispreds(t22) == without_mispreds(bf22)
     assert sorted(bf19) == sorted(bf22)
     assert mispreds(t22) == 0
@@ -511,7 +518,7 @@ def test_dialects_read_alike(workload_pie, tmp_path):
     # conditionals, doTrace) are there too
     assert len(t22) > len({(f, t) for f, t, _ in prof.traces})
     res = run([bolt_tool(22, "llvm-bolt"), str(workload_pie), "--pa", "-p",
-               str(t_file), "-o", str(tmp_path / "bolted")])
+               str(tmp_path / "t.preagg"), "-o", str(tmp_path / "bolted")])
     report = res.stdout + res.stderr
     assert res.returncode == 0 and "ERROR" not in report, report
     m = re.search(r"(\d+) out of \d+ functions in the binary .* have non-empty "
@@ -549,16 +556,11 @@ def test_dialects_agree_on_return_from_outside(workload_pie, tmp_path):
     prof = replay(workload_pie, [stack] * 5, LOAD_BASE, max_entries=64)
     assert prof.traces == {(0, ret_addr, nxt): (5, 5),
                            (nxt, nxt_target, BR_ONLY): (5, 0)}
-    t_file, bf_file = tmp_path / "t.preagg", tmp_path / "bf.preagg"
-    t_file.write_text(prof.render("preagg"))
-    bf_file.write_text(prof.render("preagg-bf"))
-    t22 = perf2bolt(22, t_file, workload_pie, tmp_path / "t22.fdata")
-    bf22 = perf2bolt(22, bf_file, workload_pie, tmp_path / "bf22.fdata")
-    bf19 = perf2bolt(19, bf_file, workload_pie, tmp_path / "bf19.fdata")
+    t22, bf22, bf19 = dialect_fdata(prof, workload_pie, tmp_path)
     assert without_mispreds(bf22) == without_mispreds(t22), (
         "preagg-bf lost the call -> return fall-through: the writer should "
         f"write 'f {ret_addr:x} {nxt:x}', not 'F', for a trace from outside;"
-        f"\n{bf_file.read_text()}")
+        f"\n{(tmp_path / 'bf.preagg').read_text()}")
     assert sorted(bf19) == sorted(bf22)
 
 

@@ -115,17 +115,17 @@ def perf_event_open(attr, pid, cpu, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC):
     return fd
 
 
-def paranoid_level():
+def _sysctl_int(name):
     try:
-        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+        with open(f"/proc/sys/kernel/{name}") as f:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def paranoid_level():
+    return _sysctl_int("perf_event_paranoid")
 
 
 def max_sample_rate():
-    try:
-        with open("/proc/sys/kernel/perf_event_max_sample_rate") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
+    return _sysctl_int("perf_event_max_sample_rate")
