@@ -11,9 +11,9 @@ fi
 
 # Build: clang (BPF target), llvm-strip, libbpf headers. Run: libbpf1.
 # Demo and tests: a C compiler, BOLT 22 and 19, perf, bpftool, valgrind,
-# qemu-user (software-recorded branch traces), util-linux (setpriv).
+# qemu-user (software-recorded branch traces), util-linux (setpriv), lld.
 PKGS="clang llvm libbpf-dev libbpf1 make gcc libc6-dev bolt-22 bolt-19 \
-linux-perf bpftool valgrind qemu-user util-linux python3-venv"
+linux-perf bpftool valgrind qemu-user util-linux python3-venv lld"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

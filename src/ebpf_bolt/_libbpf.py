@@ -84,6 +84,8 @@ _PROTOTYPES = {
     "bpf_object__find_program_by_name": ([_pp, c_char_p], _pp, _PTR),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__max_entries": ([_pp], c_uint32, _NONE),
+    "bpf_map__key_size": ([_pp], c_uint32, _NONE),
+    "bpf_map__value_size": ([_pp], c_uint32, _NONE),
     "bpf_map__set_map_flags": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__map_flags": ([_pp], c_uint32, _NONE),
     "bpf_map__set_initial_value": ([_pp, c_void_p, c_size_t], c_int, _INT),

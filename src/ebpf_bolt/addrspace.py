@@ -10,7 +10,6 @@ their addresses come out unchanged; PIE ones lose the load bias.
 import os
 from dataclasses import dataclass
 
-from .elf import ElfFile
 
 
 @dataclass(frozen=True)
@@ -67,16 +66,25 @@ class AddressSpace:
 
     def add_process_maps(self, maps, inode):
         """Add the executable mappings of /proc/PID/maps that belong to the
-        binary (matched by inode, which survives renames and '(deleted)')."""
+        binary (matched by inode, which survives renames and '(deleted)').
+
+        A mapping covers file offsets [offset, offset + size); each
+        executable segment inside that range gets its own bias. The page a
+        mapping starts on may hold another segment's bytes too (lld puts
+        the read-only segment and the code in one page), so the segment is
+        found by overlap, not by the mapping's first offset."""
         added = 0
         for m in maps:
             if m.inode != inode or "x" not in m.perms:
                 continue
-            vaddr = self.elf.offset_to_vaddr(m.offset)
-            if vaddr is None:
-                continue
-            self._add(m.start, m.end, m.start - vaddr)
-            added += 1
+            for seg in self.elf.text_segments():
+                lo = max(m.offset, seg.offset)
+                hi = min(m.offset + (m.end - m.start), seg.offset + seg.filesz)
+                if lo >= hi:
+                    continue
+                bias = m.start - m.offset + seg.offset - seg.vaddr
+                self._add(m.start + lo - m.offset, m.start + hi - m.offset, bias)
+                added += 1
         return added
 
     def _add(self, start, end, bias):
@@ -92,13 +100,6 @@ class AddressSpace:
     @property
     def load_bias(self):
         return self._ranges[0][2] if self._ranges else None
-
-    def translate(self, addr):
-        """ELF vaddr of a runtime address, or None outside the binary."""
-        for start, end, bias in self._ranges:
-            if start <= addr < end:
-                return addr - bias
-        return None
 
     def translator(self):
         """A fast closure for bulk translation (few ranges, many addresses)."""
@@ -117,6 +118,3 @@ class AddressSpace:
             return None
         return many
 
-
-def load_elf(path):
-    return ElfFile(path)

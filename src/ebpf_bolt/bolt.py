@@ -30,8 +30,14 @@ def find_tool(name="llvm-bolt"):
 
 
 def apply_command(binary, profile_path, fmt, kind):
-    """The shell command that makes the installed BOLT apply the profile."""
+    """The shell command that makes the installed BOLT apply the profile,
+    or what to do instead where that BOLT cannot read this format (T and S
+    records need LLVM >= 21)."""
     bolt, version = find_tool("llvm-bolt")
+    if version is not None and version < 21 and fmt == "preagg":
+        other = "preagg-bf" if kind == "branch" else "fdata"
+        return (f"LLVM {version}'s BOLT reads no {'T' if kind == 'branch' else 'S'} "
+                f"records: record with --format {other}")
     bolt = bolt or "llvm-bolt"
     tooldir = os.path.dirname(bolt)
     out = binary + ".bolt"

@@ -12,6 +12,7 @@ from importlib import resources
 from operator import add
 
 from . import _libbpf
+from .errors import BpfError
 from .layout import COUNTERS, Config, Stats
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
@@ -104,8 +105,8 @@ class BoltObject:
         self._links = []
         self.path = path or object_path()
         if not os.path.exists(self.path):
-            raise FileNotFoundError(f"BPF object missing: {self.path} "
-                                    "(reinstall ebpf-bolt)")
+            raise BpfError(f"BPF object missing: {self.path}",
+                           "reinstall ebpf-bolt (pip install .)")
         self._obj = lib.bpf_object__open_file(self.path.encode(), None)
         try:
             self.ncpus = lib.libbpf_num_possible_cpus()
@@ -118,6 +119,7 @@ class BoltObject:
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
+            self._check_layout()
             self.map_entries = {}
             self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, _, kind) in MAPS.items():
@@ -135,6 +137,20 @@ class BoltObject:
         except Exception:
             self.close()
             raise
+
+    def _check_layout(self):
+        """Refuse an object built from another version of the shared
+        header: reading its maps with these sizes would corrupt memory."""
+        expected = {name: (k, v) for name, (k, v, _) in MAPS.items()}
+        expected["stats"] = (4, ctypes.sizeof(Stats))
+        for name, (ksz, vsz) in expected.items():
+            m = self._map(name)
+            got = (self._lib.bpf_map__key_size(m), self._lib.bpf_map__value_size(m))
+            if got != (ksz, vsz):
+                raise BpfError(f"{self.path} does not match this ebpf-bolt "
+                               f"(map {name}: key/value {got}, expected "
+                               f"{(ksz, vsz)})", "rebuild and reinstall "
+                               "ebpf-bolt (pip install .)")
 
     # --- lookups -----------------------------------------------------------
     @staticmethod
@@ -185,10 +201,20 @@ class BoltObject:
         self._links.append(link)
         return link
 
+    @property
+    def links(self):
+        return list(self._links)
+
     def detach_all(self):
         links, self._links = self._links, []
-        for link in links:
-            link.destroy()
+        errors = []
+        for link in links:  # every link is destroyed even if one fails
+            try:
+                link.destroy()
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     # --- reading the maps --------------------------------------------------
     def stats(self):
@@ -215,6 +241,7 @@ class BoltObject:
         stride = percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
+        batch = max(1, min(batch, self.map_entries.get(name, batch)))
         kbuf = ctypes.create_string_buffer(ksz * batch)
         vbuf = ctypes.create_string_buffer(stride * batch)
         token_in = ctypes.create_string_buffer(max(ksz, 8))
@@ -233,8 +260,8 @@ class BoltObject:
                     return self._drain_slow(name)
                 raise _libbpf.LibbpfError("bpf_map_lookup_batch", -err)
             n = count.value
-            keys += kbuf.raw[:n * ksz]
-            values += vbuf.raw[:n * stride]
+            keys += ctypes.string_at(kbuf, n * ksz)
+            values += ctypes.string_at(vbuf, n * stride)
             if err < 0:
                 break
             ctypes.memmove(token_in, token_out, len(token_in))
@@ -312,10 +339,12 @@ class BoltObject:
 
     # --- teardown ----------------------------------------------------------
     def close(self):
-        self.detach_all()
-        if getattr(self, "_obj", None):
-            obj, self._obj = self._obj, None
-            self._lib.bpf_object__close(obj)
+        try:
+            self.detach_all()
+        finally:
+            if getattr(self, "_obj", None):
+                obj, self._obj = self._obj, None
+                self._lib.bpf_object__close(obj)
 
     def __enter__(self):
         return self

@@ -10,7 +10,7 @@ from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
 from .errors import EbpfBoltError, UsageError
 from .profile import OutputFile
-from .writers import FORMATS
+from .writers import FORMATS, FORMATS_FOR
 
 PROG = "ebpf-bolt"
 
@@ -97,11 +97,25 @@ class _Progress:
 
 
 _signals_received = []
+_deferring = False  # True while a recorded profile is being written
 
 
-def _raise_interrupt(signum, frame):
+def _on_stop_signal(signum, frame):
+    """SIGINT, SIGTERM and SIGHUP end a recording like Ctrl-C. Once the
+    recording is over they wait until the profile is written: a second
+    Ctrl-C must not throw away what was recorded."""
     _signals_received.append(signum)
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
+
+
+def _check_format(fmt):
+    def check(mode):
+        if fmt and fmt not in FORMATS_FOR[mode]:
+            raise UsageError(
+                f"--format {fmt} cannot hold a {mode}-mode profile",
+                f"use {' or '.join(FORMATS_FOR[mode])} in {mode} mode")
+    return check
 
 
 def summary_lines(profile, fmt, output, text):
@@ -165,6 +179,7 @@ def summary_lines(profile, fmt, output, text):
 
 
 def record(args, command):
+    global _deferring
     if args.pid is None and not command:
         raise UsageError("nothing to profile", "give -p PID or -- COMMAND")
     if args.pid is not None and command:
@@ -183,11 +198,12 @@ def record(args, command):
     try:
         if args.output not in (None, "-"):
             out = OutputFile(args.output)   # checked before recording
-        rec.start()
+        rec.start(check_mode=_check_format(args.format))
         _say(f"recording {rec.target.describe()} "
              f"({rec.mode} mode, {rec.event.name} at {frequency} Hz)"
              + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
         rec.run(progress)
+        _deferring = True
         progress.clear()
         profile = rec.finish()
         fmt = args.format or profile.default_format
@@ -203,6 +219,7 @@ def record(args, command):
         if profile.total() == 0:
             _say("warning: no samples in the binary; is it running on CPU?")
     finally:
+        _deferring = False
         progress.clear()
         if out is not None:
             out.abort()
@@ -216,9 +233,10 @@ def wait_for_command(target):
     """Wait for the command after recording; a SIGTERM meant for ebpf-bolt
     is passed on to it (Ctrl-C reaches it from the terminal by itself)."""
     while True:
-        if signal.SIGTERM in _signals_received:
-            target.signal(signal.SIGTERM)
-            _signals_received.clear()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if sig in _signals_received:
+                target.signal(sig)
+                _signals_received.remove(sig)
         try:
             return target.wait()
         except KeyboardInterrupt:
@@ -301,10 +319,15 @@ def replay_summary(profile, fmt, nstacks):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     own, command = _split_command(argv)
-    # SIGTERM ends a recording as Ctrl-C does (only the main thread may set
-    # handlers; main() called from another thread keeps the default)
+    # only the main thread may set handlers; main() called from another
+    # thread keeps the defaults
     in_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old_handlers = {}
+    if in_main:
+        for sig in stop_signals:
+            old_handlers[sig] = signal.signal(sig, _on_stop_signal)
+    _signals_received.clear()
     try:
         if own[:1] == ["replay"]:
             return replay_command(_replay_parser().parse_args(own[1:]))
@@ -321,5 +344,5 @@ def main(argv=None):
     except BrokenPipeError:
         return 141
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)

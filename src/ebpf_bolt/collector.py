@@ -135,16 +135,17 @@ def flush_trace_cache(obj):
     trace map (each cached trace is in the map already), then empty the
     slots: afterwards the map alone holds every count. Call it once the
     programs have stopped running."""
-    _, slots, _ = obj.drain("trace_cache")
+    indices, slots, _ = obj.drain("trace_cache")
+    index = array("I", indices)
     w = array("Q", slots)  # per slot and CPU: from, to, ft_end, count, mis, credit
-    ncpus = obj.ncpus
+    per_index = 6 * obj.ncpus
     pending, touched = {}, set()
     for i in range(0, len(w), 6):
         if w[i + 5] and (w[i + 3] or w[i + 4]):  # owned, counts pending
             key = (w[i], w[i + 1], w[i + 2])
             c, m = pending.get(key, (0, 0))
             pending[key] = (c + w[i + 3], m + w[i + 4])
-            touched.add(i // 6 // ncpus)
+            touched.add(index[i // per_index])
     for key, (count, mis) in pending.items():
         obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
     for index in touched:
@@ -218,7 +219,10 @@ class Recorder:
         self.stopped_by = None
 
     # --- set-up ------------------------------------------------------------
-    def start(self):
+    def start(self, check_mode=None):
+        """Set everything up; sampling runs when this returns. check_mode,
+        if given, is called with the resolved mode ("ip" or "lbr") before
+        anything runs, to refuse early what cannot be written later."""
         check_privileges()
         _libbpf.lib()  # fails early with the package name if missing
         if self.command is not None:
@@ -228,13 +232,14 @@ class Recorder:
         try:
             self.mode, self.event = choose_event(self.mode_requested,
                                                  self.frequency, self.notice)
+            if check_mode:
+                check_mode(self.mode)
             self._open_events()
+            # attaching enables the events (libbpf issues the ioctl): for a
+            # command that is before its exec, so its first instructions
+            # count; it is held after the exec while its mappings are read
             self._load_and_attach()
             if self.target.child:
-                # sampling starts before the exec, so the command's first
-                # instructions count; it is held after the exec while its
-                # mappings are read
-                self._enable(True)
                 self.target.start()
                 try:
                     self._read_target()
@@ -242,7 +247,6 @@ class Recorder:
                     self.target.resume()
             else:
                 self._read_target()
-                self._enable(True)
         except BaseException:
             if self.target.child and self.target.returncode is None:
                 self.target.abandon()
@@ -255,7 +259,6 @@ class Recorder:
         # any time are covered without racing their creation. Opened before
         # the BPF load, so a perf_event_paranoid refusal is reported as such.
         attr = pe.make_attr(self.event, self.frequency)
-        attr.flags |= 1  # disabled until everything is attached
         for cpu in online_cpus():
             try:
                 self._fds.append(pe.perf_event_open(attr, -1, cpu))
@@ -287,14 +290,17 @@ class Recorder:
                 raise PermissionProblem(
                     f"the kernel refused to load the BPF program ({e}); "
                     "it needs CAP_BPF and CAP_PERFMON") from None
-            raise
+            raise KernelUnsupported(
+                f"the kernel refused the BPF object ({e})",
+                "run with -v to see the verifier's log; recording needs "
+                "Linux 5.7 or later") from None
         while self._fds:
             self.obj.attach(program, self._fds.pop())  # the link owns the fd
 
-    def _enable(self, on):
-        req = pe.PERF_EVENT_IOC_ENABLE if on else pe.PERF_EVENT_IOC_DISABLE
-        for link in self.obj._links if self.obj else ():
-            fcntl.ioctl(link.perf_fd, req, 0)
+    def _disable(self):
+        """Stop sampling before the maps are read."""
+        for link in self.obj.links if self.obj else ():
+            fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_DISABLE, 0)
 
     def _read_target(self):
         pid = self.target.pid
@@ -336,7 +342,7 @@ class Recorder:
         except KeyboardInterrupt:
             self.stopped_by = "interrupted"
         self.t_stop = time.monotonic()
-        self._enable(False)
+        self._disable()
 
     def finish(self):
         """Drain the maps and translate: the Profile of the binary."""

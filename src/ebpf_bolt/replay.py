@@ -79,6 +79,10 @@ class Replayer:
     def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
                  batch=BATCH):
         check_privileges()
+        if max_entries is not None and not (isinstance(max_entries, int)
+                                            and 0 < max_entries < 1 << 32):
+            raise UsageError(f"invalid --max-entries {max_entries!r}",
+                             "give a positive number of map entries")
         ncpus = _libbpf.lib().libbpf_num_possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
@@ -111,7 +115,11 @@ class Replayer:
             ctx_in=ctypes.cast(ctypes.pointer(args), ctypes.c_void_p),
             ctx_size_in=ctypes.sizeof(args))
         old = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {cpu})
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as e:
+            raise UsageError(f"cannot run on CPU {cpu}: {e.strerror}",
+                             f"choose one of CPUs {sorted(old)}") from None
         try:
             t0 = time.perf_counter_ns()
             _libbpf.lib().bpf_prog_test_run_opts(self.prog_fd,
@@ -175,7 +183,8 @@ def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):
     if stacks and isinstance(next(iter(stacks)), str):
         stacks = parse_stacks(stacks)
     stacks = list(stacks)
-    cpus = list(cpus) if cpus else [0]
+    # default: the first CPU this thread may run on (a cpuset may lack CPU 0)
+    cpus = list(cpus) if cpus else [min(os.sched_getaffinity(0))]
     with Replayer(max_entries) as rep:
         for i, cpu in enumerate(cpus):
             rep.feed(stacks[i::len(cpus)], cpu=cpu)

@@ -39,15 +39,9 @@ class Target:
         """Sleep up to `timeout` seconds or until the target exits (or a
         signal arrives); returns True if it has exited."""
         if self._fd is not None:
-            try:
-                ready, _, _ = select.select([self._fd], [], [], timeout)
-            except InterruptedError:
-                ready = []
+            ready, _, _ = select.select([self._fd], [], [], timeout)
             return bool(ready) and not self.alive()
-        try:
-            select.select([], [], [], min(timeout, 0.2))
-        except InterruptedError:
-            pass
+        select.select([], [], [], min(timeout, 0.2))
         return not self.alive()
 
     def close(self):
@@ -80,7 +74,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
                          ctypes.c_void_p]
 _libc.ptrace.restype = ctypes.c_long
-PTRACE_TRACEME, PTRACE_DETACH = 0, 17
+PTRACE_TRACEME, PTRACE_CONT, PTRACE_DETACH = 0, 7, 17
 
 
 class CommandTarget(Target):
@@ -109,8 +103,11 @@ class CommandTarget(Target):
                 if os.read(gate_r, 1) != b"g":
                     os._exit(127)  # ebpf-bolt gave up before the exec
                 os.close(gate_r)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                # what Python changed, the command gets back (as subprocess
+                # does with restore_signals)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                            signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
                 # stop at the exec (SIGTRAP) for the parent to look at us
                 traced = _libc.ptrace(PTRACE_TRACEME, 0, None, None) == 0
                 os.write(err_w, b"T" if traced else b"N")
@@ -135,15 +132,19 @@ class CommandTarget(Target):
         os.close(self._gate)
         self._gate = None
         self._traced = os.read(self._err, 1) == b"T"
-        if self._traced:
+        while self._traced:
             _, status = os.waitpid(self.pid, 0)
-            if os.WIFSTOPPED(status):
-                pass            # stopped at the exec: it succeeded
-            else:               # exited: the exec failed
+            if not os.WIFSTOPPED(status):   # exited: the exec failed
                 self._traced = False
                 self.returncode = os.waitstatus_to_exitcode(status)
+            elif os.WSTOPSIG(status) == signal.SIGTRAP:
+                break                       # stopped at the exec
+            else:  # a signal arrived before the exec: deliver it, go on
+                _libc.ptrace(PTRACE_CONT, self.pid, None,
+                             ctypes.c_void_p(os.WSTOPSIG(status)))
         data = os.read(self._err, 16)  # EOF when exec closed the pipe
         os.close(self._err)
+        self._err = None
         if data:
             self._reap(0)
             code = int(data)
@@ -160,9 +161,11 @@ class CommandTarget(Target):
 
     def abandon(self):
         """Setup failed before exec: make the held child go away."""
-        if self._gate is not None:
-            os.close(self._gate)
-            self._gate = None
+        for name in ("_gate", "_err"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -184,12 +187,7 @@ class CommandTarget(Target):
 
     def wait(self):
         """Block until the command exits; its status as a shell gives it."""
-        while True:
-            try:
-                code = self._reap(0)
-                break
-            except InterruptedError:
-                continue
+        code = self._reap(0)
         return 128 - code if code < 0 else code
 
     def signal(self, sig):

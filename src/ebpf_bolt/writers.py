@@ -9,6 +9,7 @@ perf.data.
 from .layout import BR_ONLY
 
 FORMATS = ("preagg", "preagg-bf", "fdata")
+FORMATS_FOR = {"ip": ("fdata", "preagg"), "lbr": ("preagg", "preagg-bf")}
 
 
 def preagg_basic(samples, event):

@@ -73,15 +73,18 @@ def main(argv=None):
     _say(f"   {binary}")
 
     _say("\n== 2. profile it with ebpf-bolt")
-    profile = os.path.join(out, "workload.fdata")
+    profile = os.path.join(out, "workload.profile")
     rc = ebpf_bolt_main(["-o", profile, "--", binary] + work)
     if rc != 0:
         raise SystemExit(f"demo: ebpf-bolt failed (exit {rc})")
 
     _say(f"\n== 3. BOLT applies the profile (LLVM {version})")
     optimized = binary + ".bolt"
-    cmd = [llvm_bolt, binary, "-o", optimized, "-data", profile] + \
-        bolt.OPTIMIZE_FLAGS
+    with open(profile) as f:
+        basic = f.readline().startswith("no_lbr")
+    # IP samples come as fdata; branch stacks as pre-aggregated T records
+    source = ["-data", profile] if basic else ["--pa", "-p", profile]
+    cmd = [llvm_bolt, binary, "-o", optimized] + source + bolt.OPTIMIZE_FLAGS
     _say("   " + " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     report = proc.stdout + proc.stderr

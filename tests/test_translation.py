@@ -1,0 +1,84 @@
+"""Address translation on layouts beyond GNU ld's: lld puts the read-only
+segment and the code in one page, so the code mapping's file offset lies in
+another segment."""
+import subprocess
+import time
+
+import pytest
+
+import ebpf_bolt
+from ebpf_bolt.addrspace import AddressSpace, Mapping
+from ebpf_bolt.cli import main
+from ebpf_bolt.elf import ElfFile, Segment, Symbolizer
+
+PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) long hot(long n) { long s = 0; for (long i = 0; i < n; i++) s += (i * 7) % 13 ? i : -i; return s; }
+__attribute__((noinline)) long cold(long n) { return n * 3; }
+int main(int c, char **v) { long t = 0; for (int k = 0; k < atoi(v[1]); k++) t += hot(1000000 + k) + cold(k); printf("%ld\n", t); return 0; }
+"""
+
+
+class FakeElf:
+    def __init__(self, segments):
+        self.segments = segments
+
+    def text_segments(self):
+        return [s for s in self.segments if s.executable]
+
+
+def test_code_sharing_a_page_with_read_only_data():
+    # lld: R at offset 0, R E at offset 0x700 / vaddr 0x1700, one page each
+    elf = FakeElf([Segment(0, 0x6F8, 0, 0x6F8, 4),
+                   Segment(0x1700, 0x2E0, 0x700, 0x2E0, 5)])
+    base = 0x555555554000
+    maps = [Mapping(base, base + 0x1000, 0, "fd:01", 7, "/a", "r--p"),
+            Mapping(base + 0x1000, base + 0x2000, 0, "fd:01", 7, "/a", "r-xp")]
+    space = AddressSpace(elf)
+    assert space.add_process_maps(maps, 7) == 1
+    tr = space.translator()
+    assert tr(base + 0x1700) == 0x1700
+    assert tr(base + 0x19DF) == 0x19DF
+    assert tr(base + 0x16FF) is None          # not code of the binary
+    assert tr(base + 0x700) is None           # the read-only mapping
+
+
+@pytest.fixture(scope="module")
+def lld_pie(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lld")
+    (d / "p.c").write_text(PROGRAM)
+    exe = d / "p-lld"
+    subprocess.run(["clang", "-O1", "-fPIE", "-pie", "-fuse-ld=lld",
+                    "-Wl,--emit-relocs", "-o", str(exe), str(d / "p.c")],
+                   check=True)
+    return exe
+
+
+@pytest.mark.root
+def test_lld_pie_samples_land_in_function_bodies(lld_pie):
+    text = ElfFile(lld_pie).text_segments()[0]
+    assert text.offset % 0x1000 != 0, "expected lld's unaligned code segment"
+    prof = ebpf_bolt.collect(command=[str(lld_pie), "300"])
+    assert prof.info["returncode"] == 0
+    sym = Symbolizer(prof.elf)
+    total = prof.total()
+    hits = {}
+    for addr, count in prof.samples.items():
+        hit = sym.lookup(addr)
+        if hit:
+            hits[hit[0].name] = hits.get(hit[0].name, 0) + count
+    assert total > 100, prof.stats
+    assert sum(hits.values()) >= 0.95 * total
+    assert hits.get("hot", 0) >= 0.9 * total
+
+
+@pytest.mark.root
+def test_format_not_fitting_the_mode_is_refused_before_recording(tmp_path, capsys):
+    out = tmp_path / "p"
+    t0 = time.monotonic()
+    rc = main(["--format", "preagg-bf", "-o", str(out), "--", "sleep", "5"])
+    assert rc == 2 and time.monotonic() - t0 < 3
+    err = capsys.readouterr().err
+    assert "cannot hold a ip-mode profile" in err and "hint:" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
