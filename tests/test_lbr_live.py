@@ -68,12 +68,9 @@ def test_live_branch_program_counts_every_failed_read():
         with BoltObject(cfg, {"trace_counts": 1024, "trace_cache": cache_slots(os.cpu_count())},
                         programs=["sample_branches"]) as obj:
             attr = pe.make_attr(pe.CPU_CLOCK, 2000)
-            attr.flags |= 1  # start disabled
-            links = [obj.attach("sample_branches",
+            links = [obj.attach("sample_branches",   # attaching enables
                                 pe.perf_event_open(attr, -1, cpu))
                      for cpu in online_cpus()]
-            for link in links:
-                fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_ENABLE, 0)
             time.sleep(0.7)
             for link in links:
                 fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_DISABLE, 0)

@@ -182,11 +182,6 @@ def recent_log(lines=30):
     return "".join(_log[-lines:])
 
 
-def version():
-    bound = lib()
-    return "%d.%d" % (bound.libbpf_major_version(), bound.libbpf_minor_version())
-
-
 def bound_functions():
     """(name, ctypes function) for every declared prototype (for tests)."""
     bound = lib()

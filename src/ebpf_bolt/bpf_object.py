@@ -109,7 +109,7 @@ class BoltObject:
                            "reinstall ebpf-bolt (pip install .)")
         self._obj = lib.bpf_object__open_file(self.path.encode(), None)
         try:
-            self.ncpus = lib.libbpf_num_possible_cpus()
+            self.ncpus = possible_cpus()
             cfg = Config.from_buffer_copy(config or Config())
             # the slot mask follows the cache's size, so the two agree
             slots = (map_entries or {}).get("trace_cache", 1)

@@ -13,7 +13,7 @@ import time
 from . import _libbpf
 from . import perf_event as pe
 from .addrspace import AddressSpace, executable_identity, read_maps
-from .bpf_object import BoltObject, map_kernel_bytes, MAPS
+from .bpf_object import BoltObject, map_kernel_bytes, possible_cpus, MAPS
 from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
@@ -268,7 +268,7 @@ class Recorder:
                 raise _open_error(e, self.event, self.frequency) from None
 
     def _load_and_attach(self):
-        ncpus = _libbpf.lib().libbpf_num_possible_cpus()
+        ncpus = possible_cpus()
         self.map_name = "ip_counts" if self.mode == "ip" else "trace_counts"
         entries = self.max_entries or default_max_entries(self.map_name, ncpus)
         sizes = {self.map_name: entries}

@@ -22,8 +22,7 @@ PERF_SAMPLE_BRANCH_USER = 1 << 0
 PERF_SAMPLE_BRANCH_ANY = 1 << 3
 
 # bit positions in the attribute's flag word
-_BIT = {"disabled": 0, "inherit": 1, "exclude_kernel": 5, "exclude_hv": 6,
-        "freq": 10, "enable_on_exec": 12, "inherit_thread": 35}
+_BIT = {"exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
 
 PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_DISABLE = 0x2401
@@ -74,7 +73,10 @@ CYCLES_BRSTACK = EventSpec("cycles", PERF_TYPE_HARDWARE,
                            PERF_COUNT_HW_CPU_CYCLES, branch_stack=True)
 
 
-def make_attr(spec, frequency, inherit=False, enable_on_exec=False):
+def make_attr(spec, frequency):
+    """Attributes of a sampling event at `frequency` Hz. CPU-wide events
+    need neither inherit nor enable_on_exec: the BPF program keeps the
+    target's tgid, and attaching enables the event."""
     attr = perf_event_attr()
     attr.type = spec.type
     attr.size = ctypes.sizeof(attr)
@@ -87,11 +89,6 @@ def make_attr(spec, frequency, inherit=False, enable_on_exec=False):
         attr.branch_sample_type = PERF_SAMPLE_BRANCH_USER | PERF_SAMPLE_BRANCH_ANY
         # branch-stack samples of kernel code carry no user branches
         flags |= 1 << _BIT["exclude_kernel"]
-    if inherit:
-        # follow threads the task creates later, but not forked processes
-        flags |= (1 << _BIT["inherit"]) | (1 << _BIT["inherit_thread"])
-    if enable_on_exec:
-        flags |= (1 << _BIT["disabled"]) | (1 << _BIT["enable_on_exec"])
     attr.flags = flags
     return attr
 

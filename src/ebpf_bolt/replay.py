@@ -16,7 +16,7 @@ from array import array
 
 from . import _libbpf
 from .addrspace import AddressSpace
-from .bpf_object import BoltObject
+from .bpf_object import BoltObject, possible_cpus
 from .collector import (check_privileges, default_max_entries,
                         runtime_traces, translated_traces)
 from .elf import ElfFile
@@ -83,7 +83,7 @@ class Replayer:
                                             and 0 < max_entries < 1 << 32):
             raise UsageError(f"invalid --max-entries {max_entries!r}",
                              "give a positive number of map entries")
-        ncpus = _libbpf.lib().libbpf_num_possible_cpus()
+        ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
         self.batch = batch
