@@ -324,3 +324,15 @@ def test_shares_threads_kept_apart(workload_pie, tmp_path):
         ", ".join(f"{n} {100 * s:.1f}%" for n, s in shares.items()))
     for name, want in (("hot_a", 0.5), ("hot_b", 0.3), ("hot_c", 0.2)):
         assert abs(shares[name] - want) < 0.04, shares
+
+
+def test_icache_yaml_profile_through_perf2bolt(workload_pie, icache_lbr):
+    """--format yaml: the installed perf2bolt turns the replayed traces into
+    BOLT's YAML profile, which llvm-bolt applies (-data reads YAML too)."""
+    out, rec, prof, path = icache_lbr
+    yaml_path = out / "icache.yaml"
+    yaml_path.write_text(prof.render("yaml"))
+    head = yaml_path.read_text()[:400]
+    assert "profile-flags:   [ lbr ]" in head, head
+    fig = bolt(workload_pie, out / "workload.bolt.yaml", ["-data", str(yaml_path)])
+    assert fig["executed"] > 0

@@ -4,6 +4,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 
 # Layout passes that use a profile; -dyno-stats makes BOLT report what the
 # profile covered (judge a run by it, not by the exit code).
@@ -42,7 +43,7 @@ def apply_command(binary, profile_path, fmt, kind):
     tooldir = os.path.dirname(bolt)
     out = binary + ".bolt"
     q = shlex.quote
-    if fmt == "fdata":
+    if fmt in ("fdata", "yaml"):
         return " ".join([q(bolt), q(binary), "-o", q(out), "-data",
                          q(profile_path)] + OPTIMIZE_FLAGS)
     perf2bolt = os.path.join(tooldir, "perf2bolt") if tooldir else "perf2bolt"
@@ -56,3 +57,29 @@ def apply_command(binary, profile_path, fmt, kind):
                          + OPTIMIZE_FLAGS))
     return " ".join([q(bolt), q(binary), "-o", q(out), "--pa", "-p",
                      q(profile_path)] + OPTIMIZE_FLAGS)
+
+
+def yaml_profile(profile, tmpdir):
+    """BOLT's YAML profile of a branch profile, made by the installed
+    perf2bolt from the pre-aggregated records (YAML tolerates a rebuilt binary:
+    llvm-bolt matches it to changed functions). Returns the YAML text."""
+    from .errors import KernelUnsupported
+    perf2bolt, version = find_tool("perf2bolt")
+    if perf2bolt is None:
+        raise KernelUnsupported("YAML needs perf2bolt, which is not installed",
+                                "install bolt-22, or write preagg and convert "
+                                "it where BOLT is")
+    old = version is not None and version < 21
+    src = os.path.join(tmpdir, "profile.preagg")
+    out = os.path.join(tmpdir, "profile.yaml")
+    with open(src, "w") as f:
+        f.write(profile.render("preagg-bf" if old else "preagg"))
+    cmd = [perf2bolt, "--pa", "-p", src, "-o", out, "--profile-format=yaml",
+           profile.binary]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(out):
+        raise KernelUnsupported("perf2bolt could not make the YAML profile: "
+                                + (proc.stderr.strip().splitlines() or ["?"])[-1],
+                                "write --format preagg and convert it by hand")
+    with open(out) as f:
+        return f.read()

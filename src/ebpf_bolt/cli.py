@@ -40,7 +40,9 @@ def _parser():
     p.add_argument("--format", choices=FORMATS, help="fdata (default for IP "
                    "samples: every BOLT reads it), preagg (pre-aggregated "
                    "text, llvm-bolt --pa; default for branch stacks), "
-                   "preagg-bf (B/F records for LLVM 19-22)")
+                   "preagg-bf (B/F records for LLVM 19-22), yaml (branch "
+                   "stacks: BOLT's YAML profile, made by the installed "
+                   "perf2bolt; it survives rebuilds of the binary)")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="lbr: branch stacks (needs LBR/BRBE hardware); ip: "
                         "instruction-pointer samples; auto: lbr if available")
@@ -256,7 +258,7 @@ def _replay_parser():
     p.add_argument("--load-base", default="0", help="hex runtime address of "
                    "the binary's first segment (PIE); 0 for non-PIE")
     p.add_argument("-o", "--output", help="profile file (default: stdout)")
-    p.add_argument("--format", choices=("preagg", "preagg-bf"),
+    p.add_argument("--format", choices=("preagg", "preagg-bf", "yaml"),
                    default="preagg")
     p.add_argument("--max-entries", type=int, help="trace map size")
     p.add_argument("--cpu", type=int, action="append", dest="cpus",

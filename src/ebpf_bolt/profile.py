@@ -54,6 +54,14 @@ class Profile:
         if fmt not in writers.FORMATS:
             raise UsageError(f"unknown format {fmt!r}",
                              "use one of " + ", ".join(writers.FORMATS))
+        if fmt not in writers.FORMATS_FOR[self.mode]:
+            raise UsageError(f"format {fmt} cannot hold a {self.mode}-mode "
+                             "profile", "use " + " or ".join(
+                                 writers.FORMATS_FOR[self.mode]))
+        if fmt == "yaml":
+            from .bolt import yaml_profile
+            with tempfile.TemporaryDirectory(prefix="ebpf-bolt-") as tmp:
+                return yaml_profile(self, tmp)
         if self.kind == "basic":
             if fmt == "preagg":
                 return writers.preagg_basic(self.samples, self.event)

@@ -8,8 +8,11 @@ perf.data.
 """
 from .layout import BR_ONLY
 
-FORMATS = ("preagg", "preagg-bf", "fdata")
-FORMATS_FOR = {"ip": ("fdata", "preagg"), "lbr": ("preagg", "preagg-bf")}
+FORMATS = ("preagg", "preagg-bf", "fdata", "yaml")
+# LLVM 22 applies a YAML profile of IP samples as an empty one (0 executed
+# instructions, as with S records through --pa --ba): YAML for branches only.
+FORMATS_FOR = {"ip": ("fdata", "preagg"),
+               "lbr": ("preagg", "preagg-bf", "yaml")}
 
 
 def preagg_basic(samples, event):
