@@ -116,7 +116,8 @@ def choose_event(mode, frequency, notice):
         if mode == "lbr":
             raise NoBranchHardware(
                 "no branch-stack sampling on this machine (cycles event with "
-                f"a user branch stack: {os.strerror(err.errno)})")
+                f"a user branch stack: {os.strerror(err.errno)})"
+                + branch_hardware_note())
         notice("no branch-stack sampling here "
                f"({os.strerror(err.errno)}): recording IP samples; BOLT "
                "gets no taken-branch or fall-through counts, only where "
@@ -173,6 +174,27 @@ def runtime_traces(obj):
 def translated_traces(obj, space):
     """All traces in the binary's ELF addresses, and the count left out."""
     return translate_trace_columns(drain_traces(obj), space)
+
+
+def branch_hardware_note():
+    """What the CPU flags say about branch recording, for the refusal."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set()
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return ""
+    if "brs" in flags and "amd_lbr_v2" not in flags:
+        # Zen 3 BRS samples only retired taken branches at a fixed period,
+        # with no user-only filter: not the event this tool opens
+        return ("; this CPU has AMD Zen 3 BRS, which ebpf-bolt does not "
+                "support (Zen 4 LbrExtV2 is)")
+    if flags & {"arch_lbr", "amd_lbr_v2"}:
+        return "; the CPU has it, so the kernel or hypervisor hides it"
+    return ""
 
 
 def validate(frequency, duration):
