@@ -92,7 +92,8 @@ def drain_and_write(n_traces):
     stacks = [[(text.vaddr + rng.randrange(text.memsz),
                 text.vaddr + rng.randrange(text.memsz), False)]
               for _ in range(n_traces)]
-    with Replayer(max_entries=n_traces + 1024) as rep:
+    # 2^20 entries hold the million traces (a user would pass --max-entries)
+    with Replayer(max_entries=max(1 << 20, n_traces)) as rep:
         rep.feed(stacks)
         t0 = time.perf_counter()
         traces, _ = translated_traces(rep.obj, AddressSpace.from_load_base(elf, 0))
