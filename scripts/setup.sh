@@ -21,8 +21,13 @@ done
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q $missing >/dev/null
+  log=$(mktemp)
+  if ! { apt-get update -q && apt-get install -y -q $missing; } >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    echo "setup: installing Debian packages failed (log above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 fi
 
 if [ ! -x .venv/bin/python ]; then
