@@ -236,6 +236,18 @@ def kill_quietly(proc):
             pass
 
 
+def go_and_reap(wl, prof, timeout):
+    """Release the held workload and wait for it and the profiler; on any
+    error (or Ctrl-C) neither is left running."""
+    try:
+        wl.go()
+        return reap([wl.pid, prof.pid], timeout)
+    except BaseException:
+        kill_quietly(wl.proc)
+        kill_quietly(prof)
+        raise
+
+
 def busy_seconds():
     """CPU-seconds all CPUs have been busy since boot (/proc/stat: user,
     nice, system, irq, softirq and hypervisor steal)."""
@@ -353,12 +365,11 @@ def run_ebpf(wl_binary, scale, timeout, work, args, tag):
             prof = Measured(args.measure, work / "ebpf.rusage", cmd,
                             subprocess.DEVNULL, ferr)
         wait_for_text(err, "ebpf-bolt: recording ", prof)
-        wl.go()
-        done = reap([wl.pid, prof.pid], timeout)
     except BaseException:
         kill_quietly(wl.proc)
         kill_quietly(prof)
         raise
+    done = go_and_reap(wl, prof, timeout)
     res = wl.finished(done[wl.pid])
     t_exit, code, cpu, maxrss = prof.finished(done[prof.pid])
     text = err.read_text(errors="replace")
@@ -421,12 +432,14 @@ def run_perf(wl_binary, scale, timeout, work, args, tag):
             r, _, _ = select.select([ack_fd], [], [], 0.1)
             if r:
                 acked += os.read(ack_fd, 64)
-        wl.go()
-        done = reap([wl.pid, prof.pid], timeout)
     except BaseException:
         kill_quietly(wl.proc)
         kill_quietly(prof)
+        os.close(ctl_fd)
+        os.close(ack_fd)
         raise
+    try:
+        done = go_and_reap(wl, prof, timeout)
     finally:
         os.close(ctl_fd)
         os.close(ack_fd)
