@@ -8,6 +8,7 @@ left in the output directory. Each case runs twice: through
 another user or mount namespace) and through the installed ``ebpf-bolt``.
 No monkeypatching: other users, capabilities, mounts and sysctls are real.
 """
+import atexit
 import os
 import shutil
 import subprocess
@@ -90,13 +91,43 @@ def run_proc(cmd, timeout=30):
     return Result(p.returncode, p.stderr, time.monotonic() - t0)
 
 
+_nobody_env = []
+
+
+def nobody_python(ebpf_bolt_cmd):
+    """(python, installed command) that user nobody can read. The checkout
+    may sit in a directory only root can enter (mktemp -d makes 0700 ones);
+    then the installed environment is copied to one nobody can enter. Its
+    command script is run through its python, as its #! names the original
+    place."""
+    if not _nobody_env:
+        probe = subprocess.run(SETPRIV_NOBODY + [sys.executable, "-c",
+                                                 "import ebpf_bolt"],
+                               capture_output=True)
+        if probe.returncode == 0:
+            _nobody_env.append(([sys.executable], [ebpf_bolt_cmd]))
+        else:
+            top = Path(tempfile.mkdtemp(prefix="ebpf-bolt-nobody-"))
+            top.chmod(0o755)
+            atexit.register(shutil.rmtree, top, True)
+            env = top / "venv"
+            shutil.copytree(sys.prefix, env, symlinks=True)
+            py = str(env / "bin" / Path(sys.executable).name)
+            script = str(env / "bin" / Path(ebpf_bolt_cmd).name)
+            _nobody_env.append(([py], [py, script]))
+    return _nobody_env[0]
+
+
 def run_via(via, capsys, ebpf_bolt_cmd, args, prefix=None):
     """Run ebpf-bolt ARGS through main() or the installed command; with a
     `prefix` (setpriv, unshare ...) main() runs in `python -c` under it."""
+    python, command = [sys.executable], [ebpf_bolt_cmd]
+    if prefix and prefix[:len(SETPRIV_NOBODY)] == SETPRIV_NOBODY:
+        python, command = nobody_python(ebpf_bolt_cmd)
     if via == "cli":
-        return run_proc(list(prefix or []) + [ebpf_bolt_cmd] + list(args))
+        return run_proc(list(prefix or []) + command + list(args))
     if prefix:
-        return run_proc(list(prefix) + [sys.executable, "-c", MAIN_CODE]
+        return run_proc(list(prefix) + python + ["-c", MAIN_CODE]
                         + list(args))
     return run_main(capsys, args)
 
