@@ -232,13 +232,18 @@ class BoltObject:
         stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
         return stats
 
+    def _value_stride(self, name):
+        """Bytes the kernel returns per key: one 8-byte-aligned value per
+        possible CPU for per-CPU maps."""
+        _, vsz, kind = MAPS[name]
+        return percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
+
     def drain(self, name, batch=8192):
         """All entries of a per-CPU hash: (keys bytes, values bytes, n).
 
         Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
         kernel's batch lookup (5.6+), falling back to key-by-key reads."""
-        ksz, vsz, kind = MAPS[name]
-        stride = percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
+        ksz, stride = MAPS[name][0], self._value_stride(name)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         batch = max(1, min(batch, self.map_entries.get(name, batch)))
@@ -269,8 +274,7 @@ class BoltObject:
         return bytes(keys), bytes(values), len(keys) // ksz
 
     def _drain_slow(self, name):
-        ksz, vsz, kind = MAPS[name]
-        stride = percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
+        ksz, stride = MAPS[name][0], self._value_stride(name)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         cur, nxt = None, ctypes.create_string_buffer(ksz)

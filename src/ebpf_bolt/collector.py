@@ -376,14 +376,15 @@ class Recorder:
             except OSError:
                 pass
         stats = self.obj.stats()
+        samples = traces = None
         if self.mode == "ip":
             runtime = self.obj.drain_u64_counts(self.map_name, "Q")
+            in_map = len(runtime)
             samples, outside = translate_samples(runtime, self.space)
-            traces = None
         else:
-            traces, outside = translated_traces(self.obj, self.space)
-            runtime = traces
-            samples = None
+            columns = drain_traces(self.obj)
+            in_map = len(columns[0])
+            traces, outside = translate_trace_columns(columns, self.space)
         threads = (self.obj.drain_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
         stats["outside_binary"] = outside
@@ -394,10 +395,10 @@ class Recorder:
         profile.info.update(
             pid=self.target.pid, frequency=self.frequency,
             duration=self.t_stop - self.t_start, stopped_by=self.stopped_by,
-            distinct_addresses=len(runtime), map_entries=self.obj.map_entries[
+            distinct_addresses=in_map, map_entries=self.obj.map_entries[
                 self.map_name], kernel_bytes_cap=self.obj.kernel_bytes(),
             kernel_bytes=self.obj.kernel_bytes(
-                {self.map_name: len(runtime), "thread_samples": len(threads)}),
+                {self.map_name: in_map, "thread_samples": len(threads)}),
             prealloc=self.obj.prealloc,
             ncpus=self.obj.ncpus, threads=threads, is_pie=self.elf.is_pie,
             load_bias=self.space.load_bias, build_id=self.elf.build_id,
