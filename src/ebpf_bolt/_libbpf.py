@@ -138,17 +138,15 @@ def _bind(lib):
 
 _lib = None
 _libc = None
-_log = []          # recent libbpf messages, for error reports
 _verbose = False
 
 
 def _print_cb(level, fmt, va_list):
-    buf = ctypes.create_string_buffer(1 << 18)  # verifier logs are long
-    _libc.vsnprintf(buf, len(buf), fmt, va_list)
-    text = buf.value.decode(errors="replace")
-    _log.append(text)
-    del _log[:-200]
+    """libbpf's messages (the verifier's log among them) go to stderr with
+    -v, and nowhere otherwise."""
     if _verbose:
+        buf = ctypes.create_string_buffer(1 << 18)  # verifier logs are long
+        _libc.vsnprintf(buf, len(buf), fmt, va_list)
         os.write(2, b"libbpf: " + buf.value)
     return 0
 
@@ -175,11 +173,6 @@ def lib():
 def set_verbose(on):
     global _verbose
     _verbose = bool(on)
-
-
-def recent_log(lines=30):
-    """libbpf's last messages (the verifier log on a load failure)."""
-    return "".join(_log[-lines:])
 
 
 def bound_functions():

@@ -81,10 +81,6 @@ class ElfFile:
                 return offset - s.offset + s.vaddr
         return None
 
-    def in_text(self, vaddr):
-        return any(s.vaddr <= vaddr < s.vaddr + s.memsz
-                   for s in self.text_segments())
-
     @property
     def build_id(self):
         for off, size in self._notes:

@@ -24,7 +24,6 @@ PERF_SAMPLE_BRANCH_ANY = 1 << 3
 # bit positions in the attribute's flag word
 _BIT = {"exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
 
-PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_DISABLE = 0x2401
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
