@@ -19,7 +19,7 @@ struct eb_config {
 	__u32 target_tgid;     /* process to keep; 0 keeps every process */
 	__u32 count_threads;   /* 1: also count samples per thread id */
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
-	__u32 cache_mask;      /* trace cache slots - 1 (a power of two - 1) */
+	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
 	__u32 reserved;
 };
 
@@ -70,12 +70,20 @@ struct eb_branch {
 
 #define EB_BRANCH_MISPRED 1ULL
 
-/* One slot of the per-CPU trace cache. credit 0: empty. */
+/* One way of the per-CPU trace cache. credit 0: empty. */
 struct eb_cache_slot {
 	struct eb_trace key;
 	__u64 count;           /* counts not yet added to the trace map */
 	__u64 mispreds;
-	__u64 credit;          /* hits keep a trace in its slot, misses wear it */
+	__u64 credit;          /* hits keep a trace in its way, misses wear it */
+};
+
+/* A set of the trace cache: a trace may sit in either way of its set, so
+ * two hot traces whose hashes collide no longer evict each other. */
+#define EB_CACHE_WAYS 2
+
+struct eb_cache_set {
+	struct eb_cache_slot way[EB_CACHE_WAYS];
 };
 
 #define EB_CACHE_MAX_CREDIT 8

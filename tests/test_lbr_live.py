@@ -15,7 +15,7 @@ from ebpf_bolt.bpf_object import BoltObject
 from ebpf_bolt.cli import main
 from ebpf_bolt.collector import choose_event, online_cpus, probe_event
 from ebpf_bolt.errors import NoBranchHardware
-from ebpf_bolt.layout import USER_ADDR_END, Config, cache_slots
+from ebpf_bolt.layout import USER_ADDR_END, Config, cache_sets
 
 from conftest import run
 
@@ -65,7 +65,7 @@ def test_live_branch_program_counts_every_failed_read():
     spinner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
     try:
         cfg = Config(target_tgid=spinner.pid, user_addr_end=USER_ADDR_END)
-        with BoltObject(cfg, {"trace_counts": 1024, "trace_cache": cache_slots(os.cpu_count())},
+        with BoltObject(cfg, {"trace_counts": 1024, "trace_cache": cache_sets(os.cpu_count())},
                         programs=["sample_branches"]) as obj:
             attr = pe.make_attr(pe.CPU_CLOCK, 2000)
             links = [obj.attach("sample_branches",   # attaching enables

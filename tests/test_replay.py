@@ -246,6 +246,20 @@ def test_many_distinct_traces_then_repeats():
         assert_counters(rep.stats(), counters)
 
 
+@pytest.mark.parametrize("sets", [1, 2, 16])
+def test_tiny_cache_evicts_exactly(stacks, sets):
+    """A trace cache of a few sets: traces fight over two ways, so ways
+    change owner, wear out and are found in the second way all the time;
+    counts still add up exactly."""
+    expected, counters = rules.aggregate(stacks)
+    cs = cpus()
+    with Replayer(max_entries=ENTRIES, sets=sets) as rep:
+        for n, i in enumerate(range(0, len(stacks), 250)):
+            rep.feed(stacks[i:i + 250], cpu=cs[n % len(cs)])
+        assert_same_traces(rep.runtime_traces(), expected)
+        assert_counters(rep.stats(), counters)
+
+
 # --- 1b. the translated profile ---------------------------------------------
 
 def translate_reference(traces, ranges, load_base):

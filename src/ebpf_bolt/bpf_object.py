@@ -19,10 +19,12 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 
 # Maps sized from user space: name -> (key size, value size, type), as in
 # ebpf_bolt.bpf.c. A map not given a size gets 1 entry: unused maps cost
-# nothing, and trace_cache with 1 slot simply sends traces to the map.
-HASH, PERCPU_ARRAY, ARRAY = "hash", "percpu_array", "array"
+# nothing, and a trace_cache of 1 set is as good as none.
+# CPU_TABLE: an array with one element per possible CPU, each element a
+# table of `entries` values (the size given is the table's length).
+HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
 MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
-        "trace_counts": (24, 16, HASH), "trace_cache": (4, 48, PERCPU_ARRAY),
+        "trace_counts": (24, 16, HASH), "trace_cache": (4, 96, CPU_TABLE),
         "replay_stacks": (4, 1544, ARRAY)}
 
 
@@ -48,7 +50,7 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
     value = percpu_value_size(value_size)
     if kind == ARRAY:
         return max_entries * value
-    if kind == PERCPU_ARRAY:
+    if kind in (PERCPU_ARRAY, CPU_TABLE):
         return max_entries * value * ncpus
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return max_entries * (value * ncpus + elem)
@@ -111,20 +113,24 @@ class BoltObject:
         try:
             self.ncpus = possible_cpus()
             cfg = Config.from_buffer_copy(config or Config())
-            # the slot mask follows the cache's size, so the two agree
-            slots = (map_entries or {}).get("trace_cache", 1)
-            if slots & (slots - 1):
+            # the set mask follows the cache's size, so the two agree
+            sets = (map_entries or {}).get("trace_cache", 1)
+            if sets & (sets - 1):
                 raise ValueError("trace_cache size must be a power of two")
-            cfg.cache_mask = slots - 1
+            cfg.cache_mask = sets - 1
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
             self._check_layout()
             self.map_entries = {}
             self.prealloc = prealloc_needed() if prealloc is None else prealloc
-            for name, (_, _, kind) in MAPS.items():
+            for name, (_, vsz, kind) in MAPS.items():
                 entries = (map_entries or {}).get(name, 1)
-                lib.bpf_map__set_max_entries(self._map(name), entries)
+                if kind == CPU_TABLE:
+                    lib.bpf_map__set_max_entries(self._map(name), self.ncpus)
+                    lib.bpf_map__set_value_size(self._map(name), entries * vsz)
+                else:
+                    lib.bpf_map__set_max_entries(self._map(name), entries)
                 if kind == HASH and not self.prealloc:
                     lib.bpf_map__set_map_flags(self._map(name),
                                                BPF_F_NO_PREALLOC)
@@ -333,11 +339,19 @@ class BoltObject:
             buf[i] += w
         self._lib.bpf_map_update_elem(fd, kbuf, buf, BPF_EXIST)
 
-    def clear_value(self, name, index):
-        """Zero every CPU's value of an array entry."""
+    def cpu_table(self, name, cpu):
+        """One CPU's table of a CPU_TABLE map, as bytes."""
         _, vsz, _ = MAPS[name]
-        buf = ctypes.create_string_buffer(percpu_value_size(vsz) * self.ncpus)
-        key = ctypes.c_uint32(index)
+        buf = ctypes.create_string_buffer(self.map_entries[name] * vsz)
+        key = ctypes.c_uint32(cpu)
+        self._lib.bpf_map_lookup_elem(self.map_fd(name), ctypes.byref(key), buf)
+        return buf.raw
+
+    def clear_cpu_table(self, name, cpu):
+        """Zero one CPU's table of a CPU_TABLE map."""
+        _, vsz, _ = MAPS[name]
+        buf = ctypes.create_string_buffer(self.map_entries[name] * vsz)
+        key = ctypes.c_uint32(cpu)
         self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
                                       buf, 0)
 

@@ -18,7 +18,7 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import USER_ADDR_END, Config, cache_slots
+from .layout import USER_ADDR_END, Config, cache_sets
 from .profile import Profile, translate_samples, translate_trace_columns
 from .targets import CommandTarget, ProcessTarget
 
@@ -134,23 +134,22 @@ def choose_event(mode, frequency, notice):
 def flush_trace_cache(obj):
     """Move the counts still pending in the CPUs' trace caches into the
     trace map (each cached trace is in the map already), then empty the
-    slots: afterwards the map alone holds every count. Call it once the
+    caches: afterwards the map alone holds every count. Call it once the
     programs have stopped running."""
-    indices, slots, _ = obj.drain("trace_cache")
-    index = array("I", indices)
-    w = array("Q", slots)  # per slot and CPU: from, to, ft_end, count, mis, credit
-    per_index = 6 * obj.ncpus
-    pending, touched = {}, set()
-    for i in range(0, len(w), 6):
-        if w[i + 5] and (w[i + 3] or w[i + 4]):  # owned, counts pending
+    pending = {}
+    for cpu in range(obj.ncpus):
+        w = array("Q", obj.cpu_table("trace_cache", cpu))
+        # per way: from, to, ft_end, count, mispreds, credit
+        ways = [i for i in range(0, len(w), 6)
+                if w[i + 5] and (w[i + 3] or w[i + 4])]  # owned, pending
+        for i in ways:
             key = (w[i], w[i + 1], w[i + 2])
             c, m = pending.get(key, (0, 0))
             pending[key] = (c + w[i + 3], m + w[i + 4])
-            touched.add(index[i // per_index])
+        if ways:
+            obj.clear_cpu_table("trace_cache", cpu)
     for key, (count, mis) in pending.items():
         obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
-    for index in touched:
-        obj.clear_value("trace_cache", index)
 
 
 def drain_traces(obj):
@@ -295,7 +294,7 @@ class Recorder:
         entries = self.max_entries or default_max_entries(self.map_name, ncpus)
         sizes = {self.map_name: entries}
         if self.mode == "lbr":
-            sizes["trace_cache"] = cache_slots(ncpus)
+            sizes["trace_cache"] = cache_sets(ncpus)
         if self.count_threads:
             sizes["thread_samples"] = 4096
         cfg = Config(target_tgid=self.target.pid,

@@ -43,23 +43,29 @@ class Branch(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-# Trace cache slots per CPU: up to MAX_CACHE_SLOTS, within CACHE_BUDGET
-# bytes of kernel memory over all possible CPUs (48 bytes a slot).
-MAX_CACHE_SLOTS = 8192
+# Trace cache sets per CPU (CACHE_WAYS ways of 48 bytes each): up to
+# MAX_CACHE_SETS, within CACHE_BUDGET bytes of kernel memory over all
+# possible CPUs.
+CACHE_WAYS = 2
+MAX_CACHE_SETS = 4096
 CACHE_BUDGET = 16 << 20
 
 
-def cache_slots(ncpus):
-    slots = MAX_CACHE_SLOTS
-    while slots > 64 and slots * 48 * ncpus > CACHE_BUDGET:
-        slots //= 2
-    return slots
+def cache_sets(ncpus):
+    sets = MAX_CACHE_SETS
+    while sets > 32 and sets * CACHE_WAYS * 48 * ncpus > CACHE_BUDGET:
+        sets //= 2
+    return sets
 
 
 
 class CacheSlot(ctypes.Structure):
     _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
                 ("mispreds", ctypes.c_uint64), ("credit", ctypes.c_uint64)]
+
+
+class CacheSet(ctypes.Structure):
+    _fields_ = [("way", CacheSlot * CACHE_WAYS)]
 
 
 class ReplayStack(ctypes.Structure):
@@ -81,6 +87,7 @@ MIRRORS = {
     "eb_trace_counts": (TraceCounts, {}),
     "eb_branch": (Branch, {"from": "from_"}),
     "eb_cache_slot": (CacheSlot, {}),
+    "eb_cache_set": (CacheSet, {}),
     "eb_replay_stack": (ReplayStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
 }

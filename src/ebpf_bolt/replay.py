@@ -20,7 +20,7 @@ from .bpf_object import BoltObject, possible_cpus
 from .collector import (check_privileges, default_max_entries,
                         runtime_traces, translated_traces)
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, cache_slots,
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, cache_sets,
                      USER_ADDR_END, Config, ReplayArgs, ReplayStack)
 from .profile import Profile
 from .errors import UsageError
@@ -77,7 +77,7 @@ class Replayer:
     """A loaded object whose replay program aggregates supplied stacks."""
 
     def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
-                 batch=BATCH):
+                 batch=BATCH, sets=None):
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -89,7 +89,7 @@ class Replayer:
         self.batch = batch
         self.obj = BoltObject(Config(user_addr_end=user_addr_end),
                               {"trace_counts": self.max_entries,
-                               "trace_cache": cache_slots(ncpus),
+                               "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch},
                               programs=["replay_branches"], prealloc=True)
         self.prog_fd = self.obj.program_fd("replay_branches")
