@@ -20,7 +20,7 @@ struct eb_config {
 	__u32 count_threads;   /* 1: also count samples per thread id */
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
 	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
-	__u32 reserved;
+	__u32 ncpus;           /* possible CPUs: per-CPU values to sum */
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -104,6 +104,24 @@ struct eb_replay_args {
 	__u32 done;            /* out: stacks aggregated */
 	__u32 bad;             /* out: stacks rejected (nr too large) */
 	__u32 reserved;
+};
+
+/* Drain (BPF_PROG_RUN of drain_traces): one record per trace, counts
+ * summed over CPUs, written into the mmapped drain_out array. */
+struct eb_trace_record {
+	struct eb_trace key;
+	__u64 count;
+	__u64 mispreds;
+};
+
+/* Context of drain_traces: records [first, first + capacity) of the walk
+ * of trace_counts go to drain_out; written back after the run. */
+struct eb_drain_args {
+	__u32 first;           /* index, in walk order, of the first record */
+	__u32 capacity;        /* records drain_out holds */
+	__u32 written;         /* out: records written */
+	__u32 walked;          /* out: traces visited; < first + capacity
+	                        * when the walk reached the end of the map */
 };
 
 #endif /* EBPF_BOLT_H */

@@ -260,6 +260,36 @@ def test_tiny_cache_evicts_exactly(stacks, sets):
         assert_counters(rep.stats(), counters)
 
 
+@pytest.mark.parametrize("window", [None, 1000, 2999], ids=["one-run", "w1000", "w2999"])
+def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
+    """drain_traces (the map walked and summed over CPUs in the kernel,
+    in windows when the map outgrows drain_out) gives exactly what the
+    kernel's batch lookup and a sum in Python give."""
+    from array import array
+    from ebpf_bolt import bpf_object
+    if not bpf_object.kernel_drain_supported():
+        pytest.skip("kernel before 5.19: the batch lookup is the only drain")
+    if window:
+        monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", window)
+    cs = cpus()
+    with Replayer(max_entries=ENTRIES) as rep:
+        for i, cpu in enumerate(cs):
+            rep.feed(stacks[i::len(cs)], cpu=cpu)
+            rep.feed(stacks[:500], cpu=cpu)      # traces on several CPUs
+        from ebpf_bolt.collector import flush_trace_cache
+        flush_trace_cache(rep.obj)
+        w = rep.obj.drain_trace_records()
+        keys, values, n = rep.obj.drain("trace_counts")
+        counts, mispreds = rep.obj.sum_u64_values(values, 2)
+    k = array("Q", keys)
+    batch = dict(zip(zip(k[0::3], k[1::3], k[2::3]), zip(counts, mispreds)))
+    walked = dict(zip(zip(w[0::5], w[1::5], w[2::5]), zip(w[3::5], w[4::5])))
+    assert len(w) == 5 * n > 5 * 3 * (window or 0)  # several windows were read
+    assert walked == batch
+    expected, _ = rules.aggregate(stacks + stacks[:500] * len(cs))
+    assert_same_traces(walked, expected)
+
+
 # --- 1b. the translated profile ---------------------------------------------
 
 def translate_reference(traces, ranges, load_base):

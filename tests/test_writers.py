@@ -100,3 +100,60 @@ def test_trace_dialects_give_the_same_fdata(two_statics, tmp_path):
               if len(l.split()) == 8}
     assert set(t_mis.values()) == {"0"}
     assert "7" in bf_mis.values()
+
+
+# --- formatting big profiles in several processes ---------------------------
+
+def trace_columns(n, seed=5):
+    import random
+    from array import array
+    rng = random.Random(seed)
+    frm = array("Q", (0x401000 + rng.randrange(1 << 20) for _ in range(n)))
+    to = array("Q", (0x401000 + rng.randrange(1 << 20) for _ in range(n)))
+    ft_end = array("Q", (BR_ONLY if rng.random() < 0.1 else
+                         0x401000 + rng.randrange(1 << 20) for _ in range(n)))
+    counts = array("Q", (rng.randrange(1, 1 << 40) for _ in range(n)))
+    return frm, to, ft_end, counts
+
+
+def one_line_per_row(columns):
+    return "".join("T %x %x %x %d\n" % row for row in zip(*columns))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 20_011])
+def test_parallel_formatting_equals_one_line_at_a_time(n, monkeypatch):
+    """Rows cut into one slice per CPU, formatted by forked children, come
+    back whole and in order (the threshold is lowered so that small
+    inputs take the parallel path too)."""
+    from ebpf_bolt import writers
+    monkeypatch.setattr(writers, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(writers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    cols = trace_columns(n)
+    assert writers.format_columns("T %x %x %x %d\n", cols) == one_line_per_row(cols)
+
+
+def test_parallel_formatting_survives_failed_children(monkeypatch):
+    """A child that dies, or a fork that fails, costs time, not lines:
+    its slice is formatted by the parent."""
+    import os
+    from ebpf_bolt import writers
+    monkeypatch.setattr(writers, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(writers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    cols = trace_columns(9_000)
+    expected = one_line_per_row(cols)
+    parent = os.getpid()
+    serial = writers.format_rows
+
+    def dies_in_children(fmt, rows, chunk=8192):
+        if os.getpid() != parent:
+            raise MemoryError("child out of memory")
+        return serial(fmt, rows, chunk)
+
+    monkeypatch.setattr(writers, "format_rows", dies_in_children)
+    assert writers.format_columns("T %x %x %x %d\n", cols) == expected
+
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(writers.os, "fork", no_fork)
+    assert writers.format_columns("T %x %x %x %d\n", cols) == expected

@@ -84,6 +84,7 @@ _PROTOTYPES = {
     "bpf_object__find_program_by_name": ([_pp, c_char_p], _pp, _PTR),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
+    "bpf_map__reuse_fd": ([_pp, c_int], c_int, _INT),
     "bpf_map__max_entries": ([_pp], c_uint32, _NONE),
     "bpf_map__key_size": ([_pp], c_uint32, _NONE),
     "bpf_map__value_size": ([_pp], c_uint32, _NONE),

@@ -6,6 +6,7 @@ object closes every link it made before closing itself.
 """
 import ctypes
 import errno
+import mmap
 import os
 from array import array
 from importlib import resources
@@ -13,7 +14,7 @@ from operator import add
 
 from . import _libbpf
 from .errors import BpfError
-from .layout import COUNTERS, Config, Stats
+from .layout import COUNTERS, Config, DrainArgs, Stats, TraceRecord
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -25,7 +26,12 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
 MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
         "trace_counts": (24, 16, HASH), "trace_cache": (4, 96, CPU_TABLE),
-        "replay_stacks": (4, 1544, ARRAY)}
+        "replay_stacks": (4, 1544, ARRAY), "drain_out": (4, 40, ARRAY)}
+
+# Records per run of drain_traces at most (drain_out, 40 bytes each, held
+# only while draining): 80 MiB. A bigger map is walked in several runs,
+# each re-walking what earlier ones read.
+DRAIN_WINDOW = 1 << 21
 
 
 def object_path():
@@ -54,6 +60,12 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
         return max_entries * value * ncpus
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return max_entries * (value * ncpus + elem)
+
+
+def kernel_drain_supported():
+    """drain_traces needs bpf_map_lookup_percpu_elem (Linux 5.19); older
+    kernels drain through the batch lookup."""
+    return kernel_version() >= (5, 19)
 
 
 def kernel_version():
@@ -89,7 +101,7 @@ class Link:
 
 class BoltObject:
     def __init__(self, config=None, map_entries=None, programs=None, path=None,
-                 prealloc=None):
+                 prealloc=None, shared=None):
         """Open and load the object.
 
         config: layout.Config written to .rodata before load.
@@ -101,6 +113,8 @@ class BoltObject:
             refilled between program runs; a run that inserts thousands of
             keys (replay, bursts of branch stacks) can drain them and fail
             with ENOMEM, so the branch paths preallocate.
+        shared: {map name: fd} of another object's maps to use instead of
+            creating them (give their sizes in map_entries too).
         """
         lib = _libbpf.lib()
         self._lib = lib
@@ -118,6 +132,7 @@ class BoltObject:
             if sets & (sets - 1):
                 raise ValueError("trace_cache size must be a power of two")
             cfg.cache_mask = sets - 1
+            cfg.ncpus = self.ncpus
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
@@ -126,6 +141,10 @@ class BoltObject:
             self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, vsz, kind) in MAPS.items():
                 entries = (map_entries or {}).get(name, 1)
+                self.map_entries[name] = entries
+                if name in (shared or {}):
+                    lib.bpf_map__reuse_fd(self._map(name), shared[name])
+                    continue
                 if kind == CPU_TABLE:
                     lib.bpf_map__set_max_entries(self._map(name), self.ncpus)
                     lib.bpf_map__set_value_size(self._map(name), entries * vsz)
@@ -134,7 +153,6 @@ class BoltObject:
                 if kind == HASH and not self.prealloc:
                     lib.bpf_map__set_map_flags(self._map(name),
                                                BPF_F_NO_PREALLOC)
-                self.map_entries[name] = entries
             if programs is not None:
                 for name in self.program_names():
                     lib.bpf_program__set_autoload(self._prog(name),
@@ -161,7 +179,8 @@ class BoltObject:
     # --- lookups -----------------------------------------------------------
     @staticmethod
     def program_names():
-        return ("sample_ip", "sample_branches", "replay_branches")
+        return ("sample_ip", "sample_branches", "replay_branches",
+                "drain_traces")
 
     def _require_open(self):
         if not self._obj:
@@ -338,6 +357,51 @@ class BoltObject:
         for i, w in enumerate(words):
             buf[i] += w
         self._lib.bpf_map_update_elem(fd, kbuf, buf, BPF_EXIST)
+
+    def run_program(self, name, args):
+        """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
+        read back after the run) as its context; returns its retval."""
+        opts = _libbpf.bpf_test_run_opts(
+            sz=ctypes.sizeof(_libbpf.bpf_test_run_opts),
+            ctx_in=ctypes.cast(ctypes.pointer(args), ctypes.c_void_p),
+            ctx_size_in=ctypes.sizeof(args))
+        self._lib.bpf_prog_test_run_opts(self.program_fd(name),
+                                         ctypes.byref(opts))
+        return opts.retval
+
+    def drain_trace_records(self):
+        """The trace map summed over CPUs, walked in the kernel by
+        drain_traces, as u64 words, five per trace (from, to, ft_end,
+        count, mispreds); None on kernels without it (use drain() there).
+        The program and its output array are loaded only now, in a second
+        object that shares the trace map, so recording holds no memory for
+        them. Run only while nothing updates the map: each run resumes the
+        walk by position."""
+        if not kernel_drain_supported():
+            return None
+        traces = self.map_entries["trace_counts"]
+        with BoltObject(map_entries={"trace_counts": traces,
+                                     "drain_out": min(traces, DRAIN_WINDOW)},
+                        programs=["drain_traces"], path=self.path,
+                        shared={"trace_counts": self.map_fd("trace_counts")},
+                        prealloc=self.prealloc) as drainer:
+            return drainer._walk_trace_map()
+
+    def _walk_trace_map(self):
+        capacity = self.map_entries["drain_out"]
+        size = -(-capacity * ctypes.sizeof(TraceRecord) // mmap.PAGESIZE)
+        mem = mmap.mmap(self.map_fd("drain_out"), size * mmap.PAGESIZE,
+                        mmap.MAP_SHARED, mmap.PROT_READ)
+        words = array("Q")
+        try:
+            while True:
+                args = DrainArgs(first=len(words) // 5, capacity=capacity)
+                self.run_program("drain_traces", args)
+                words.frombytes(mem[:args.written * ctypes.sizeof(TraceRecord)])
+                if args.written < capacity:  # the walk reached the end
+                    return words
+        finally:
+            mem.close()
 
     def cpu_table(self, name, cpu):
         """One CPU's table of a CPU_TABLE map, as bytes."""

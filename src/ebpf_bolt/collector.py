@@ -157,6 +157,9 @@ def drain_traces(obj):
     mispreds): a million traces stay cheap, with no Python object per
     trace until something asks for one."""
     flush_trace_cache(obj)
+    words = obj.drain_trace_records()
+    if words is not None:
+        return words[0::5], words[1::5], words[2::5], words[3::5], words[4::5]
     keys, values, n = obj.drain("trace_counts")
     counts, mispreds = obj.sum_u64_values(values, 2) if n else ([], [])
     k = array("Q", keys)

@@ -22,7 +22,7 @@ class Config(ctypes.Structure):
                 ("count_threads", ctypes.c_uint32),
                 ("user_addr_end", ctypes.c_uint64),
                 ("cache_mask", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32)]
+                ("ncpus", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):
@@ -79,6 +79,16 @@ class ReplayArgs(ctypes.Structure):
                 ("bad", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
+class TraceRecord(ctypes.Structure):
+    _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
+                ("mispreds", ctypes.c_uint64)]
+
+
+class DrainArgs(ctypes.Structure):
+    _fields_ = [("first", ctypes.c_uint32), ("capacity", ctypes.c_uint32),
+                ("written", ctypes.c_uint32), ("walked", ctypes.c_uint32)]
+
+
 # C name -> (ctypes mirror, {C member name: mirror field name})
 MIRRORS = {
     "eb_config": (Config, {}),
@@ -90,4 +100,6 @@ MIRRORS = {
     "eb_cache_set": (CacheSet, {}),
     "eb_replay_stack": (ReplayStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
+    "eb_trace_record": (TraceRecord, {}),
+    "eb_drain_args": (DrainArgs, {}),
 }

@@ -92,7 +92,6 @@ class Replayer:
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch},
                               programs=["replay_branches"], prealloc=True)
-        self.prog_fd = self.obj.program_fd("replay_branches")
         size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
                               mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -110,10 +109,6 @@ class Replayer:
         """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
         returns the run's ReplayArgs and its wall time in nanoseconds."""
         args = ReplayArgs(first=0, count=count, naive=int(naive))
-        opts = _libbpf.bpf_test_run_opts(
-            sz=ctypes.sizeof(_libbpf.bpf_test_run_opts),
-            ctx_in=ctypes.cast(ctypes.pointer(args), ctypes.c_void_p),
-            ctx_size_in=ctypes.sizeof(args))
         old = os.sched_getaffinity(0)
         try:
             os.sched_setaffinity(0, {cpu})
@@ -122,12 +117,11 @@ class Replayer:
                              f"choose one of CPUs {sorted(old)}") from None
         try:
             t0 = time.perf_counter_ns()
-            _libbpf.lib().bpf_prog_test_run_opts(self.prog_fd,
-                                                 ctypes.byref(opts))
+            retval = self.obj.run_program("replay_branches", args)
             elapsed = time.perf_counter_ns() - t0
         finally:
             os.sched_setaffinity(0, old)
-        if opts.retval != 0:
+        if retval != 0:
             raise _libbpf.LibbpfError("replay_branches", 22, "no stats map")
         return args, elapsed
 

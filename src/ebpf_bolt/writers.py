@@ -6,6 +6,9 @@ map's order (a big service has a million traces, and sorting would cost
 more than writing). Writers return the text: profiles are small next to
 perf.data.
 """
+import os
+from itertools import chain, islice
+
 from .layout import BR_ONLY
 
 FORMATS = ("preagg", "preagg-bf", "fdata", "yaml")
@@ -27,15 +30,104 @@ def preagg_basic(samples, event):
 def preagg_traces(traces, event):
     """``E event`` then ``T from to ft_end count`` (LLVM >= 21). LLVM 22
     takes no mispredict field on T, so mispredicts are not written."""
-    # One C-level %-format per line, in the kernel map's order: sorting a
-    # million traces would cost several times the writing.
+    # In the kernel map's order: sorting a million traces would cost
+    # several times the writing.
     columns = getattr(traces, "columns", None)
     if columns is not None:
-        frm, to, ft_end, counts, _ = columns
-        rows = zip(frm, to, ft_end, counts)
+        text = format_columns("T %x %x %x %d\n", columns[:4])
     else:
-        rows = ((f, t, e, c) for (f, t, e), (c, _m) in traces.items())
-    return f"E {event}\n" + "".join(map("T %x %x %x %d\n".__mod__, rows))
+        text = format_rows("T %x %x %x %d\n", ((f, t, e, c) for (f, t, e), (c, _m)
+                                               in traces.items()))
+    return f"E {event}\n" + text
+
+
+def format_rows(line_format, rows, chunk=8192):
+    """`line_format` % row for each row, joined. Lines are formatted a
+    chunk at a time by one % over a repeated format and a flat tuple: the
+    loop runs in C, faster than one % call per line."""
+    out = []
+    rows = iter(rows)
+    while True:
+        part = list(islice(rows, chunk))
+        if not part:
+            return "".join(out)
+        out.append((line_format * len(part)) % tuple(chain.from_iterable(part)))
+
+
+# Below this many rows, formatting in one process is quick enough.
+PARALLEL_ROWS = 100_000
+
+
+def format_columns(line_format, columns):
+    """format_rows over rows given as equal-length columns. A big profile
+    (a million traces take ~0.8 s in one process) is cut into one slice per
+    usable CPU: forked children format theirs and send the text back
+    through a pipe while this process formats the first. A slice whose
+    child fails is formatted here, so the result never depends on fork."""
+    n = len(columns[0])
+    try:
+        workers = min(len(os.sched_getaffinity(0)), 8)
+    except OSError:
+        workers = 1
+    if n < PARALLEL_ROWS or workers < 2:
+        return format_rows(line_format, zip(*columns))
+    bounds = [n * i // workers for i in range(workers + 1)]
+    slices = [[c[lo:hi] for c in columns] for lo, hi in zip(bounds, bounds[1:])]
+    children = [_format_in_child(line_format, s) for s in slices[1:]]
+    parts = [format_rows(line_format, zip(*slices[0]))]
+    for s, child in zip(slices[1:], children):
+        text = _collect_child(child)
+        parts.append(text if text is not None
+                     else format_rows(line_format, zip(*s)))
+    return "".join(parts)
+
+
+def _format_in_child(line_format, columns):
+    """Fork a child that formats `columns` and writes the UTF-8 text to a
+    pipe; returns (pid, read fd), or None if it could not be started."""
+    try:
+        rfd, wfd = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        return None
+    if pid == 0:  # child: format, write, and leave without cleanup handlers
+        status = 1
+        try:
+            os.close(rfd)
+            data = format_rows(line_format, zip(*columns)).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view):]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    return pid, rfd
+
+
+def _collect_child(child):
+    """The text a child wrote, or None if it did not finish cleanly."""
+    if child is None:
+        return None
+    pid, rfd = child
+    chunks = []
+    try:
+        while True:
+            b = os.read(rfd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        return None
+    return b"".join(chunks).decode()
 
 
 def preagg_branches_fallthroughs(traces):
