@@ -10,7 +10,9 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    bypassed), on:
    - "random, one stack per run": one stack of 32 random entries, one stack
      per run (the issue's baseline method: the same stack run after run);
-   - "random, N distinct": N different stacks of random entries;
+   - "random, N distinct": N different stacks of random entries (131k
+     traces that never repeat: every entry misses the cache and updates the
+     map in DRAM; shown for what the cache costs there, no goal);
    - "recorded": stacks cut from the demo workload's real taken-branch
      sequence (qemu-user log, ebpf_bolt.brtrace), where loops repeat traces:
      shares mode (threads running three hot functions) and icache mode (96
@@ -20,8 +22,9 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
      a run over all 4,096 stacks (6 MiB) mostly measures streaming the
      input from memory, and is shown as such for icache mode.
 2. Drain and write: 1,000,000 distinct traces put in the trace map (through
-   replay), then drained, summed over CPUs, translated and written as a
-   preagg file; the time of that last part is what a user waits for.
+   replay of random 32-deep stacks in a PIE loaded at a usual address),
+   then drained, summed over CPUs, translated and written as a preagg file;
+   the time of that last part is what a user waits for.
 """
 import argparse
 import os
@@ -88,19 +91,27 @@ def drain_and_write(n_traces):
     from ebpf_bolt.demo.build import build_workload
 
     workdir = tempfile.mkdtemp(prefix="bench-drain-")
-    binary = str(build_workload(workdir, pie=False))
+    # a PIE at a usual load address: translation shifts every address
+    binary = str(build_workload(workdir, pie=True))
+    load_base = 0x555555554000
     elf = ElfFile(binary)
     text = elf.text_segments()[0]
+    lo = load_base + text.vaddr
     rng = random.Random(7)
-    # depth-1 stacks give one (from, to, BR_ONLY) trace each; distinct pairs
-    stacks = [[(text.vaddr + rng.randrange(text.memsz),
-                text.vaddr + rng.randrange(text.memsz), False)]
-              for _ in range(n_traces)]
+    # 32-deep stacks of random entries: every entry one trace, all distinct
+    # (almost surely), 1 in 32 of them ending in BR_ONLY as in real profiles
+    stacks = [[(lo + rng.randrange(text.memsz), lo + rng.randrange(text.memsz),
+                False) for _ in range(DEPTH)]
+              for _ in range(-(-n_traces // DEPTH))]
     # 2^20 entries hold the million traces (a user would pass --max-entries)
     with Replayer(max_entries=max(1 << 20, n_traces)) as rep:
         rep.feed(stacks)
+        # the bench's input is not the tool's to carry: a live recording
+        # holds no list of stacks (and forked formatters copy page tables)
+        del stacks
         t0 = time.perf_counter()
-        traces, _ = translated_traces(rep.obj, AddressSpace.from_load_base(elf, 0))
+        traces, _ = translated_traces(rep.obj,
+                                      AddressSpace.from_load_base(elf, load_base))
         prof = Profile(binary, "cycles", "lbr", traces=traces)
         t2 = time.perf_counter()
         out = os.path.join(workdir, "out.preagg")
@@ -136,8 +147,12 @@ def main():
     for name, stacks, per_run in rows:
         base, ours = cost_per_stack(stacks, per_run=per_run)
         goal = 500 if name.startswith("recorded") else 1000
-        if "streamed" in name:
-            goal = None  # the goal is for stacks as live sampling has them
+        if "streamed" in name or "distinct" in name:
+            # the goals are for stacks as live sampling has them, and the
+            # random-stack goal is measured one stack per run (the issue's
+            # method); these rows show the cost where input or traces never
+            # repeat, which no cache can remove
+            goal = None
         verdict = ("-" if goal is None else
                    f"<= {goal} ns: {'met' if ours <= goal else 'NOT met'}")
         print(f"| {name} | {base:,.0f} ns | {ours:,.0f} ns | {ours / DEPTH:.1f} ns "
@@ -145,7 +160,8 @@ def main():
     n, drain, write, size = drain_and_write(args.traces)
     total = drain + write
     print(f"\ndrain + translate + write of {n:,} distinct traces: {total:.2f} s "
-          f"(drain, CPU sum and translation {drain:.2f} s, write {write:.2f} s; "
+          f"(drain, summed over CPUs in the kernel, and translation {drain:.2f} s; "
+          f"formatting and writing {write:.2f} s; "
           f"{size / 2**20:.1f} MiB) goal <= 2 s: "
           f"{'met' if total <= 2 else 'NOT met'}")
 

@@ -122,6 +122,9 @@ struct eb_drain_args {
 	__u32 written;         /* out: records written */
 	__u32 walked;          /* out: traces visited; < first + capacity
 	                        * when the walk reached the end of the map */
+	__u64 lowest;          /* out, over the records written: lowest and */
+	__u64 highest;         /* highest from, to or ft_end (but BR_ONLY) */
+	__u64 br_only;         /* out: records whose ft_end is EB_BR_ONLY */
 };
 
 #endif /* EBPF_BOLT_H */

@@ -278,7 +278,7 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
             rep.feed(stacks[:500], cpu=cpu)      # traces on several CPUs
         from ebpf_bolt.collector import flush_trace_cache
         flush_trace_cache(rep.obj)
-        w = rep.obj.drain_trace_records()
+        w, bounds = rep.obj.drain_trace_records()
         keys, values, n = rep.obj.drain("trace_counts")
         counts, mispreds = rep.obj.sum_u64_values(values, 2)
     k = array("Q", keys)
@@ -286,6 +286,8 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
     walked = dict(zip(zip(w[0::5], w[1::5], w[2::5]), zip(w[3::5], w[4::5])))
     assert len(w) == 5 * n > 5 * 3 * (window or 0)  # several windows were read
     assert walked == batch
+    from ebpf_bolt.profile import column_bounds
+    assert bounds == column_bounds(w[0::5], w[1::5], w[2::5])  # across windows
     expected, _ = rules.aggregate(stacks + stacks[:500] * len(cs))
     assert_same_traces(walked, expected)
 

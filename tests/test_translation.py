@@ -82,3 +82,44 @@ def test_format_not_fitting_the_mode_is_refused_before_recording(tmp_path, capsy
     err = capsys.readouterr().err
     assert "cannot hold a ip-mode profile" in err and "hint:" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# --- translation of drained trace columns -------------------------------------
+
+@pytest.mark.parametrize("load_base", [0, 0x555555554000], ids=["non-pie", "pie"])
+@pytest.mark.parametrize("measured", [True, False], ids=["bounds-given", "bounds-computed"])
+def test_column_fast_path_equals_per_trace_rules(load_base, measured):
+    """One mapping holding every address: the column path (bounds from the
+    drain, or computed here; shift by big-integer subtraction) gives what
+    the per-trace rules give, BR_ONLY kept; one address outside sends the
+    columns down the per-trace path, with the same result as the rules."""
+    import random
+    from array import array
+    from ebpf_bolt.layout import BR_ONLY
+    from ebpf_bolt.profile import (TraceColumns, column_bounds,
+                                   translate_trace_columns, translate_traces)
+    elf = FakeElf([Segment(0x1000, 0x8000, 0x1000, 0x8000, 5)])
+    space = AddressSpace.from_load_base(elf, load_base)
+    lo, hi = 0x1000 + load_base, 0x9000 + load_base
+    rng = random.Random(11)
+    keys = {(rng.randrange(lo, hi), rng.randrange(lo, hi),
+             BR_ONLY if rng.random() < 0.2 else rng.randrange(lo, hi))
+            for _ in range(5000)}
+    keys |= {(lo, hi - 1, BR_ONLY), (hi - 1, lo, lo)}   # both ends of the range
+    rows = sorted(keys)
+    cols = [array("Q", c) for c in zip(*rows)] + \
+           [array("Q", range(1, len(rows) + 1)), array("Q", [7] * len(rows))]
+    bounds = column_bounds(*cols[:3]) if measured else None
+    got, left = translate_trace_columns(TraceColumns(cols, bounds), space)
+    expected, expected_left = translate_traces(
+        dict(zip(rows, zip(cols[3], cols[4]))), space)
+    assert hasattr(got, "columns")       # the column path was taken
+    assert dict(got.items()) == expected and left == expected_left == 0
+    # one ft_end just past the mapping: the per-trace rules decide
+    cols[2][0] = hi
+    rows[0] = (rows[0][0], rows[0][1], hi)
+    bounds = column_bounds(*cols[:3]) if measured else None
+    got, left = translate_trace_columns(TraceColumns(cols, bounds), space)
+    expected, _ = translate_traces(dict(zip(rows, zip(cols[3], cols[4]))), space)
+    assert not hasattr(got, "columns") and got == expected
+    assert expected[(rows[0][0] - load_base, rows[0][1] - load_base, BR_ONLY)]

@@ -371,8 +371,9 @@ class BoltObject:
 
     def drain_trace_records(self):
         """The trace map summed over CPUs, walked in the kernel by
-        drain_traces, as u64 words, five per trace (from, to, ft_end,
-        count, mispreds); None on kernels without it (use drain() there).
+        drain_traces: (u64 words, five per trace: from, to, ft_end, count,
+        mispreds; (lowest, highest, br_only) as in profile.TraceColumns),
+        or None on kernels without it (use drain() there).
         The program and its output array are loaded only now, in a second
         object that shares the trace map, so recording holds no memory for
         them. Run only while nothing updates the map: each run resumes the
@@ -390,16 +391,24 @@ class BoltObject:
     def _walk_trace_map(self):
         capacity = self.map_entries["drain_out"]
         size = -(-capacity * ctypes.sizeof(TraceRecord) // mmap.PAGESIZE)
+        # populated up front: one call instead of a page fault per 4 KiB
         mem = mmap.mmap(self.map_fd("drain_out"), size * mmap.PAGESIZE,
-                        mmap.MAP_SHARED, mmap.PROT_READ)
+                        mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                        mmap.PROT_READ)
         words = array("Q")
+        lowest, highest, br_only = (1 << 64) - 1, 0, 0
         try:
             while True:
                 args = DrainArgs(first=len(words) // 5, capacity=capacity)
                 self.run_program("drain_traces", args)
-                words.frombytes(mem[:args.written * ctypes.sizeof(TraceRecord)])
+                with memoryview(mem) as view:  # one copy, straight from the map
+                    words.frombytes(view[:args.written * ctypes.sizeof(TraceRecord)])
+                if args.written:
+                    lowest = min(lowest, args.lowest)
+                    highest = max(highest, args.highest)
+                    br_only += args.br_only
                 if args.written < capacity:  # the walk reached the end
-                    return words
+                    return words, (lowest, highest, br_only)
         finally:
             mem.close()
 

@@ -19,7 +19,8 @@ from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
 from .layout import USER_ADDR_END, Config, cache_sets
-from .profile import Profile, translate_samples, translate_trace_columns
+from .profile import (Profile, TraceColumns, translate_samples,
+                      translate_trace_columns)
 from .targets import CommandTarget, ProcessTarget
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
@@ -157,13 +158,15 @@ def drain_traces(obj):
     mispreds): a million traces stay cheap, with no Python object per
     trace until something asks for one."""
     flush_trace_cache(obj)
-    words = obj.drain_trace_records()
-    if words is not None:
-        return words[0::5], words[1::5], words[2::5], words[3::5], words[4::5]
+    drained = obj.drain_trace_records()
+    if drained is not None:
+        w, bounds = drained
+        return TraceColumns((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]),
+                            bounds)
     keys, values, n = obj.drain("trace_counts")
     counts, mispreds = obj.sum_u64_values(values, 2) if n else ([], [])
     k = array("Q", keys)
-    return k[0::3], k[1::3], k[2::3], counts, mispreds
+    return TraceColumns((k[0::3], k[1::3], k[2::3], counts, mispreds))
 
 
 def runtime_traces(obj):

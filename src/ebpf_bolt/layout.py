@@ -86,7 +86,9 @@ class TraceRecord(ctypes.Structure):
 
 class DrainArgs(ctypes.Structure):
     _fields_ = [("first", ctypes.c_uint32), ("capacity", ctypes.c_uint32),
-                ("written", ctypes.c_uint32), ("walked", ctypes.c_uint32)]
+                ("written", ctypes.c_uint32), ("walked", ctypes.c_uint32),
+                ("lowest", ctypes.c_uint64), ("highest", ctypes.c_uint64),
+                ("br_only", ctypes.c_uint64)]
 
 
 # C name -> (ctypes mirror, {C member name: mirror field name})

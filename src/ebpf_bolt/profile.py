@@ -235,24 +235,59 @@ class TraceTable(Mapping):
         return zip(c, m)
 
 
+class TraceColumns(tuple):
+    """Drained traces as columns (from, to, ft_end, count, mispreds), and
+    `bounds` = (lowest, highest, br_only) where the drain measured them:
+    the lowest and highest address among from, to and every ft_end but
+    BR_ONLY, and how many ft_end are BR_ONLY (None: not measured)."""
+
+    def __new__(cls, columns, bounds=None):
+        self = super().__new__(cls, columns)
+        self.bounds = bounds
+        return self
+
+
+def column_bounds(frm, to, ft_end):
+    """TraceColumns.bounds, for drains that do not measure them."""
+    n_br = ft_end.count(BR_ONLY)
+    lows, highs = [min(frm), min(to)], [max(frm), max(to)]
+    if n_br < len(ft_end):  # BR_ONLY is the highest u64: min is unaffected
+        lows.append(min(ft_end))
+        highs.append(max(filter(BR_ONLY.__ne__, ft_end)))
+    return min(lows), max(highs), n_br
+
+
+def shift_down(column, bias):
+    """array('Q') of column[i] - bias, every value being >= bias. Done as
+    one big-integer subtraction over the whole column: each native-order
+    u64 of its bytes is one 64-bit digit of the integer, and no digit
+    borrows from the next as none is below bias. Twice as fast as one
+    Python-level subtraction per value, for a million values."""
+    n = len(column)
+    order = sys.byteorder
+    value = int.from_bytes(column.tobytes(), order)
+    ones = int.from_bytes((array("Q", [1]) * n).tobytes(), order)
+    out = array("Q")
+    out.frombytes((value - bias * ones).to_bytes(8 * n, order))
+    return out
+
+
 def translate_trace_columns(columns, space):
     """translate_traces for traces given as columns, as drained. The usual
-    case, one executable mapping holding every address, is a uniform shift
-    checked and done by C-level min/max/map over whole columns: a million
-    traces take a fraction of a second. Otherwise, the per-trace rules."""
+    case, one executable mapping holding every address, is a uniform shift:
+    checked with the bounds the drain measured (or min/max over the
+    columns) and done column by column at C speed, so a million traces take
+    a fraction of a second. Otherwise, the per-trace rules."""
     frm, to, ft_end, counts, mispreds = columns
     ranges = space.ranges
     if len(ranges) == 1 and len(frm):
         start, end, bias = ranges[0]
-        n_br = ft_end.count(BR_ONLY)
-        if (min(frm) >= start and max(frm) < end and min(to) >= start
-                and max(to) < end and min(ft_end) >= start
-                and sum(map(end.__le__, ft_end)) == n_br):
+        bounds = getattr(columns, "bounds", None) or column_bounds(frm, to, ft_end)
+        lowest, highest, n_br = bounds
+        if start <= lowest and highest < end:
             if bias:
-                shift = bias.__rsub__
-                frm = array("Q", map(shift, frm))
-                to = array("Q", map(shift, to))
-                shifted = array("Q", map(shift, ft_end))
+                frm, to = shift_down(frm, bias), shift_down(to, bias)
+                shifted = shift_down(ft_end, bias)
                 i = -1
                 for _ in range(n_br):  # BR_ONLY stays BR_ONLY
                     i = ft_end.index(BR_ONLY, i + 1)
