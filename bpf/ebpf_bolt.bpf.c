@@ -99,6 +99,19 @@ static __always_inline int keep_sample(struct eb_stats *st)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	st->counter[EB_SAMPLES]++;
+	if (cfg.pidns_ino) {
+		/* ebpf-bolt runs in a PID namespace (a container): the ids it
+		 * was given are that namespace's. A task outside it has none
+		 * there (the helper fails), so it is another process. */
+		struct bpf_pidns_info ns;
+
+		if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino,
+						&ns, sizeof(ns))) {
+			st->counter[EB_OTHER_PROCESS]++;
+			return -1;
+		}
+		pid_tgid = (__u64)ns.tgid << 32 | ns.pid;
+	}
 	if (cfg.target_tgid && (__u32)(pid_tgid >> 32) != cfg.target_tgid) {
 		st->counter[EB_OTHER_PROCESS]++;
 		return -1;

@@ -21,6 +21,8 @@ struct eb_config {
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
 	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
 	__u32 ncpus;           /* possible CPUs: per-CPU values to sum */
+	__u64 pidns_dev;       /* PID namespace that target_tgid and thread */
+	__u64 pidns_ino;       /* ids are in; ino 0: the root namespace */
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */

@@ -548,6 +548,32 @@ def test_command_recorded_until_exit(ebpf_bolt_cmd, workload_pie, tmp_path):
         f"threads {tids}, sampled {s.threads}"
 
 
+@pytest.mark.parametrize("via", ["command", "pid"])
+def test_pid_namespace_of_a_container(ebpf_bolt_cmd, workload_pie, tmp_path, via):
+    """ebpf-bolt inside a PID namespace (as in a container without the
+    host's PIDs) is given that namespace's ids: the kernel filter must
+    match them, not the root namespace's, or nothing is recorded."""
+    out = tmp_path / "ns.fdata"
+    work = f"{workload_pie} --scale 30 --early 1 --late 1"
+    rec = f"{ebpf_bolt_cmd} --threads -o {out}"
+    script = (f"exec {rec} -- {work}" if via == "command" else
+              f"{work} & exec {rec} -p $!")   # $!: the namespace's pid
+    p = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh",
+                        "-c", script], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stderr}"
+    s = Summary(p.stderr)
+    assert s.stopped_by == "target exited", p.stderr
+    assert s.pid < 10, p.stderr        # a fresh namespace's small pid
+    _, funcs = parse_fdata(out.read_text())
+    assert funcs["hot_a"] > 0, funcs
+    tids = thread_ids(p.stderr)        # the workload's own view: ns ids
+    workers = [t for r in WORKER_ROLES for t in tids.get(r, [])]
+    assert len(workers) == 3 and max(workers) < 20, tids
+    assert all(s.threads.get(t, 0) > 0 for t in workers), \
+        f"threads {tids}, sampled {s.threads}"
+
+
 @pytest.mark.parametrize("script,status", [("exit 3", 3),
                                            ("kill -TERM $$", 128 + 15)])
 def test_command_exit_status_is_returned(ebpf_bolt_cmd, tmp_path, script,

@@ -181,6 +181,24 @@ def translated_traces(obj, space):
     return translate_trace_columns(drain_traces(obj), space)
 
 
+# The root PID namespace's inode number (PROC_PID_INIT_INO in the kernel).
+ROOT_PIDNS_INO = 0xEFFFFFFC
+
+
+def own_pid_namespace():
+    """(dev, ino) of the PID namespace ebpf-bolt runs in, as
+    bpf_get_ns_current_pid_tgid() takes them, or (0, 0) in the root
+    namespace, where the kernel's own ids are the ones the user sees."""
+    try:
+        st = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return 0, 0
+    if st.st_ino == ROOT_PIDNS_INO:
+        return 0, 0
+    # the kernel's dev_t packs major << 20 | minor, unlike st_dev
+    return os.major(st.st_dev) << 20 | os.minor(st.st_dev), st.st_ino
+
+
 def branch_hardware_note():
     """What the CPU flags say about branch recording, for the refusal."""
     try:
@@ -306,6 +324,7 @@ class Recorder:
         cfg = Config(target_tgid=self.target.pid,
                      count_threads=int(self.count_threads),
                      user_addr_end=USER_ADDR_END)
+        cfg.pidns_dev, cfg.pidns_ino = own_pid_namespace()
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         try:
             # IP samples insert at most one key per program run: maps can

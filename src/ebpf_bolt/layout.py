@@ -22,7 +22,9 @@ class Config(ctypes.Structure):
                 ("count_threads", ctypes.c_uint32),
                 ("user_addr_end", ctypes.c_uint64),
                 ("cache_mask", ctypes.c_uint32),
-                ("ncpus", ctypes.c_uint32)]
+                ("ncpus", ctypes.c_uint32),
+                ("pidns_dev", ctypes.c_uint64),
+                ("pidns_ino", ctypes.c_uint64)]
 
 
 class Stats(ctypes.Structure):
