@@ -123,3 +123,20 @@ def test_column_fast_path_equals_per_trace_rules(load_base, measured):
     expected, _ = translate_traces(dict(zip(rows, zip(cols[3], cols[4]))), space)
     assert not hasattr(got, "columns") and got == expected
     assert expected[(rows[0][0] - load_base, rows[0][1] - load_base, BR_ONLY)]
+
+
+def test_mappings_match_by_device_and_inode():
+    """Two files with the same inode number on different devices: only the
+    binary's (dev, inode) is translated; where no mapping shows the
+    binary's device (overlayfs), the inode alone decides."""
+    elf = FakeElf([Segment(0x1000, 0x1000, 0x1000, 0x1000, 5)])
+    base, other = 0x555555554000, 0x7f0000000000
+    maps = [Mapping(base + 0x1000, base + 0x2000, 0x1000, "fd:01", 7, "/a", "r-xp"),
+            Mapping(other + 0x1000, other + 0x2000, 0x1000, "00:2a", 7, "/b", "r-xp")]
+    space = AddressSpace(elf)
+    assert space.add_process_maps(maps, 7, "fd:01") == 1
+    assert space.translator()(base + 0x1800) == 0x1800
+    assert space.translator()(other + 0x1800) is None
+    overlay = AddressSpace(elf)
+    assert overlay.add_process_maps(maps[:1], 7, "00:3b") == 1
+    assert overlay.translator()(base + 0x1800) == 0x1800

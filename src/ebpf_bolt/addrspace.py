@@ -39,10 +39,12 @@ def read_maps(pid):
 
 
 def executable_identity(pid):
-    """(path of /proc/PID/exe, its (dev, inode)) of a running process."""
+    """(path of /proc/PID/exe, its (dev, inode)) of a running process; dev
+    spelled as /proc/PID/maps spells it (major:minor in hex)."""
     path = os.readlink(f"/proc/{pid}/exe")
     st = os.stat(f"/proc/{pid}/exe")
-    return path, (st.st_dev, st.st_ino)
+    return path, (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}",
+                  st.st_ino)
 
 
 class AddressSpace:
@@ -64,9 +66,12 @@ class AddressSpace:
                        load_base)
         return space
 
-    def add_process_maps(self, maps, inode):
+    def add_process_maps(self, maps, inode, dev=None):
         """Add the executable mappings of /proc/PID/maps that belong to the
-        binary (matched by inode, which survives renames and '(deleted)').
+        binary: matched by (dev, inode), which survive renames and
+        '(deleted)'; by inode alone where no mapping has the binary's dev
+        (overlayfs, as in containers, shows the underlying file system's
+        device in maps, the overlay's in stat).
 
         A mapping covers file offsets [offset, offset + size); each
         executable segment inside that range gets its own bias. The page a
@@ -74,9 +79,10 @@ class AddressSpace:
         the read-only segment and the code in one page), so the segment is
         found by overlap, not by the mapping's first offset."""
         added = 0
-        for m in maps:
-            if m.inode != inode or "x" not in m.perms:
-                continue
+        mine = [m for m in maps if m.inode == inode and "x" in m.perms]
+        if any(m.dev == dev for m in mine):
+            mine = [m for m in mine if m.dev == dev]
+        for m in mine:
             for seg in self.elf.text_segments():
                 lo = max(m.offset, seg.offset)
                 hi = min(m.offset + (m.end - m.start), seg.offset + seg.filesz)

@@ -351,10 +351,11 @@ class Recorder:
     def _read_target(self):
         pid = self.target.pid
         try:
-            self.exe_path, (dev, self.inode) = executable_identity(pid)
+            self.exe_path, (self.dev, self.inode) = executable_identity(pid)
             self.elf = ElfFile(f"/proc/{pid}/exe")
             self.space = AddressSpace(self.elf)
-            found = self.space.add_process_maps(read_maps(pid), self.inode)
+            found = self.space.add_process_maps(read_maps(pid), self.inode,
+                                                self.dev)
         except FileNotFoundError:
             raise TargetError(f"process {pid} exited before recording "
                               "started", "check that it is running") from None
@@ -396,7 +397,7 @@ class Recorder:
         if self.target.alive():
             try:  # late mappings (e.g. dlopen of nothing new) are harmless
                 self.space.add_process_maps(read_maps(self.target.pid),
-                                            self.inode)
+                                            self.inode, self.dev)
             except OSError:
                 pass
         stats = self.obj.stats()
