@@ -49,7 +49,7 @@ class Branch(ctypes.Structure):
 # MAX_CACHE_SETS, within CACHE_BUDGET bytes of kernel memory over all
 # possible CPUs.
 CACHE_WAYS = 2
-MAX_CACHE_SETS = 4096
+MAX_CACHE_SETS = 8192
 CACHE_BUDGET = 16 << 20
 
 
