@@ -100,9 +100,10 @@ static __always_inline int keep_sample(struct eb_stats *st)
 
 	st->counter[EB_SAMPLES]++;
 	if (cfg.pidns_ino) {
-		/* ebpf-bolt runs in a PID namespace (a container): the ids it
-		 * was given are that namespace's. A task outside it has none
-		 * there (the helper fails), so it is another process. */
+		/* ebpf-bolt runs in a PID namespace (a container): the target
+		 * is recognised by its id in its own namespace. A task of
+		 * another namespace gets no ids (the helper fails): it is
+		 * another process. */
 		struct bpf_pidns_info ns;
 
 		if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino,
@@ -493,7 +494,7 @@ static long drain_one(void *map, const struct eb_trace *key,
 		bound(ds, key->ft_end);
 	rec->count = 0;
 	rec->mispreds = 0;
-	for (cpu = 0; cpu < cfg.ncpus && cpu < 4096; cpu++) {
+	for (cpu = 0; cpu < cfg.ncpus && cpu < EB_DRAIN_MAX_CPUS; cpu++) {
 		/* the walk hands over this CPU's value: one lookup saved */
 		struct eb_trace_counts *v = cpu == ds->this_cpu ? this_cpu :
 			bpf_map_lookup_percpu_elem(&trace_counts, key, cpu);

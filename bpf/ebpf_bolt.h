@@ -22,7 +22,8 @@ struct eb_config {
 	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
 	__u32 ncpus;           /* possible CPUs: per-CPU values to sum */
 	__u64 pidns_dev;       /* PID namespace that target_tgid and thread */
-	__u64 pidns_ino;       /* ids are in; ino 0: the root namespace */
+	__u64 pidns_ino;       /* ids are in (the target's own); ino 0: the
+	                        * root namespace's ids */
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -107,6 +108,10 @@ struct eb_replay_args {
 	__u32 bad;             /* out: stacks rejected (nr too large) */
 	__u32 reserved;
 };
+
+/* CPUs whose values drain_traces sums at most: machines with more drain
+ * through the batch lookup (bpf_object.DRAIN_MAX_CPUS). */
+#define EB_DRAIN_MAX_CPUS 1024
 
 /* Drain (BPF_PROG_RUN of drain_traces): one record per trace, counts
  * summed over CPUs, written into the mmapped drain_out array. */

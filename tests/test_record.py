@@ -548,16 +548,22 @@ def test_command_recorded_until_exit(ebpf_bolt_cmd, workload_pie, tmp_path):
         f"threads {tids}, sampled {s.threads}"
 
 
-@pytest.mark.parametrize("via", ["command", "pid"])
+@pytest.mark.parametrize("via", ["command", "pid", "nested"])
 def test_pid_namespace_of_a_container(ebpf_bolt_cmd, workload_pie, tmp_path, via):
     """ebpf-bolt inside a PID namespace (as in a container without the
     host's PIDs) is given that namespace's ids: the kernel filter must
-    match them, not the root namespace's, or nothing is recorded."""
+    match them, not the root namespace's, or nothing is recorded; also for
+    a target in a namespace nested inside ebpf-bolt's."""
     out = tmp_path / "ns.fdata"
-    work = f"{workload_pie} --scale 30 --early 1 --late 1"
+    work = f"{workload_pie} --scale 100 --early 1 --late 1"  # ~3 s
     rec = f"{ebpf_bolt_cmd} --threads -o {out}"
-    script = (f"exec {rec} -- {work}" if via == "command" else
-              f"{work} & exec {rec} -p $!")   # $!: the namespace's pid
+    script = {
+        "command": f"exec {rec} -- {work}",
+        "pid": f"{work} & exec {rec} -p $!",   # $!: the namespace's pid
+        # the workload is unshare's child, in a namespace of its own
+        "nested": f"unshare --pid --fork {work} & sleep 0.2; "
+                  f"exec {rec} -p $(cat /proc/$!/task/$!/children)",
+    }[via]
     p = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh",
                         "-c", script], capture_output=True, text=True,
                        timeout=TIMEOUT)

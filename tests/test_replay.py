@@ -267,7 +267,7 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
     kernel's batch lookup and a sum in Python give."""
     from array import array
     from ebpf_bolt import bpf_object
-    if not bpf_object.kernel_drain_supported():
+    if not bpf_object.kernel_drain_supported(bpf_object.possible_cpus()):
         pytest.skip("kernel before 5.19: the batch lookup is the only drain")
     if window:
         monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", window)
@@ -290,6 +290,23 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
     assert bounds == column_bounds(w[0::5], w[1::5], w[2::5])  # across windows
     expected, _ = rules.aggregate(stacks + stacks[:500] * len(cs))
     assert_same_traces(walked, expected)
+
+
+def test_failed_kernel_drain_falls_back_to_batch_lookup(stacks, monkeypatch):
+    """The drain's own object fails to load (here: a 0-entry output array,
+    which the kernel refuses, as it may refuse 80 MiB under a memory
+    limit): the batch lookup reads the map, said in a notice."""
+    from ebpf_bolt import bpf_object
+    from ebpf_bolt.collector import drain_traces
+    monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", 0)
+    expected, _ = rules.aggregate(stacks)
+    notices = []
+    with Replayer(max_entries=ENTRIES) as rep:
+        rep.feed(stacks)
+        f, t, e, c, m = drain_traces(rep.obj, notices.append)
+    assert_same_traces(dict(zip(zip(f, t, e), zip(c, m))), expected)
+    if bpf_object.kernel_drain_supported(bpf_object.possible_cpus()):
+        assert len(notices) == 1 and "in-kernel drain failed" in notices[0]
 
 
 # --- 1b. the translated profile ---------------------------------------------

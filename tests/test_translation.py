@@ -140,3 +140,25 @@ def test_mappings_match_by_device_and_inode():
     overlay = AddressSpace(elf)
     assert overlay.add_process_maps(maps[:1], 7, "00:3b") == 1
     assert overlay.translator()(base + 0x1800) == 0x1800
+    # no device matches (btrfs subvolumes): the path tells the two apart
+    subvol = AddressSpace(elf)
+    assert subvol.add_process_maps(maps, 7, "00:3b", "/b") == 1
+    assert subvol.translator()(other + 0x1800) == 0x1800
+    assert subvol.translator()(base + 0x1800) is None
+
+
+def test_negative_bias_takes_the_per_trace_path():
+    """A mapping below its link address (bias < 0) would make shift_down
+    carry into the next value: such columns take the per-trace rules."""
+    from array import array
+    from ebpf_bolt.layout import BR_ONLY
+    from ebpf_bolt.profile import TraceColumns, translate_trace_columns
+    elf = FakeElf([Segment(0x401000, 0x1000, 0x1000, 0x1000, 5)])
+    space = AddressSpace.from_load_base(elf, -0x400000)
+    rows = [(0x1010, 0x1020, BR_ONLY), (0x1030, 0x1040, 0x1050)]
+    cols = [array("Q", c) for c in zip(*rows)] + [array("Q", [3, 4]),
+                                                   array("Q", [0, 1])]
+    got, left = translate_trace_columns(TraceColumns(cols), space)
+    assert not hasattr(got, "columns") and left == 0
+    assert got == {(0x401010, 0x401020, BR_ONLY): (3, 0),
+                   (0x401030, 0x401040, 0x401050): (4, 1)}

@@ -130,30 +130,3 @@ def test_parallel_formatting_equals_one_line_at_a_time(n, monkeypatch):
     monkeypatch.setattr(writers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     cols = trace_columns(n)
     assert writers.format_columns("T %x %x %x %d\n", cols) == one_line_per_row(cols)
-
-
-def test_parallel_formatting_survives_failed_children(monkeypatch):
-    """A child that dies, or a fork that fails, costs time, not lines:
-    its slice is formatted by the parent."""
-    import os
-    from ebpf_bolt import writers
-    monkeypatch.setattr(writers, "PARALLEL_ROWS", 1)
-    monkeypatch.setattr(writers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    cols = trace_columns(9_000)
-    expected = one_line_per_row(cols)
-    parent = os.getpid()
-    serial = writers.format_rows
-
-    def dies_in_children(fmt, rows, chunk=8192):
-        if os.getpid() != parent:
-            raise MemoryError("child out of memory")
-        return serial(fmt, rows, chunk)
-
-    monkeypatch.setattr(writers, "format_rows", dies_in_children)
-    assert writers.format_columns("T %x %x %x %d\n", cols) == expected
-
-    def no_fork():
-        raise OSError(11, "Resource temporarily unavailable")
-
-    monkeypatch.setattr(writers.os, "fork", no_fork)
-    assert writers.format_columns("T %x %x %x %d\n", cols) == expected

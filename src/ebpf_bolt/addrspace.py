@@ -66,12 +66,12 @@ class AddressSpace:
                        load_base)
         return space
 
-    def add_process_maps(self, maps, inode, dev=None):
+    def add_process_maps(self, maps, inode, dev=None, path=None):
         """Add the executable mappings of /proc/PID/maps that belong to the
         binary: matched by (dev, inode), which survive renames and
-        '(deleted)'; by inode alone where no mapping has the binary's dev
-        (overlayfs, as in containers, shows the underlying file system's
-        device in maps, the overlay's in stat).
+        '(deleted)'. Where no mapping has the binary's dev (overlayfs, as
+        in containers, and btrfs subvolumes show another device in maps
+        than in stat), by inode and path, or inode alone.
 
         A mapping covers file offsets [offset, offset + size); each
         executable segment inside that range gets its own bias. The page a
@@ -82,6 +82,8 @@ class AddressSpace:
         mine = [m for m in maps if m.inode == inode and "x" in m.perms]
         if any(m.dev == dev for m in mine):
             mine = [m for m in mine if m.dev == dev]
+        elif any(m.path == path for m in mine):
+            mine = [m for m in mine if m.path == path]
         for m in mine:
             for seg in self.elf.text_segments():
                 lo = max(m.offset, seg.offset)

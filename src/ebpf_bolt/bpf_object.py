@@ -62,10 +62,15 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
     return max_entries * (value * ncpus + elem)
 
 
-def kernel_drain_supported():
+# drain_traces sums at most this many CPUs' values (its loop's bound,
+# EB_DRAIN_MAX_CPUS); bigger machines drain through the batch lookup.
+DRAIN_MAX_CPUS = 1024
+
+
+def kernel_drain_supported(ncpus):
     """drain_traces needs bpf_map_lookup_percpu_elem (Linux 5.19); older
     kernels drain through the batch lookup."""
-    return kernel_version() >= (5, 19)
+    return kernel_version() >= (5, 19) and ncpus <= DRAIN_MAX_CPUS
 
 
 def kernel_version():
@@ -378,7 +383,7 @@ class BoltObject:
         object that shares the trace map, so recording holds no memory for
         them. Run only while nothing updates the map: each run resumes the
         walk by position."""
-        if not kernel_drain_supported():
+        if not kernel_drain_supported(self.ncpus):
             return None
         traces = self.map_entries["trace_counts"]
         with BoltObject(map_entries={"trace_counts": traces,

@@ -153,12 +153,21 @@ def flush_trace_cache(obj):
         obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
 
 
-def drain_traces(obj):
+def drain_traces(obj, notice=None):
     """The trace map summed over CPUs, as columns (from, to, ft_end, count,
     mispreds): a million traces stay cheap, with no Python object per
-    trace until something asks for one."""
+    trace until something asks for one. If the in-kernel drain fails (its
+    output array is up to 80 MiB, which a container's memory limit may
+    refuse), the batch lookup reads the map: a recording is never lost to
+    the faster path."""
     flush_trace_cache(obj)
-    drained = obj.drain_trace_records()
+    try:
+        drained = obj.drain_trace_records()
+    except OSError as e:  # LibbpfError included
+        drained = None
+        if notice:
+            notice(f"in-kernel drain failed ({e}); reading the trace map "
+                   "with the batch lookup instead")
     if drained is not None:
         w, bounds = drained
         return TraceColumns((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]),
@@ -185,18 +194,29 @@ def translated_traces(obj, space):
 ROOT_PIDNS_INO = 0xEFFFFFFC
 
 
-def own_pid_namespace():
-    """(dev, ino) of the PID namespace ebpf-bolt runs in, as
-    bpf_get_ns_current_pid_tgid() takes them, or (0, 0) in the root
-    namespace, where the kernel's own ids are the ones the user sees."""
+def pid_filter(pid):
+    """How the kernel recognises process `pid` (an id as this process sees
+    it): (pidns_dev, pidns_ino, tgid) for eb_config. In the root PID
+    namespace the kernel's own ids are the ones users give: (0, 0, pid).
+    Elsewhere (in a container) the programs ask for ids in the target's own
+    namespace, which may be nested inside ours: there the target's id is
+    the last of its NSpid line."""
     try:
-        st = os.stat("/proc/self/ns/pid")
+        own = os.stat("/proc/self/ns/pid")
     except OSError:
-        return 0, 0
-    if st.st_ino == ROOT_PIDNS_INO:
-        return 0, 0
+        return 0, 0, pid
+    if own.st_ino == ROOT_PIDNS_INO:
+        return 0, 0, pid
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/pid")
+        with open(f"/proc/{pid}/status") as f:
+            ids = next(line.split()[1:] for line in f
+                       if line.startswith("NSpid:"))
+        tgid = int(ids[-1])
+    except (OSError, StopIteration, ValueError, IndexError):
+        ns, tgid = own, pid
     # the kernel's dev_t packs major << 20 | minor, unlike st_dev
-    return os.major(st.st_dev) << 20 | os.minor(st.st_dev), st.st_ino
+    return os.major(ns.st_dev) << 20 | os.minor(ns.st_dev), ns.st_ino, tgid
 
 
 def branch_hardware_note():
@@ -321,10 +341,10 @@ class Recorder:
             sizes["trace_cache"] = cache_sets(ncpus)
         if self.count_threads:
             sizes["thread_samples"] = 4096
-        cfg = Config(target_tgid=self.target.pid,
+        dev, ino, tgid = pid_filter(self.target.pid)
+        cfg = Config(target_tgid=tgid, pidns_dev=dev, pidns_ino=ino,
                      count_threads=int(self.count_threads),
                      user_addr_end=USER_ADDR_END)
-        cfg.pidns_dev, cfg.pidns_ino = own_pid_namespace()
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         try:
             # IP samples insert at most one key per program run: maps can
@@ -355,7 +375,7 @@ class Recorder:
             self.elf = ElfFile(f"/proc/{pid}/exe")
             self.space = AddressSpace(self.elf)
             found = self.space.add_process_maps(read_maps(pid), self.inode,
-                                                self.dev)
+                                                self.dev, self.exe_path)
         except FileNotFoundError:
             raise TargetError(f"process {pid} exited before recording "
                               "started", "check that it is running") from None
@@ -397,7 +417,8 @@ class Recorder:
         if self.target.alive():
             try:  # late mappings (e.g. dlopen of nothing new) are harmless
                 self.space.add_process_maps(read_maps(self.target.pid),
-                                            self.inode, self.dev)
+                                            self.inode, self.dev,
+                                            self.exe_path)
             except OSError:
                 pass
         stats = self.obj.stats()
@@ -407,7 +428,7 @@ class Recorder:
             in_map = len(runtime)
             samples, outside = translate_samples(runtime, self.space)
         else:
-            columns = drain_traces(self.obj)
+            columns = drain_traces(self.obj, self.notice)
             in_map = len(columns[0])
             traces, outside = translate_trace_columns(columns, self.space)
         threads = (self.obj.drain_u64_counts("thread_samples", "I")

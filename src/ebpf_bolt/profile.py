@@ -284,7 +284,8 @@ def translate_trace_columns(columns, space):
         start, end, bias = ranges[0]
         bounds = getattr(columns, "bounds", None) or column_bounds(frm, to, ft_end)
         lowest, highest, n_br = bounds
-        if start <= lowest and highest < end:
+        # (a negative bias, never seen, would carry in shift_down)
+        if start <= lowest and highest < end and bias >= 0:
             if bias:
                 frm, to = shift_down(frm, bias), shift_down(to, bias)
                 shifted = shift_down(ft_end, bias)

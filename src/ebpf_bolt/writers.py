@@ -9,6 +9,7 @@ perf.data.
 import os
 from itertools import chain, islice
 
+from . import parallel
 from .layout import BR_ONLY
 
 FORMATS = ("preagg", "preagg-bf", "fdata", "yaml")
@@ -61,9 +62,7 @@ PARALLEL_ROWS = 100_000
 def format_columns(line_format, columns):
     """format_rows over rows given as equal-length columns. A big profile
     (a million traces take ~0.8 s in one process) is cut into one slice per
-    usable CPU: forked children format theirs and send the text back
-    through a pipe while this process formats the first. A slice whose
-    child fails is formatted here, so the result never depends on fork."""
+    usable CPU, formatted in forked children (parallel.map_slices)."""
     n = len(columns[0])
     try:
         workers = min(len(os.sched_getaffinity(0)), 8)
@@ -73,61 +72,8 @@ def format_columns(line_format, columns):
         return format_rows(line_format, zip(*columns))
     bounds = [n * i // workers for i in range(workers + 1)]
     slices = [[c[lo:hi] for c in columns] for lo, hi in zip(bounds, bounds[1:])]
-    children = [_format_in_child(line_format, s) for s in slices[1:]]
-    parts = [format_rows(line_format, zip(*slices[0]))]
-    for s, child in zip(slices[1:], children):
-        text = _collect_child(child)
-        parts.append(text if text is not None
-                     else format_rows(line_format, zip(*s)))
-    return "".join(parts)
-
-
-def _format_in_child(line_format, columns):
-    """Fork a child that formats `columns` and writes the UTF-8 text to a
-    pipe; returns (pid, read fd), or None if it could not be started."""
-    try:
-        rfd, wfd = os.pipe()
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(rfd)
-        os.close(wfd)
-        return None
-    if pid == 0:  # child: format, write, and leave without cleanup handlers
-        status = 1
-        try:
-            os.close(rfd)
-            data = format_rows(line_format, zip(*columns)).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(wfd, view):]
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(wfd)
-    return pid, rfd
-
-
-def _collect_child(child):
-    """The text a child wrote, or None if it did not finish cleanly."""
-    if child is None:
-        return None
-    pid, rfd = child
-    chunks = []
-    try:
-        while True:
-            b = os.read(rfd, 1 << 20)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        os.close(rfd)
-        _, status = os.waitpid(pid, 0)
-    if status != 0:
-        return None
-    return b"".join(chunks).decode()
+    return "".join(parallel.map_slices(
+        lambda cols: format_rows(line_format, zip(*cols)), slices))
 
 
 def preagg_branches_fallthroughs(traces):
