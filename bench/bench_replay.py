@@ -47,16 +47,22 @@ def random_stack(rng, lo=0x401000, span=1 << 20):
 
 def cost_per_stack(stacks, repeats=9, per_run=None):
     """Median ns per stack of (run of N stacks - empty run) / N, for the
-    baseline and the shipped path, interleaved run by run so that drift in
-    the machine's speed (a VM's neighbours) hits both alike."""
+    baseline and the shipped path, alternating pass by pass (a pass runs
+    every batch once) so that drift in the machine's speed (a VM's
+    neighbours) hits both alike. Not run by run: the baseline's map
+    updates would evict the cache's table from L2 before every cache run,
+    which a pass of the shipped path alone, as in steady recording, does
+    not do."""
     per_run = per_run or len(stacks)
+    batches = [pack_stacks(stacks[i:i + per_run])[0]
+               for i in range(0, len(stacks), per_run)]
     with Replayer(max_entries=1 << 20) as rep:
         rep.feed(stacks)  # warm: the map holds the traces, as after a while
         samples = {True: [], False: []}
         for _ in range(repeats):
-            for i in range(0, len(stacks), per_run):
-                n = rep.load(pack_stacks(stacks[i:i + per_run])[0])
-                for naive in (True, False):
+            for naive in (True, False):
+                for words in batches:
+                    n = rep.load(words)
                     _, full = rep.run(n, cpu=0, naive=naive)
                     _, empty = rep.run(0, cpu=0, naive=naive)
                     samples[naive].append((full - empty) / n)
