@@ -106,6 +106,10 @@ _PROTOTYPES = {
                              c_int, _NONE),  # -ENOENT marks the last batch
     "bpf_prog_test_run_opts": ([c_int, ctypes.POINTER(bpf_test_run_opts)],
                                c_int, _INT),
+    # the benchmarks time programs with the kernel's own run-time stats
+    "bpf_enable_stats": ([c_int], c_int, _INT),
+    "bpf_obj_get_info_by_fd": ([c_int, c_void_p, ctypes.POINTER(c_uint32)],
+                               c_int, _INT),
 }
 
 SONAME = "libbpf.so.1"
