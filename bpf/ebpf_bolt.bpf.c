@@ -61,12 +61,21 @@ static __always_inline struct eb_stats *get_stats(void)
 	return bpf_map_lookup_elem(&stats, &zero);
 }
 
+/*
+ * Map update errors are compared as 32-bit ints: the verifier turns
+ * bpf_map_update_elem() into a direct call of the map's update function,
+ * which returned int before Linux 6.4, so on those kernels the upper half
+ * of the result is zero (-E2BIG arrives as 0xfffffff9). Seen on Debian
+ * 12's 6.1: a full map was counted as "update failed", and a key inserted
+ * by another CPU meanwhile (-EEXIST) was not retried.
+ */
+
 /* Add `n` to a per-CPU u64 counter keyed by `key`. The value is this CPU's
  * own copy, so a plain add is safe: programs do not nest on one CPU. */
-static __always_inline long add_count(void *map, const void *key, __u64 n)
+static __always_inline int add_count(void *map, const void *key, __u64 n)
 {
 	__u64 *val = bpf_map_lookup_elem(map, key);
-	long err;
+	int err;
 
 	if (val) {
 		*val += n;
@@ -84,7 +93,7 @@ static __always_inline long add_count(void *map, const void *key, __u64 n)
 	return err;
 }
 
-static __always_inline void count_failure(struct eb_stats *st, long err,
+static __always_inline void count_failure(struct eb_stats *st, int err,
 					  int full_counter)
 {
 	if (err == -E2BIG)
@@ -197,12 +206,12 @@ struct {
 
 /* Add counts to this CPU's value of one trace in the trace map; returns 0,
  * or the error (after counting it) when the map refused a new trace. */
-static __always_inline long add_trace(const struct eb_trace *key, __u64 count,
+static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
 				      __u64 mispreds, struct eb_stats *st)
 {
 	struct eb_trace_counts *val = bpf_map_lookup_elem(&trace_counts, key);
 	struct eb_trace_counts init = { .count = count, .mispreds = mispreds };
-	long err;
+	int err;
 
 	if (val) {
 		val->count += count;
