@@ -24,6 +24,8 @@ struct eb_config {
 	__u64 pidns_dev;       /* PID namespace that target_tgid and thread */
 	__u64 pidns_ino;       /* ids are in (the target's own); ino 0: the
 	                        * root namespace's ids */
+	__u32 ip_cache_mask;   /* IP cache slots - 1 (a power of two - 1) */
+	__u32 reserved;
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -90,6 +92,30 @@ struct eb_cache_set {
 };
 
 #define EB_CACHE_MAX_CREDIT 8
+
+/* One slot of the per-CPU IP cache (ip_cache). credit 0: empty. */
+struct eb_ip_slot {
+	__u64 ip;
+	__u32 count;           /* samples not yet added to ip_counts */
+	__u32 credit;          /* hits keep an IP in its slot, misses wear it */
+};
+
+/* A slot's pending count goes to ip_counts when it reaches this, so the
+ * 32-bit count cannot wrap however long a recording runs. */
+#define EB_IP_FLUSH_AT 0x80000000U
+
+/* Replay of IP samples (BPF_PROG_RUN of replay_ips, for the tests): IPs
+ * in the replay_ip_buf array, counted as sample_ip counts a sample. */
+#define EB_REPLAY_IPS 4096
+
+struct eb_replay_ips {
+	__u64 ip[EB_REPLAY_IPS];
+};
+
+struct eb_replay_ip_args {
+	__u32 count;           /* IPs of replay_ip_buf to count */
+	__u32 done;            /* out: IPs counted */
+};
 
 /* Replay (BPF_PROG_RUN of replay_branches): stacks in the replay_stacks
  * array, newest entry first. */

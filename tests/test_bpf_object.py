@@ -30,7 +30,7 @@ def by_name(types, kind, name):
 
 # Types the object's BTF does not hold: the trace cache map is sized at
 # load time, so it is declared by byte size, without a BTF value type.
-HEADER_ONLY = ("eb_cache_set", "eb_cache_slot")
+HEADER_ONLY = ("eb_cache_set", "eb_cache_slot", "eb_ip_slot")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from operator import add
 
 from . import _libbpf
 from .errors import BpfError
-from .layout import COUNTERS, Config, DrainArgs, Stats, TraceRecord
+from .layout import COUNTERS, REPLAY_IPS, Config, DrainArgs, Stats, TraceRecord
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -26,7 +26,9 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
 MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
         "trace_counts": (24, 16, HASH), "trace_cache": (4, 96, CPU_TABLE),
-        "replay_stacks": (4, 1544, ARRAY), "drain_out": (4, 40, ARRAY)}
+        "ip_cache": (4, 16, CPU_TABLE),
+        "replay_stacks": (4, 1544, ARRAY), "drain_out": (4, 40, ARRAY),
+        "replay_ip_buf": (4, 8 * REPLAY_IPS, ARRAY)}
 
 # Records per run of drain_traces at most (drain_out, 40 bytes each, held
 # only while draining): 80 MiB. A bigger map is walked in several runs,
@@ -132,11 +134,13 @@ class BoltObject:
         try:
             self.ncpus = possible_cpus()
             cfg = Config.from_buffer_copy(config or Config())
-            # the set mask follows the cache's size, so the two agree
-            sets = (map_entries or {}).get("trace_cache", 1)
-            if sets & (sets - 1):
-                raise ValueError("trace_cache size must be a power of two")
-            cfg.cache_mask = sets - 1
+            # the caches' masks follow their sizes, so the two agree
+            for cache, field in (("trace_cache", "cache_mask"),
+                                 ("ip_cache", "ip_cache_mask")):
+                sets = (map_entries or {}).get(cache, 1)
+                if sets & (sets - 1):
+                    raise ValueError(f"{cache} size must be a power of two")
+                setattr(cfg, field, sets - 1)
             cfg.ncpus = self.ncpus
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),

@@ -18,7 +18,7 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import USER_ADDR_END, Config, cache_sets
+from .layout import USER_ADDR_END, Config, cache_sets, ip_cache_slots
 from .profile import (Profile, TraceColumns, translate_samples,
                       translate_trace_columns)
 from .targets import CommandTarget, ProcessTarget
@@ -151,6 +151,22 @@ def flush_trace_cache(obj):
             obj.clear_cpu_table("trace_cache", cpu)
     for key, (count, mis) in pending.items():
         obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
+
+
+def drain_ip_counts(obj):
+    """{runtime IP: samples} summed over CPUs: the IP map plus the counts
+    still pending in the CPUs' IP caches (each cached IP is in the map
+    already, so no key is added here). Call it once the programs have
+    stopped running."""
+    counts = obj.drain_u64_counts("ip_counts", "Q")
+    for cpu in range(obj.ncpus):
+        w = array("I", obj.cpu_table("ip_cache", cpu))
+        # per slot: ip (two u32 halves), count, credit
+        for i in range(0, len(w), 4):
+            if w[i + 3] and w[i + 2]:  # owned, pending
+                ip = w[i] | w[i + 1] << 32
+                counts[ip] = counts.get(ip, 0) + w[i + 2]
+    return counts
 
 
 def drain_traces(obj, notice=None):
@@ -339,6 +355,8 @@ class Recorder:
         sizes = {self.map_name: entries}
         if self.mode == "lbr":
             sizes["trace_cache"] = cache_sets(ncpus)
+        else:
+            sizes["ip_cache"] = ip_cache_slots(ncpus)
         if self.count_threads:
             sizes["thread_samples"] = 4096
         dev, ino, tgid = pid_filter(self.target.pid)
@@ -424,7 +442,7 @@ class Recorder:
         stats = self.obj.stats()
         samples = traces = None
         if self.mode == "ip":
-            runtime = self.obj.drain_u64_counts(self.map_name, "Q")
+            runtime = drain_ip_counts(self.obj)
             in_map = len(runtime)
             samples, outside = translate_samples(runtime, self.space)
         else:

@@ -24,7 +24,9 @@ class Config(ctypes.Structure):
                 ("cache_mask", ctypes.c_uint32),
                 ("ncpus", ctypes.c_uint32),
                 ("pidns_dev", ctypes.c_uint64),
-                ("pidns_ino", ctypes.c_uint64)]
+                ("pidns_ino", ctypes.c_uint64),
+                ("ip_cache_mask", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):
@@ -59,6 +61,35 @@ def cache_sets(ncpus):
         sets //= 2
     return sets
 
+
+# IP cache slots per CPU (16 bytes each): up to MAX_IP_CACHE_SLOTS (64 KiB,
+# room for the hot IPs of a big program while the table stays small enough
+# that a sample's one slot is rarely far from a cached page), within
+# IP_CACHE_BUDGET bytes over all possible CPUs.
+MAX_IP_CACHE_SLOTS = 4096
+IP_CACHE_BUDGET = 8 << 20
+REPLAY_IPS = 4096
+IP_FLUSH_AT = 0x80000000
+
+
+def ip_cache_slots(ncpus):
+    slots = MAX_IP_CACHE_SLOTS
+    while slots > 64 and slots * 16 * ncpus > IP_CACHE_BUDGET:
+        slots //= 2
+    return slots
+
+
+class IpSlot(ctypes.Structure):
+    _fields_ = [("ip", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("credit", ctypes.c_uint32)]
+
+
+class ReplayIps(ctypes.Structure):
+    _fields_ = [("ip", ctypes.c_uint64 * REPLAY_IPS)]
+
+
+class ReplayIpArgs(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint32), ("done", ctypes.c_uint32)]
 
 
 class CacheSlot(ctypes.Structure):
@@ -102,6 +133,9 @@ MIRRORS = {
     "eb_branch": (Branch, {"from": "from_"}),
     "eb_cache_slot": (CacheSlot, {}),
     "eb_cache_set": (CacheSet, {}),
+    "eb_ip_slot": (IpSlot, {}),
+    "eb_replay_ips": (ReplayIps, {}),
+    "eb_replay_ip_args": (ReplayIpArgs, {}),
     "eb_replay_stack": (ReplayStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
     "eb_trace_record": (TraceRecord, {}),

@@ -18,10 +18,11 @@ from . import _libbpf
 from .addrspace import AddressSpace
 from .bpf_object import BoltObject, possible_cpus
 from .collector import (check_privileges, default_max_entries,
-                        runtime_traces, translated_traces)
+                        drain_ip_counts, runtime_traces, translated_traces)
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, cache_sets,
-                     USER_ADDR_END, Config, ReplayArgs, ReplayStack)
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, REPLAY_IPS, cache_sets,
+                     ip_cache_slots, USER_ADDR_END, Config, ReplayArgs,
+                     ReplayIpArgs, ReplayStack)
 from .profile import Profile
 from .errors import UsageError
 
@@ -73,6 +74,73 @@ def pack_stacks(stacks):
     return words, cut
 
 
+def run_on_cpu(obj, program, args, cpu):
+    """BPF_PROG_RUN of a syscall program on `cpu` (the calling thread is
+    pinned there for the run); returns the run's wall time in ns."""
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        raise UsageError(f"cannot run on CPU {cpu}: {e.strerror}",
+                         f"choose one of CPUs {sorted(old)}") from None
+    try:
+        t0 = time.perf_counter_ns()
+        retval = obj.run_program(program, args)
+        elapsed = time.perf_counter_ns() - t0
+    finally:
+        os.sched_setaffinity(0, old)
+    if retval != 0:
+        raise _libbpf.LibbpfError(program, 22, "no stats map")
+    return elapsed
+
+
+class IpReplayer:
+    """A loaded object whose replay_ips program counts supplied IPs the way
+    sample_ip counts a sample's IP (IP cache, map, loss counters)."""
+
+    def __init__(self, max_entries, slots=None):
+        check_privileges()
+        ncpus = possible_cpus()
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
+                              {"ip_counts": max_entries,
+                               "ip_cache": slots or ip_cache_slots(ncpus),
+                               "replay_ip_buf": 1},
+                              # preallocated: thousands of inserts in one
+                              # run exhaust the on-demand allocator's caches
+                              programs=["replay_ips"], prealloc=True)
+        self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"),
+                              -(-REPLAY_IPS * 8 // mmap.PAGESIZE) * mmap.PAGESIZE,
+                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def feed(self, ips, cpu=0):
+        for i in range(0, len(ips), REPLAY_IPS):
+            chunk = array("Q", ips[i:i + REPLAY_IPS])
+            self._mem[:len(chunk) * 8] = chunk.tobytes()
+            args = ReplayIpArgs(count=len(chunk))
+            run_on_cpu(self.obj, "replay_ips", args, cpu)
+            if args.done != len(chunk):
+                raise _libbpf.LibbpfError("replay_ips", 22,
+                                          f"{args.done} of {len(chunk)} counted")
+
+    def counts(self):
+        return drain_ip_counts(self.obj)
+
+    def stats(self):
+        return self.obj.stats()
+
+    def close(self):
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+        self.obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class Replayer:
     """A loaded object whose replay program aggregates supplied stacks."""
 
@@ -109,20 +177,7 @@ class Replayer:
         """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
         returns the run's ReplayArgs and its wall time in nanoseconds."""
         args = ReplayArgs(first=0, count=count, naive=int(naive))
-        old = os.sched_getaffinity(0)
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError as e:
-            raise UsageError(f"cannot run on CPU {cpu}: {e.strerror}",
-                             f"choose one of CPUs {sorted(old)}") from None
-        try:
-            t0 = time.perf_counter_ns()
-            retval = self.obj.run_program("replay_branches", args)
-            elapsed = time.perf_counter_ns() - t0
-        finally:
-            os.sched_setaffinity(0, old)
-        if retval != 0:
-            raise _libbpf.LibbpfError("replay_branches", 22, "no stats map")
+        elapsed = run_on_cpu(self.obj, "replay_branches", args, cpu)
         return args, elapsed
 
     def feed(self, stacks, cpu=0, naive=False):

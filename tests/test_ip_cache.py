@@ -1,0 +1,85 @@
+"""Exactness of the IP cache (sample_ip's per-CPU table in front of the
+IP map): IPs are counted through the kernel's own code (replay_ips shares
+count_ip with sample_ip) with the thread pinned to each CPU, and the
+drained counts must equal, sample for sample, a plain count of the IPs,
+whatever the table size (1 slot: every other IP collides) and however
+full the map."""
+import os
+import random
+from collections import Counter
+
+import pytest
+
+from ebpf_bolt.layout import REPLAY_IPS, USER_ADDR_END
+from ebpf_bolt.replay import IpReplayer
+
+pytestmark = pytest.mark.root
+
+SEED = 20261126
+BASE = 0x555555554000
+
+
+def cpus():
+    return sorted(os.sched_getaffinity(0))
+
+
+def skewed_ips(rng, n, distinct):
+    """n samples over `distinct` IPs of a code range, a few of them hot (as
+    loops make them), the rest a long tail."""
+    ips = [BASE + 0x1000 + 4 * rng.randrange(1 << 16) for _ in range(distinct)]
+    weights = [1 / (i + 1) for i in range(distinct)]
+    return rng.choices(ips, weights, k=n)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 16, None])
+def test_counts_equal_a_plain_count(slots):
+    rng = random.Random(SEED + (slots or 0))
+    expected = Counter()
+    with IpReplayer(max_entries=1 << 14, slots=slots) as rep:
+        for cpu in cpus():
+            ips = skewed_ips(rng, 3 * REPLAY_IPS + 123, 2000)
+            rep.feed(ips, cpu=cpu)
+            expected.update(ips)
+        # interleaved pairs: with one slot they take it from each other
+        pair = [BASE + 0x10, BASE + 0x20] * 500 + [BASE + 0x10] * 7
+        rep.feed(pair, cpu=cpus()[0])
+        expected.update(pair)
+        assert rep.counts() == expected
+        st = rep.stats()
+    assert st["samples"] == sum(expected.values())
+    assert (st["map_full"], st["update_failed"], st["kernel_ip"]) == (0, 0, 0)
+
+
+def test_kernel_ips_are_counted_apart():
+    user = [BASE + 0x40] * 10 + [USER_ADDR_END - 1]
+    kernel = [USER_ADDR_END, 0xffffffff81000000, (1 << 64) - 1]
+    with IpReplayer(max_entries=64) as rep:
+        rep.feed(user + kernel * 3 + user, cpu=cpus()[-1])
+        assert rep.counts() == Counter(user * 2)
+        assert rep.stats()["kernel_ip"] == 9
+
+
+@pytest.mark.parametrize("slots", [1, None])
+def test_full_map_refuses_exactly_the_new_ips(slots):
+    """--max-entries M: once M IPs are in the map, every sample of another
+    IP is refused and counted (map_full), never cached; the M keep exact
+    counts, whatever the cache held when the map filled."""
+    m, k, repeat = 500, 31, 3
+    rng = random.Random(SEED)
+    stored = [BASE + 8 * i for i in range(m)]
+    refused = [BASE + 0x100000 + 8 * i for i in range(k)]
+    with IpReplayer(max_entries=m, slots=slots) as rep:
+        first = rng.choices(stored, k=5000)
+        rep.feed(stored + first, cpu=cpus()[0])   # fills the map
+        late = refused * repeat + rng.choices(stored, k=3000)
+        rng.shuffle(late)
+        for cpu in cpus():
+            rep.feed(late, cpu=cpu)
+        got = rep.counts()
+        st = rep.stats()
+    expected = Counter(stored + first)
+    for _ in cpus():
+        expected.update(ip for ip in late if ip not in refused)
+    assert got == expected
+    assert st["map_full"] == k * repeat * len(cpus())
+    assert st["update_failed"] == 0
