@@ -174,6 +174,9 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 		st->counter[EB_KERNEL_IP]++;
 		return;
 	}
+#ifdef EB_BENCH_NO_IP_CACHE
+	table = NULL;  /* the baseline build of bench/bench_sample_ip.py */
+#endif
 	if (!table) {  /* no table for this CPU: straight to the map */
 		count_failure(st, add_count(&ip_counts, &ip, 1), EB_MAP_FULL);
 		return;
