@@ -128,7 +128,8 @@ def summary_lines(profile, fmt, output, text):
     pie = f"PIE, load bias {i['load_bias']:#x}" if i["is_pie"] else "non-PIE"
     lines.append(f"recorded {profile.binary} ({pie}) pid {i['pid']} for "
                  f"{i['duration']:.2f} s, stopped by {i['stopped_by']}; "
-                 f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz)")
+                 f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz"
+                 + (f", events {i['scope']})" if i.get("scope") else ")"))
     if profile.kind == "basic":
         share = 100.0 * in_binary / kept if kept else 0.0
         lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
@@ -202,7 +203,8 @@ def record(args, command):
             out = OutputFile(args.output)   # checked before recording
         rec.start(check_mode=_check_format(args.format))
         _say(f"recording {rec.target.describe()} "
-             f"({rec.mode} mode, {rec.event.name} at {frequency} Hz)"
+             f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
+             f"events {rec.scope})"
              + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
         rec.run(progress)
         _deferring = True

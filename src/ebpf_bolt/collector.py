@@ -8,6 +8,7 @@ import errno
 from array import array
 import fcntl
 import os
+import re
 import time
 
 from . import _libbpf
@@ -74,12 +75,12 @@ def online_cpus():
     return cpus
 
 
-def _open_error(err, spec, frequency):
+def _open_error(err, spec, frequency, scope="CPU-wide"):
     """Turn a perf_event_open errno into the exception users can act on."""
     if err.errno in (errno.EACCES, errno.EPERM):
         level = pe.paranoid_level()
         return ParanoidRefusal(
-            f"kernel.perf_event_paranoid={level} refuses CPU-wide "
+            f"kernel.perf_event_paranoid={level} refuses {scope} "
             f"{spec.name} events without CAP_PERFMON")
     if err.errno == errno.EMFILE:
         return KernelUnsupported("too many open files for the perf events",
@@ -91,6 +92,39 @@ def _open_error(err, spec, frequency):
             "lower -F/-f")
     return KernelUnsupported(f"cannot open the {spec.name} event: "
                              f"{os.strerror(err.errno)}")
+
+
+def cgroup2_mount():
+    """Where the unified (v2) cgroup hierarchy is mounted, or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    # mountinfo escapes blanks in paths as octal (\040)
+                    return re.sub(r"\\([0-7]{3})",
+                                  lambda m: chr(int(m.group(1), 8)),
+                                  left.split()[4])
+    except OSError:
+        pass
+    return None
+
+
+def process_cgroup(pid):
+    """(name, directory) of process `pid`'s cgroup v2, or None where that
+    is the root (every task: no narrower than CPU-wide), outside this
+    cgroup namespace, or unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            name = next((line[3:].rstrip("\n") for line in f
+                         if line.startswith("0::")), None)
+    except OSError:
+        return None
+    mount = cgroup2_mount()
+    if not name or name == "/" or name.startswith("/..") or not mount:
+        return None
+    directory = os.path.join(mount, name.lstrip("/"))
+    return (name, directory) if os.path.isdir(directory) else None
 
 
 def probe_event(spec, frequency):
@@ -298,6 +332,7 @@ class Recorder:
         self.obj = None
         self._fds = []
         self.stopped_by = None
+        self.scope = None   # which tasks and CPUs the events cover
 
     # --- set-up ------------------------------------------------------------
     def start(self, check_mode=None):
@@ -336,10 +371,33 @@ class Recorder:
         self.t_start = time.monotonic()
 
     def _open_events(self):
-        # CPU-wide events, filtered by tgid in the kernel: threads created at
-        # any time are covered without racing their creation. Opened before
-        # the BPF load, so a perf_event_paranoid refusal is reported as such.
+        """Open the sampling events, scoped as narrowly as can be done
+        without racing the target's creation of threads (threads made
+        between listing them and opening their events would be missed):
+        - a command: one event on the child, opened before its exec and
+          inherited by every thread and process it creates (as perf record
+          does it), so nothing else is interrupted;
+        - -p PID in a cgroup of its own (v2, a systemd service or a
+          container): one event per CPU that runs only while a task of that
+          cgroup runs there; new threads stay in the cgroup;
+        - otherwise: CPU-wide events, which interrupt every CPU.
+        In every case the BPF program keeps the target's tgid and counts
+        the rest as other_process. Opened before the BPF load, so a
+        perf_event_paranoid refusal is reported as such."""
+        if self.target.child:
+            attr = pe.make_attr(self.event, self.frequency, inherit=True)
+            try:
+                self._fds.append(pe.perf_event_open(attr, self.target.pid, -1))
+            except OSError as e:
+                raise _open_error(e, self.event, self.frequency,
+                                  "per-task") from None
+            self.scope = "per task, inherited by its threads"
+            return
         attr = pe.make_attr(self.event, self.frequency)
+        cgroup = process_cgroup(self.target.pid)
+        if cgroup and self._open_cgroup_events(attr, *cgroup):
+            self.scope = f"on each CPU while cgroup {cgroup[0]} runs"
+            return
         for cpu in online_cpus():
             try:
                 self._fds.append(pe.perf_event_open(attr, -1, cpu))
@@ -347,6 +405,39 @@ class Recorder:
                 if e.errno == errno.ENODEV:
                     continue  # went offline meanwhile
                 raise _open_error(e, self.event, self.frequency) from None
+        self.scope = "on every CPU"
+
+    def _open_cgroup_events(self, attr, name, directory):
+        """Per-CPU events of one cgroup; False (nothing kept open) where the
+        kernel refuses them, e.g. built without CONFIG_CGROUP_PERF or with
+        the perf_event controller on a v1 hierarchy."""
+        try:
+            cgfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        fds = []
+        try:
+            for cpu in online_cpus():
+                try:
+                    fds.append(pe.perf_event_open(
+                        attr, cgfd, cpu,
+                        flags=pe.PERF_FLAG_FD_CLOEXEC | pe.PERF_FLAG_PID_CGROUP))
+                except OSError as e:
+                    if e.errno == errno.ENODEV:
+                        continue
+                    if e.errno in (errno.EACCES, errno.EPERM):
+                        raise _open_error(e, self.event, self.frequency,
+                                          "cgroup") from None
+                    self.notice(f"cgroup {name}: its events were refused "
+                                f"({os.strerror(e.errno)}); sampling every "
+                                "CPU instead")
+                    for fd in fds:
+                        os.close(fd)
+                    return False
+        finally:
+            os.close(cgfd)
+        self._fds.extend(fds)
+        return bool(fds)
 
     def _load_and_attach(self):
         ncpus = possible_cpus()
@@ -457,7 +548,7 @@ class Recorder:
                           traces=traces, stats=stats)
         profile._elf = self.elf
         profile.info.update(
-            pid=self.target.pid, frequency=self.frequency,
+            pid=self.target.pid, frequency=self.frequency, scope=self.scope,
             duration=self.t_stop - self.t_start, stopped_by=self.stopped_by,
             distinct_addresses=in_map, map_entries=self.obj.map_entries[
                 self.map_name], kernel_bytes_cap=self.obj.kernel_bytes(),

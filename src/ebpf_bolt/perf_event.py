@@ -22,9 +22,10 @@ PERF_SAMPLE_BRANCH_USER = 1 << 0
 PERF_SAMPLE_BRANCH_ANY = 1 << 3
 
 # bit positions in the attribute's flag word
-_BIT = {"exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
+_BIT = {"inherit": 1, "exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
 
 PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_FLAG_PID_CGROUP = 1 << 2   # pid is a cgroup directory's fd
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
 # little-endian architectures whose ioctl numbers use the generic encoding
@@ -72,10 +73,11 @@ CYCLES_BRSTACK = EventSpec("cycles", PERF_TYPE_HARDWARE,
                            PERF_COUNT_HW_CPU_CYCLES, branch_stack=True)
 
 
-def make_attr(spec, frequency):
-    """Attributes of a sampling event at `frequency` Hz. CPU-wide events
-    need neither inherit nor enable_on_exec: the BPF program keeps the
-    target's tgid, and attaching enables the event."""
+def make_attr(spec, frequency, inherit=False):
+    """Attributes of a sampling event at `frequency` Hz. `inherit`: a
+    per-task event that every thread and process the task creates gets a
+    copy of (with the BPF program). No enable_on_exec: attaching the
+    program enables the event."""
     attr = perf_event_attr()
     attr.type = spec.type
     attr.size = ctypes.sizeof(attr)
@@ -83,6 +85,8 @@ def make_attr(spec, frequency):
     attr.sample_period_or_freq = frequency
     attr.sample_type = PERF_SAMPLE_IP | PERF_SAMPLE_TID
     flags = (1 << _BIT["freq"]) | (1 << _BIT["exclude_hv"])
+    if inherit:
+        flags |= 1 << _BIT["inherit"]
     if spec.branch_stack:
         attr.sample_type |= PERF_SAMPLE_BRANCH_STACK
         attr.branch_sample_type = PERF_SAMPLE_BRANCH_USER | PERF_SAMPLE_BRANCH_ANY
