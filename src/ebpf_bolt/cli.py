@@ -161,6 +161,10 @@ def summary_lines(profile, fmt, output, text):
     lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB ({how}; "
                  f"{i['map_entries']:,} map entries x {i['ncpus']} possible "
                  f"CPUs); drain and translation {i['drain_seconds']:.3f} s")
+    if st["other_process"]:
+        # the cost of the events' scope: interrupts of other processes
+        lines.append(f"other processes: {st['other_process']:,} samples "
+                     "taken on the same CPUs, skipped in the kernel")
     if i.get("threads"):
         lines.append(f"threads sampled: {len(i['threads'])} ("
                      + ", ".join(f"{t}:{c}" for t, c in
