@@ -13,8 +13,9 @@ per-CPU hash map, as before the IP cache). Workloads:
   - shares: 2 threads in 3 hot functions, a few hundred distinct IPs;
   - icache: 1 thread over 96 hot functions, ~2,500 distinct IPs in a few
     seconds, so a large share of samples is an IP's first (a map insert).
-Program runs include samples of other processes on the CPUs (CPU-wide
-events; the program returns early for them): the table shows their share.
+A command gets a per-task event, so nearly every program run is a sample
+of the workload; the table shows the share (the rest: the moment before
+its exec, when the forked child is still ebpf-bolt's Python).
 """
 import argparse
 import os
@@ -35,7 +36,7 @@ RUN_CNT = ProgramClock.RUN_TIME_NS + 8   # bpf_prog_info.run_cnt follows
 
 def build_baseline(workdir):
     subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "bpf"),
-                    f"OUT={workdir}", "EXTRA_CFLAGS=-DEB_BENCH_NO_IP_CACHE"],
+                    f"OUT={workdir}", "BPF_EXTRA_CFLAGS=-DEB_BENCH_NO_IP_CACHE"],
                    check=True)
     return os.path.join(workdir, "ebpf_bolt.bpf.o")
 

@@ -140,13 +140,15 @@ static __always_inline int keep_sample(struct eb_stats *st)
  * the trace cache's rules (below): a slot only holds an IP that ip_counts
  * already has, so map capacity and loss counts stay exact; a hit is two
  * adds, a miss costs the one map operation a cache-less sample costs, and
- * a newcomer takes a slot only once its owner's credit is worn out.
+ * a newcomer takes a slot only once its owner's credit is worn out (then
+ * the owner's pending count goes to the map: a second operation).
  * Why: a sample interrupts code that has pushed the program's data out of
  * the CPU caches, and a hash lookup walks the bucket, the element and its
  * per-CPU value, each a cold miss: sample_ip took 0.6-0.9 us per sample of
  * the demo's shares workload without the table, 0.34-0.42 us with it
  * (bpf_stats, this VM). One element per possible CPU, sized by user space
- * (4,096 slots, 64 KiB); the slot index is bounded by cfg.ip_cache_mask.
+ * (4,096 slots, 64 KiB, fewer above 128 CPUs: layout.ip_cache_slots); the
+ * slot index is bounded by cfg.ip_cache_mask.
  * The trace cache's comment below has the rules in full.
  */
 struct {

@@ -38,13 +38,17 @@ def neighbours():
         p.wait()
 
 
-def record(target_pid=None, command=None, ready_file=None):
+def record(target_pid=None, command=None, ready_file=None, notes=None,
+           after_start=None):
     """Record with late threads released once sampling runs; the Profile.
     A command's "ready" line is awaited in `ready_file` (its stdout)."""
     rec = Recorder(pid=target_pid, command=command, duration=None,
-                   mode="ip", count_threads=True)
+                   mode="ip", count_threads=True,
+                   notice=None if notes is None else notes.append)
     try:
         rec.start()
+        if after_start:
+            after_start()
         deadline = time.monotonic() + 30
         while ready_file and b"ready" not in ready_file.read_bytes():
             assert time.monotonic() < deadline, "workload never ready"
@@ -143,3 +147,49 @@ def test_pid_in_root_cgroup_samples_every_cpu(workload_pie, neighbours):
     assert st["samples"] > 1000 and st["other_process"] > 100, st
     late = late_tids(err)
     assert len(late) == 4 and late <= set(prof.info["threads"]), prof.info
+
+
+def test_threads_in_a_threaded_subtree_are_all_covered(workload_pie, neighbours,
+                                                       own_cgroup):
+    """Threads of one process may sit in different cgroups of a threaded
+    subtree: the events go on the subtree's domain, which holds them all."""
+    leaf = own_cgroup / "t"
+    leaf.mkdir()
+    proc = start(workload_pie)
+    try:
+        (leaf / "cgroup.type").write_text("threaded")
+        (own_cgroup / "cgroup.procs").write_text(str(proc.pid))
+        # the main thread (which starts the late ones) into the leaf; the
+        # early worker stays in the domain
+        (leaf / "cgroup.threads").write_text(str(proc.pid))
+        prof = record(target_pid=proc.pid)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _, err = proc.communicate()
+        for _ in range(100):
+            try:
+                leaf.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+    assert prof.info["scope"] == f"on each CPU while cgroup /{own_cgroup.name} runs"
+    assert prof.stats["other_process"] == 0, prof.stats
+    workers = {int(line.split()[2]) for line in err.splitlines()
+               if line.startswith(("tid early", "tid late", "tid grand"))}
+    assert len(workers) == 5 and workers <= set(prof.info["threads"]), prof.info
+
+
+def test_move_to_another_cgroup_is_reported(workload_pie, own_cgroup):
+    mount = Path(cgroup2_mount())
+    proc = start(workload_pie)
+    notes = []
+    try:
+        (own_cgroup / "cgroup.procs").write_text(str(proc.pid))
+        prof = record(target_pid=proc.pid, notes=notes, after_start=lambda: (
+            mount / "cgroup.procs").write_text(str(proc.pid)))
+    finally:
+        proc.kill() if proc.poll() is None else None
+        proc.communicate()
+    assert prof.info["scope"].endswith(f"cgroup /{own_cgroup.name} runs")
+    assert any(f"moved from cgroup /{own_cgroup.name} to /" in n
+               for n in notes), notes

@@ -162,9 +162,11 @@ def summary_lines(profile, fmt, output, text):
                  f"{i['map_entries']:,} map entries x {i['ncpus']} possible "
                  f"CPUs); drain and translation {i['drain_seconds']:.3f} s")
     if st["other_process"]:
-        # the cost of the events' scope: interrupts of other processes
-        lines.append(f"other processes: {st['other_process']:,} samples "
-                     "taken on the same CPUs, skipped in the kernel")
+        # what the events' scope cost: samples of tasks that are not the
+        # target (on the same CPUs, in the cgroup, or the command's child
+        # processes, which inherit its event)
+        lines.append(f"other processes: {st['other_process']:,} samples of "
+                     "tasks that are not the target, skipped in the kernel")
     if i.get("threads"):
         lines.append(f"threads sampled: {len(i['threads'])} ("
                      + ", ".join(f"{t}:{c}" for t, c in

@@ -9,6 +9,7 @@ from array import array
 import fcntl
 import os
 import re
+import struct
 import time
 
 from . import _libbpf
@@ -94,37 +95,65 @@ def _open_error(err, spec, frequency, scope="CPU-wide"):
                              f"{os.strerror(err.errno)}")
 
 
+def _unescape(path):
+    """mountinfo writes blanks and backslashes in paths as octal (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
 def cgroup2_mount():
-    """Where the unified (v2) cgroup hierarchy is mounted, or None."""
+    """Where the unified (v2) cgroup hierarchy is mounted with its root at
+    this cgroup namespace's root, or None. A mount of another subtree (its
+    root field is not "/", e.g. "/.." after unshare -C) would give wrong
+    directories for the names /proc/PID/cgroup shows here."""
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    # mountinfo escapes blanks in paths as octal (\040)
-                    return re.sub(r"\\([0-7]{3})",
-                                  lambda m: chr(int(m.group(1), 8)),
-                                  left.split()[4])
+                fields = left.split()
+                if right.split(" ", 1)[0] == "cgroup2" and fields[3] == "/":
+                    return _unescape(fields[4])
     except OSError:
         pass
     return None
 
 
-def process_cgroup(pid):
-    """(name, directory) of process `pid`'s cgroup v2, or None where that
-    is the root (every task: no narrower than CPU-wide), outside this
-    cgroup namespace, or unknown."""
+def _cgroup_name(pid):
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            name = next((line[3:].rstrip("\n") for line in f
+            return next((line[3:].rstrip("\n") for line in f
                          if line.startswith("0::")), None)
     except OSError:
         return None
-    mount = cgroup2_mount()
-    if not name or name == "/" or name.startswith("/..") or not mount:
+
+
+def process_cgroup(pid):
+    """(name, directory) of the cgroup v2 whose per-CPU events cover every
+    thread of process `pid`, or None where that is the root (every task:
+    no narrower than CPU-wide), outside this cgroup namespace, or unknown.
+    In a threaded subtree the process's threads may sit in sibling
+    cgroups: the events go on the subtree's domain, which holds them all
+    (cgroup events count the tasks of the cgroup's descendants too)."""
+    name, mount = _cgroup_name(pid), cgroup2_mount()
+    if not name or not mount or not name.startswith("/") or \
+            name.startswith("/..") or name == "/":
         return None
     directory = os.path.join(mount, name.lstrip("/"))
-    return (name, directory) if os.path.isdir(directory) else None
+    try:
+        while _read_text(os.path.join(directory, "cgroup.type")) == "threaded":
+            name = os.path.dirname(name)
+            directory = os.path.dirname(directory)
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            # the directory is the process's own (a check on the path)
+            if name == "/" or not any(line.strip() == str(pid) for line in f):
+                return None
+    except OSError:
+        return None
+    return name, directory
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read().strip()
 
 
 def probe_event(spec, frequency):
@@ -194,12 +223,11 @@ def drain_ip_counts(obj):
     stopped running."""
     counts = obj.drain_u64_counts("ip_counts", "Q")
     for cpu in range(obj.ncpus):
-        w = array("I", obj.cpu_table("ip_cache", cpu))
-        # per slot: ip (two u32 halves), count, credit
-        for i in range(0, len(w), 4):
-            if w[i + 3] and w[i + 2]:  # owned, pending
-                ip = w[i] | w[i + 1] << 32
-                counts[ip] = counts.get(ip, 0) + w[i + 2]
+        # struct eb_ip_slot in the machine's byte order
+        for ip, count, credit in struct.iter_unpack(
+                "=QII", obj.cpu_table("ip_cache", cpu)):
+            if credit and count:  # owned, pending
+                counts[ip] = counts.get(ip, 0) + count
     return counts
 
 
@@ -333,6 +361,8 @@ class Recorder:
         self._fds = []
         self.stopped_by = None
         self.scope = None   # which tasks and CPUs the events cover
+        self.cgroup = None  # the cgroup the events follow, if they do
+        self.cgroup_moved = None
 
     # --- set-up ------------------------------------------------------------
     def start(self, check_mode=None):
@@ -384,18 +414,23 @@ class Recorder:
         In every case the BPF program keeps the target's tgid and counts
         the rest as other_process. Opened before the BPF load, so a
         perf_event_paranoid refusal is reported as such."""
-        if self.target.child:
+        if self.target.child and not (pe.hybrid_core_pmus() and
+                                      self.event.type == pe.PERF_TYPE_HARDWARE):
             attr = pe.make_attr(self.event, self.frequency, inherit=True)
             try:
                 self._fds.append(pe.perf_event_open(attr, self.target.pid, -1))
             except OSError as e:
                 raise _open_error(e, self.event, self.frequency,
                                   "per-task") from None
-            self.scope = "per task, inherited by its threads"
+            self.scope = "per task, inherited by the threads and processes it creates"
             return
+        # (A per-task hardware event on a hybrid CPU, Intel P and E cores,
+        # binds to one core type's PMU and misses the time on the other;
+        # per-CPU events each get their CPU's PMU. Not testable here.)
         attr = pe.make_attr(self.event, self.frequency)
-        cgroup = process_cgroup(self.target.pid)
+        cgroup = None if self.target.child else process_cgroup(self.target.pid)
         if cgroup and self._open_cgroup_events(attr, *cgroup):
+            self.cgroup = cgroup[0]
             self.scope = f"on each CPU while cgroup {cgroup[0]} runs"
             return
         for cpu in online_cpus():
@@ -410,7 +445,7 @@ class Recorder:
     def _open_cgroup_events(self, attr, name, directory):
         """Per-CPU events of one cgroup; False (nothing kept open) where the
         kernel refuses them, e.g. built without CONFIG_CGROUP_PERF or with
-        the perf_event controller on a v1 hierarchy."""
+        the perf_event controller on a cgroup v1 hierarchy."""
         try:
             cgfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -424,20 +459,21 @@ class Recorder:
                         flags=pe.PERF_FLAG_FD_CLOEXEC | pe.PERF_FLAG_PID_CGROUP))
                 except OSError as e:
                     if e.errno == errno.ENODEV:
-                        continue
-                    if e.errno in (errno.EACCES, errno.EPERM):
+                        continue  # went offline meanwhile
+                    if e.errno in (errno.EACCES, errno.EPERM, errno.EMFILE):
                         raise _open_error(e, self.event, self.frequency,
                                           "cgroup") from None
-                    self.notice(f"cgroup {name}: its events were refused "
-                                f"({os.strerror(e.errno)}); sampling every "
-                                "CPU instead")
-                    for fd in fds:
-                        os.close(fd)
+                    self.notice(f"the kernel refuses perf events for cgroup "
+                                f"{name} ({os.strerror(e.errno)}): sampling "
+                                "on every CPU instead")
                     return False
+            self._fds.extend(fds)
+            fds = []   # self._fds owns them now
+            return bool(self._fds)
         finally:
+            for fd in fds:
+                os.close(fd)
             os.close(cgfd)
-        self._fds.extend(fds)
-        return bool(fds)
 
     def _load_and_attach(self):
         ncpus = possible_cpus()
@@ -497,6 +533,19 @@ class Recorder:
             self.notice(f"{self.exe_path}: the executable was replaced on disk "
                         "after it started; BOLT needs the file that ran")
 
+    def _check_cgroup(self):
+        """Cgroup events stop sampling a process moved out of the cgroup
+        (by systemd or a container runtime): say so, once."""
+        if not self.cgroup or self.cgroup_moved or not self.target.alive():
+            return
+        now = _cgroup_name(self.target.pid)
+        if now and now != self.cgroup and \
+                not now.startswith(self.cgroup.rstrip("/") + "/"):
+            self.cgroup_moved = now
+            self.notice(f"process {self.target.pid} moved from cgroup "
+                        f"{self.cgroup} to {now} while recorded: its samples "
+                        "after the move are not taken")
+
     # --- recording ---------------------------------------------------------
     def run(self, progress=None, tick=1.0):
         """Record until the duration passes, the target exits, or Ctrl-C /
@@ -504,6 +553,7 @@ class Recorder:
         end = None if self.duration is None else self.t_start + self.duration
         try:
             while True:
+                self._check_cgroup()   # once per tick
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.stopped_by = "duration"
@@ -530,6 +580,7 @@ class Recorder:
                                             self.exe_path)
             except OSError:
                 pass
+        self._check_cgroup()
         stats = self.obj.stats()
         samples = traces = None
         if self.mode == "ip":

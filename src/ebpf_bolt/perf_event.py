@@ -96,6 +96,17 @@ def make_attr(spec, frequency, inherit=False):
     return attr
 
 
+def hybrid_core_pmus():
+    """Names of the CPU-core PMUs of a hybrid CPU (Intel cpu_core and
+    cpu_atom), or [] where one PMU serves every CPU."""
+    root = "/sys/bus/event_source/devices"
+    try:
+        names = [n for n in os.listdir(root) if n in ("cpu_core", "cpu_atom")]
+    except OSError:
+        return []
+    return sorted(names) if len(names) > 1 else []
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
