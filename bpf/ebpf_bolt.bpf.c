@@ -144,9 +144,9 @@ static __always_inline int keep_sample(struct eb_stats *st)
  * the owner's pending count goes to the map: a second operation).
  * Why: a sample interrupts code that has pushed the program's data out of
  * the CPU caches, and a hash lookup walks the bucket, the element and its
- * per-CPU value, each a cold miss: sample_ip took 0.76-1.19 us per sample
- * of the demo's shares workload without the table, 0.36-0.51 us with it
- * (bench/bench_sample_ip.py). One element per possible CPU, sized by user space
+ * per-CPU value, each a cold miss: sample_ip took ~1.0 us per sample of
+ * the demo's shares workload without the table, ~0.47 us with it (medians,
+ * bench/bench_sample_ip.py). One element per possible CPU, sized by user space
  * (4,096 slots, 64 KiB, fewer above 128 CPUs: layout.ip_cache_slots); the
  * slot index is bounded by cfg.ip_cache_mask.
  * The trace cache's comment below has the rules in full.
