@@ -94,7 +94,24 @@ def run_on_cpu(obj, program, args, cpu):
     return elapsed
 
 
-class IpReplayer:
+class _MappedInput:
+    """A loaded object (self.obj) fed through an mmapped array (self._mem):
+    both released by close()."""
+
+    def close(self):
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+        self.obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class IpReplayer(_MappedInput):
     """A loaded object whose replay_ips program counts supplied IPs the way
     sample_ip counts a sample's IP (IP cache, map, loss counters)."""
 
@@ -128,20 +145,9 @@ class IpReplayer:
     def stats(self):
         return self.obj.stats()
 
-    def close(self):
-        if self._mem is not None:
-            self._mem.close()
-            self._mem = None
-        self.obj.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
-class Replayer:
+class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks."""
 
     def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
@@ -211,17 +217,6 @@ class Replayer:
         prof.info.update(load_base=load_base, map_entries=self.max_entries)
         return prof
 
-    def close(self):
-        if self._mem is not None:
-            self._mem.close()
-            self._mem = None
-        self.obj.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):
