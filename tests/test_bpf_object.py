@@ -121,6 +121,22 @@ def test_every_program_loads_and_verifies():
         assert obj.stats() == {c: 0 for c in COUNTERS + ("traces",)}
 
 
+@pytest.mark.root
+def test_only_the_named_programs_load():
+    """Recording loads its one program: the others may need helpers the
+    kernel lacks (replay needs bpf_loop, 5.17), which must not stop
+    recording on older kernels."""
+    with BoltObject(map_entries={name: 16 for name in MAPS},
+                    programs=["sample_ip"]) as obj:
+        names = obj.program_names()
+        assert {"sample_ip", "sample_branches", "replay_branches",
+                "replay_ips", "drain_traces"} <= set(names), names
+        assert obj.program_fd("sample_ip") > 0
+        for name in set(names) - {"sample_ip"}:
+            with pytest.raises(OSError):
+                obj.program_fd(name)
+
+
 def test_every_bound_function_has_a_prototype():
     for name, fn in _libbpf.bound_functions():
         assert fn.argtypes is not None, name

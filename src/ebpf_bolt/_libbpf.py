@@ -82,6 +82,9 @@ _PROTOTYPES = {
     "bpf_object__close": ([_pp], None, _NONE),
     "bpf_object__find_map_by_name": ([_pp, c_char_p], _pp, _PTR),
     "bpf_object__find_program_by_name": ([_pp, c_char_p], _pp, _PTR),
+    # NULL ends the walk: not an error
+    "bpf_object__next_program": ([_pp, _pp], _pp, _NONE),
+    "bpf_program__name": ([_pp], ctypes.c_char_p, _NONE),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__reuse_fd": ([_pp, c_int], c_int, _INT),

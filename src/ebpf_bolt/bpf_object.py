@@ -186,10 +186,17 @@ class BoltObject:
                                "ebpf-bolt (pip install .)")
 
     # --- lookups -----------------------------------------------------------
-    @staticmethod
-    def program_names():
-        return ("sample_ip", "sample_branches", "replay_branches",
-                "drain_traces")
+    def program_names(self):
+        """The object's programs, as the object lists them (a list kept
+        here went stale once: a new program then loaded everywhere, and
+        broke loading on kernels without bpf_loop)."""
+        self._require_open()
+        names, prog = [], None
+        while True:
+            prog = self._lib.bpf_object__next_program(self._obj, prog)
+            if not prog:
+                return names
+            names.append(self._lib.bpf_program__name(prog).decode())
 
     def _require_open(self):
         if not self._obj:
