@@ -198,11 +198,16 @@ def record(args, command):
     frequency = _parse_number(args.frequency, "frequency", int)
     duration = (_parse_number(args.duration, "duration", float)
                 if args.duration is not None else None)
+    progress = _Progress(sys.stderr.isatty())
+
+    def notice(message):   # a note during recording takes its own line
+        progress.clear()
+        _say("note: " + message)
+
     rec = Recorder(pid=args.pid, command=command, duration=duration,
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
-                   notice=lambda m: _say("note: " + m), verbose=args.verbose)
-    progress = _Progress(sys.stderr.isatty())
+                   notice=notice, verbose=args.verbose)
     out = None
     try:
         if args.output not in (None, "-"):
