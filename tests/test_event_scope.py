@@ -56,6 +56,11 @@ def record(target_pid=None, command=None, ready_file=None, notes=None,
         os.kill(rec.target.pid, signal.SIGUSR1)
         rec.run()
         return rec.finish()
+    except BaseException:
+        # a failed test must not leave its command waiting for the signal
+        if command is not None and rec.target and rec.target.alive():
+            os.kill(rec.target.pid, signal.SIGKILL)
+        raise
     finally:
         rec.close()
 
