@@ -136,12 +136,38 @@ static __always_inline int keep_sample(struct eb_stats *st)
 }
 
 /*
+ * The replacement rule of both caches (IP cache, trace cache), on a way's
+ * credit (0: empty). A hit raises its way's credit, up to
+ * EB_CACHE_MAX_CREDIT. A miss, once the map has counted the newcomer,
+ * wears the victim's credit down; at 1 or 0 the newcomer takes the way
+ * (after the owner's pending counts go to the map). Traces or IPs that
+ * compete for a way therefore cannot thrash it into two map operations
+ * per sample.
+ */
+static __always_inline void credit_hit(__u32 *credit)
+{
+	if (*credit < EB_CACHE_MAX_CREDIT)
+		(*credit)++;
+}
+
+/* 1: the newcomer takes the way; 0: the owner keeps it */
+static __always_inline int credit_worn(__u32 *credit)
+{
+	if (*credit > 1) {
+		(*credit)--;
+		return 0;
+	}
+	return 1;
+}
+
+/*
  * The IP cache: a direct-mapped table per CPU in front of ip_counts, by
  * the trace cache's rules (below): a slot only holds an IP that ip_counts
  * already has, so map capacity and loss counts stay exact; a hit is two
  * adds, a miss costs the one map operation a cache-less sample costs, and
- * a newcomer takes a slot only once its owner's credit is worn out (then
- * the owner's pending count goes to the map: a second operation).
+ * a newcomer takes a slot only once its owner's credit is worn out
+ * (credit_worn; the owner's pending count then goes to the map: a second
+ * operation).
  * Why: a sample interrupts code that has pushed the program's data out of
  * the CPU caches, and a hash lookup walks the bucket, the element and its
  * per-CPU value, each a cold miss: sample_ip took ~1.0 us per sample of
@@ -168,14 +194,14 @@ static __always_inline __u32 ip_slot(__u64 ip)
 static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct eb_ip_slot *table = bpf_map_lookup_elem(&ip_cache, &cpu);
-	struct eb_ip_slot *slot;
+	struct eb_ip_slot *table, *slot;
 	int err;
 
 	if (ip >= cfg.user_addr_end) {
 		st->counter[EB_KERNEL_IP]++;
 		return;
 	}
+	table = bpf_map_lookup_elem(&ip_cache, &cpu);
 #ifdef EB_BENCH_NO_IP_CACHE
 	table = NULL;  /* the baseline build of bench/bench_sample_ip.py */
 #endif
@@ -190,8 +216,7 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 				      EB_MAP_FULL);
 			slot->count = 0;
 		}
-		if (slot->credit < EB_CACHE_MAX_CREDIT)
-			slot->credit++;
+		credit_hit(&slot->credit);
 		return;
 	}
 	err = add_count(&ip_counts, &ip, 1);
@@ -199,10 +224,8 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 		count_failure(st, err, EB_MAP_FULL);
 		return;
 	}
-	if (slot->credit > 1) {
-		slot->credit--;
+	if (!credit_worn(&slot->credit))
 		return;
-	}
 	if (slot->credit && slot->count)  /* the owner is in the map already */
 		count_failure(st, add_count(&ip_counts, &slot->ip, slot->count),
 			      EB_MAP_FULL);
@@ -291,9 +314,7 @@ struct {
  *   exactly --max-entries and a full map loses exactly what it refuses.
  * - A miss costs what a cache-less update costs, one map operation: the
  *   newcomer is counted in the map and only takes the way of lower credit
- *   once that credit (raised by hits, up to EB_CACHE_MAX_CREDIT) is worn
- *   out by misses. Traces competing for a set therefore cannot thrash it
- *   into two map operations per entry.
+ *   once that credit is worn out (credit_hit, credit_worn above).
  * - Two ways per set: with one, hot traces whose hashes collide kept
  *   missing (3.4% of the icache demo's entries in 8192 slots; 0.7% with
  *   two ways of 4096 sets and 0.3% with 8192 sets, the default where
@@ -384,8 +405,7 @@ static __always_inline void count_trace(struct eb_cache_set *table,
 	}
 	way->count++;
 	way->mispreds += mis;
-	if (way->credit < EB_CACHE_MAX_CREDIT)
-		way->credit++;
+	credit_hit(&way->credit);
 	return;
 miss:
 	if (add_trace(t, 1, mis, st))
@@ -394,10 +414,8 @@ miss:
 	way = &set->way[0];
 	if (set->way[1].credit < way->credit)
 		way = &set->way[1];
-	if (way->credit > 1) {
-		way->credit--;
+	if (!credit_worn(&way->credit))
 		return;
-	}
 	if (way->credit && (way->count || way->mispreds))
 		add_trace(&way->key, way->count, way->mispreds, st);
 	way->key = *t;

@@ -80,7 +80,8 @@ struct eb_cache_slot {
 	struct eb_trace key;
 	__u64 count;           /* counts not yet added to the trace map */
 	__u64 mispreds;
-	__u64 credit;          /* hits keep a trace in its way, misses wear it */
+	__u32 credit;          /* hits keep a trace in its way, misses wear it */
+	__u32 reserved;
 };
 
 /* A set of the trace cache: a trace may sit in either way of its set, so

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from ebpf_bolt.layout import REPLAY_IPS, USER_ADDR_END
+from ebpf_bolt.layout import IP_SLOT_FORMAT, REPLAY_IPS, USER_ADDR_END
 from ebpf_bolt.replay import IpReplayer
 
 pytestmark = pytest.mark.root
@@ -47,7 +47,7 @@ def test_counts_equal_a_plain_count(slots):
         expected.update(pair)
         # the table is in use: counts wait in slots, not all in the map
         pending = sum(count for cpu in cpus() for _, count, credit in
-                      struct.iter_unpack("=QII", rep.obj.cpu_table("ip_cache", cpu))
+                      struct.iter_unpack(IP_SLOT_FORMAT, rep.obj.cpu_table("ip_cache", cpu))
                       if credit)
         assert pending > 0
         assert rep.counts() == expected

@@ -20,7 +20,8 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import USER_ADDR_END, Config, cache_sets, ip_cache_slots
+from .layout import (CACHE_SLOT_FORMAT, IP_SLOT_FORMAT, USER_ADDR_END, Config,
+                     cache_sets, ip_cache_slots)
 from .profile import (Profile, TraceColumns, translate_samples,
                       translate_trace_columns)
 from .targets import CommandTarget, ProcessTarget
@@ -156,6 +157,25 @@ def _read_text(path):
         return f.read().strip()
 
 
+def open_per_cpu(attr, pid=-1, flags=pe.PERF_FLAG_FD_CLOEXEC):
+    """One event per online CPU (pid -1: every task; or a cgroup's fd with
+    PERF_FLAG_PID_CGROUP), skipping CPUs that go offline meanwhile. On a
+    refusal it closes what it opened and raises the OSError."""
+    fds = []
+    try:
+        for cpu in online_cpus():
+            try:
+                fds.append(pe.perf_event_open(attr, pid, cpu, flags=flags))
+            except OSError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def probe_event(spec, frequency):
     """None if `spec` can be sampled here, else the OSError it gives."""
     try:
@@ -202,14 +222,12 @@ def flush_trace_cache(obj):
     programs have stopped running."""
     pending = {}
     for cpu in range(obj.ncpus):
-        w = array("Q", obj.cpu_table("trace_cache", cpu))
-        # per way: from, to, ft_end, count, mispreds, credit
-        ways = [i for i in range(0, len(w), 6)
-                if w[i + 5] and (w[i + 3] or w[i + 4])]  # owned, pending
-        for i in ways:
-            key = (w[i], w[i + 1], w[i + 2])
-            c, m = pending.get(key, (0, 0))
-            pending[key] = (c + w[i + 3], m + w[i + 4])
+        ways = [way for way in struct.iter_unpack(
+                    CACHE_SLOT_FORMAT, obj.cpu_table("trace_cache", cpu))
+                if way[5] and (way[3] or way[4])]  # owned, pending
+        for frm, to, ft_end, count, mis, _credit, _ in ways:
+            c, m = pending.get((frm, to, ft_end), (0, 0))
+            pending[frm, to, ft_end] = (c + count, m + mis)
         if ways:
             obj.clear_cpu_table("trace_cache", cpu)
     for key, (count, mis) in pending.items():
@@ -223,9 +241,8 @@ def drain_ip_counts(obj):
     stopped running."""
     counts = obj.drain_u64_counts("ip_counts", "Q")
     for cpu in range(obj.ncpus):
-        # struct eb_ip_slot in the machine's byte order
         for ip, count, credit in struct.iter_unpack(
-                "=QII", obj.cpu_table("ip_cache", cpu)):
+                IP_SLOT_FORMAT, obj.cpu_table("ip_cache", cpu)):
             if credit and count:  # owned, pending
                 counts[ip] = counts.get(ip, 0) + count
     return counts
@@ -433,13 +450,10 @@ class Recorder:
             self.cgroup = cgroup[0]
             self.scope = f"on each CPU while cgroup {cgroup[0]} runs"
             return
-        for cpu in online_cpus():
-            try:
-                self._fds.append(pe.perf_event_open(attr, -1, cpu))
-            except OSError as e:
-                if e.errno == errno.ENODEV:
-                    continue  # went offline meanwhile
-                raise _open_error(e, self.event, self.frequency) from None
+        try:
+            self._fds.extend(open_per_cpu(attr))
+        except OSError as e:
+            raise _open_error(e, self.event, self.frequency) from None
         self.scope = "on every CPU"
 
     def _open_cgroup_events(self, attr, name, directory):
@@ -450,30 +464,21 @@ class Recorder:
             cgfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return False
-        fds = []
         try:
-            for cpu in online_cpus():
-                try:
-                    fds.append(pe.perf_event_open(
-                        attr, cgfd, cpu,
-                        flags=pe.PERF_FLAG_FD_CLOEXEC | pe.PERF_FLAG_PID_CGROUP))
-                except OSError as e:
-                    if e.errno == errno.ENODEV:
-                        continue  # went offline meanwhile
-                    if e.errno in (errno.EACCES, errno.EPERM, errno.EMFILE):
-                        raise _open_error(e, self.event, self.frequency,
-                                          "cgroup") from None
-                    self.notice(f"the kernel refuses perf events for cgroup "
-                                f"{name} ({os.strerror(e.errno)}): sampling "
-                                "on every CPU instead")
-                    return False
-            self._fds.extend(fds)
-            fds = []   # self._fds owns them now
-            return bool(self._fds)
+            fds = open_per_cpu(attr, cgfd, pe.PERF_FLAG_FD_CLOEXEC |
+                               pe.PERF_FLAG_PID_CGROUP)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EMFILE):
+                raise _open_error(e, self.event, self.frequency,
+                                  "cgroup") from None
+            self.notice(f"the kernel refuses perf events for cgroup {name} "
+                        f"({os.strerror(e.errno)}): sampling on every CPU "
+                        "instead")
+            return False
         finally:
-            for fd in fds:
-                os.close(fd)
             os.close(cgfd)
+        self._fds.extend(fds)
+        return bool(fds)
 
     def _load_and_attach(self):
         ncpus = possible_cpus()

@@ -69,7 +69,6 @@ def cache_sets(ncpus):
 MAX_IP_CACHE_SLOTS = 4096
 IP_CACHE_BUDGET = 8 << 20
 REPLAY_IPS = 4096
-IP_FLUSH_AT = 0x80000000
 
 
 def ip_cache_slots(ncpus):
@@ -77,6 +76,12 @@ def ip_cache_slots(ncpus):
     while slots > 64 and slots * 16 * ncpus > IP_CACHE_BUDGET:
         slots //= 2
     return slots
+
+
+# struct formats of one IpSlot / CacheSlot, in the machine's byte order,
+# for reading whole cache tables at once (struct.iter_unpack)
+IP_SLOT_FORMAT = "=QII"
+CACHE_SLOT_FORMAT = "=QQQQQII"
 
 
 class IpSlot(ctypes.Structure):
@@ -94,7 +99,8 @@ class ReplayIpArgs(ctypes.Structure):
 
 class CacheSlot(ctypes.Structure):
     _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
-                ("mispreds", ctypes.c_uint64), ("credit", ctypes.c_uint64)]
+                ("mispreds", ctypes.c_uint64), ("credit", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
 
 
 class CacheSet(ctypes.Structure):
