@@ -9,8 +9,8 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    run_time_ns): wall-clock time around the syscall jitters by more than a
    one-stack run takes,
    for the shipped worker (trace cache) and for the baseline, a plain
-   per-entry per-CPU hash update (`naive`, the same program with the cache
-   bypassed), on:
+   per-entry per-CPU hash update (the same source built without the caches,
+   tests/baseline.py), on:
    - "random, one stack per run": one stack of 32 random entries, one stack
      per run (the issue's baseline method: the same stack run after run);
    - "random, N distinct": N different stacks of random entries (131k
@@ -39,6 +39,9 @@ import tempfile
 import time
 
 from ebpf_bolt import _libbpf
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "tests"))
+from baseline import build_baseline_object  # noqa: E402
 from ebpf_bolt.replay import Replayer, pack_stacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,36 +79,41 @@ class ProgramClock:
         os.close(self.stats_fd)
 
 
-def timed_run(rep, clock, n, naive):
+def timed_run(rep, clock, n):
     """Kernel run time of one replay run of n stacks, in ns."""
     before = clock()
-    rep.run(n, cpu=0, naive=naive)
+    rep.run(n, cpu=0)
     return clock() - before
 
 
-def cost_per_stack(stacks, repeats=9, per_run=None):
+def cost_per_stack(stacks, baseline, repeats=9, per_run=None):
     """Median ns per stack of (run of N stacks - empty run) / N, for the
-    baseline and the shipped path, alternating pass by pass (a pass runs
-    every batch once) so that drift in the machine's speed (a VM's
-    neighbours) hits both alike. Not run by run: the baseline's map
-    updates would evict the cache's table from L2 before every cache run,
-    which a pass of the shipped path alone, as in steady recording, does
-    not do."""
+    baseline object (path `baseline`) and the shipped one, alternating pass
+    by pass (a pass runs every batch once) so that drift in the machine's
+    speed (a VM's neighbours) hits both alike. Not run by run: the
+    baseline's map updates would evict the cache's table from L2 before
+    every cache run, which a pass of the shipped path alone, as in steady
+    recording, does not do. Returns (baseline, shipped)."""
     per_run = per_run or len(stacks)
     batches = [pack_stacks(stacks[i:i + per_run])[0]
                for i in range(0, len(stacks), per_run)]
-    with Replayer(max_entries=1 << 20) as rep:
-        clock = ProgramClock(rep.obj.program_fd("replay_branches"))
-        rep.feed(stacks)  # warm: the map holds the traces, as after a while
+    with Replayer(max_entries=1 << 20, path=baseline) as base, \
+            Replayer(max_entries=1 << 20) as shipped:
+        reps = {True: base, False: shipped}
+        clocks = {k: ProgramClock(r.obj.program_fd("replay_branches"))
+                  for k, r in reps.items()}
+        for rep in reps.values():
+            rep.feed(stacks)  # warm: the map holds the traces, as after a while
         samples = {True: [], False: []}
         for _ in range(repeats):
-            for naive in (True, False):
+            for is_base, rep in reps.items():
                 for words in batches:
                     n = rep.load(words)
-                    full = timed_run(rep, clock, n, naive)
-                    empty = timed_run(rep, clock, 0, naive)
-                    samples[naive].append((full - empty) / n)
-        clock.close()
+                    full = timed_run(rep, clocks[is_base], n)
+                    empty = timed_run(rep, clocks[is_base], 0)
+                    samples[is_base].append((full - empty) / n)
+        for clock in clocks.values():
+            clock.close()
         return statistics.median(samples[True]), statistics.median(samples[False])
 
 
@@ -190,8 +198,11 @@ def main():
     print("\n| stacks (32 deep) | baseline: hash update per entry | trace cache "
           "(shipped) | per entry | goal |")
     print("|---|---|---|---|---|")
-    for name, stacks, per_run in rows:
-        base, ours = cost_per_stack(stacks, per_run=per_run)
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
+        baseline = build_baseline_object(tmp)
+        costs = [cost_per_stack(stacks, baseline, per_run=per_run)
+                 for _, stacks, per_run in rows]
+    for (name, stacks, per_run), (base, ours) in zip(rows, costs):
         goal = 500 if name.startswith("recorded") else 1000
         if "streamed" in name or "distinct" in name:
             # the goals are for stacks as live sampling has them, and the

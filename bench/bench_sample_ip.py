@@ -8,7 +8,7 @@ and reads the kernel's own account of the program (BPF_ENABLE_STATS:
 run_time_ns and run_cnt of sample_ip) over the recording: the time the
 program adds to each sample, which falls on the profiled code. Two builds
 of the same source run interleaved: the shipped object, and a baseline
-compiled with -DEB_BENCH_NO_IP_CACHE (every sample goes straight to the
+compiled with -DEB_BASELINE_NO_CACHES (every sample goes straight to the
 per-CPU hash map, as before the IP cache). Workloads:
   - shares: 2 threads in 3 hot functions, a few hundred distinct IPs;
   - icache: 1 thread over 96 hot functions, ~2,500 distinct IPs in a few
@@ -20,7 +20,6 @@ its exec, when the forked child is still ebpf-bolt's Python).
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -29,16 +28,9 @@ from ebpf_bolt.demo.build import build_workload
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_replay import ProgramClock  # noqa: E402
+from baseline import build_baseline_object  # noqa: E402  (bench_replay's path)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CNT = ProgramClock.RUN_TIME_NS + 8   # bpf_prog_info.run_cnt follows
-
-
-def build_baseline(workdir):
-    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "bpf"),
-                    f"OUT={workdir}", "BPF_EXTRA_CFLAGS=-DEB_BENCH_NO_IP_CACHE"],
-                   check=True)
-    return os.path.join(workdir, "ebpf_bolt.bpf.o")
 
 
 def record_once(cmd, obj_path):
@@ -89,7 +81,7 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-sample-ip-")
     wl = str(build_workload(work, pie=True))
-    builds = {"IP cache (shipped)": None, "hash only (baseline)": build_baseline(work)}
+    builds = {"IP cache (shipped)": None, "hash only (baseline)": build_baseline_object(work)}
     workloads = {"shares": [wl, "--scale", str(args.scale)],
                  "icache": [wl, "--mode", "icache", "--scale", str(args.scale)]}
     results = {}

@@ -160,6 +160,19 @@ static __always_inline int credit_worn(__u32 *credit)
 	return 1;
 }
 
+/* A CPU's table of a cache map (NULL where this CPU has none: no cache).
+ * bench/ and the tests build a baseline object from this same source with
+ * -DEB_BASELINE_NO_CACHES, in which every count goes straight to its map;
+ * the shipped object never has that switch set. */
+static __always_inline void *cache_table(void *cache_map, __u32 cpu)
+{
+#ifdef EB_BASELINE_NO_CACHES
+	return NULL;
+#else
+	return bpf_map_lookup_elem(cache_map, &cpu);
+#endif
+}
+
 /*
  * The IP cache: a direct-mapped table per CPU in front of ip_counts, by
  * the trace cache's rules (below): a slot only holds an IP that ip_counts
@@ -201,10 +214,7 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 		st->counter[EB_KERNEL_IP]++;
 		return;
 	}
-	table = bpf_map_lookup_elem(&ip_cache, &cpu);
-#ifdef EB_BENCH_NO_IP_CACHE
-	table = NULL;  /* the baseline build of bench/bench_sample_ip.py */
-#endif
+	table = cache_table(&ip_cache, cpu);
 	if (!table) {  /* no table for this CPU: straight to the map */
 		count_failure(st, add_count(&ip_counts, &ip, 1), EB_MAP_FULL);
 		return;
@@ -292,16 +302,12 @@ int replay_ips(struct eb_replay_ip_args *args)
 /* ---- Branch stacks -------------------------------------------------- */
 
 /* Per-CPU scratch space for the live program: a branch stack (up to
- * 1536 bytes) does not fit the 512-byte BPF stack. */
-struct eb_scratch {
-	struct eb_branch entries[EB_MAX_BRANCHES];
-};
-
+ * 1544 bytes) does not fit the 512-byte BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct eb_scratch);
+	__type(value, struct eb_branch_stack);
 } scratch SEC(".maps");
 
 /*
@@ -429,18 +435,26 @@ miss:
  * perf2bolt's rules (bolt-profile-formats.md, section 2): entries are
  * newest first; entry i gives the trace (from_i, to_i, from of the next
  * newer kept entry), the newest gets EB_BR_ONLY; entries with a kernel
- * from or to are dropped before pairing. `naive` (benchmark baseline only)
- * updates the map once per entry, without the cache.
+ * from or to are dropped before pairing.
+ *
+ * A global (not static, not inlined) function: the verifier checks it once,
+ * on its own, with its arguments unknown. Inlined into replay's bpf_loop
+ * callback, the 64-entry loop exceeded the verifier's 1M-instruction limit
+ * on Linux 6.18, which checks a callback over and over until its states
+ * converge, with exact state comparison. Global functions taking pointers
+ * need Linux 5.12; only the branch programs call it.
  */
-static __always_inline void aggregate_stack(struct eb_branch *entries, __u32 nr,
-					    struct eb_stats *st, int naive)
+__noinline int aggregate_stack(struct eb_branch_stack *stack,
+			       struct eb_stats *st)
 {
-	__u32 i, cpu = bpf_get_smp_processor_id();
-	struct eb_cache_set *table = NULL;
+	__u32 i, nr, cpu = bpf_get_smp_processor_id();
+	struct eb_cache_set *table;
 	__u64 newer_from = EB_BR_ONLY;
 
-	if (!naive)  /* NULL where this CPU has no table: no cache */
-		table = bpf_map_lookup_elem(&trace_cache, &cpu);
+	if (!stack || !st)  /* the verifier sees possibly-NULL arguments */
+		return 0;
+	nr = stack->nr;
+	table = cache_table(&trace_cache, cpu);
 	st->counter[EB_BRANCH_ENTRIES] += nr;
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
@@ -449,7 +463,7 @@ static __always_inline void aggregate_stack(struct eb_branch *entries, __u32 nr,
 
 		if (i >= nr)
 			break;
-		b = &entries[i];
+		b = &stack->entries[i];
 		if (b->from >= cfg.user_addr_end || b->to >= cfg.user_addr_end) {
 			st->counter[EB_KERNEL_BRANCHES]++;
 			continue;
@@ -466,6 +480,7 @@ static __always_inline void aggregate_stack(struct eb_branch *entries, __u32 nr,
 	}
 	if (newer_from == EB_BR_ONLY)  /* no user-space entry kept */
 		st->counter[EB_EMPTY_STACKS]++;
+	return 0;
 }
 
 /*
@@ -479,7 +494,7 @@ SEC("perf_event")
 int sample_branches(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
-	struct eb_scratch *s;
+	struct eb_branch_stack *s;
 	__u32 zero = 0;
 	long size, total;
 
@@ -499,7 +514,8 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 					BPF_F_GET_BRANCH_RECORDS_SIZE);
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
-	aggregate_stack(s->entries, (__u32)size / sizeof(struct eb_branch), st, 0);
+	s->nr = (__u32)size / sizeof(struct eb_branch);
+	aggregate_stack(s, st);
 	return 0;
 }
 
@@ -512,7 +528,7 @@ struct {
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct eb_replay_stack);
+	__type(value, struct eb_branch_stack);
 } replay_stacks SEC(".maps");
 
 /* The ctx may only be read at fixed offsets from its own pointer, so the
@@ -520,7 +536,6 @@ struct {
 struct replay_state {
 	struct eb_stats *st;
 	__u32 first;
-	__u32 naive;
 	__u32 done;
 	__u32 bad;
 };
@@ -529,20 +544,12 @@ static long replay_one(__u32 index, void *data)
 {
 	struct replay_state *rs = data;
 	__u32 idx = rs->first + index;
-	struct eb_replay_stack *stack = bpf_map_lookup_elem(&replay_stacks, &idx);
-	__u32 nr;
+	struct eb_branch_stack *stack = bpf_map_lookup_elem(&replay_stacks, &idx);
 
-	if (!stack)
-		goto bad;
-	nr = stack->nr;
-	if (nr > EB_MAX_BRANCHES)
+	if (!stack || stack->nr > EB_MAX_BRANCHES)
 		goto bad;
 	rs->st->counter[EB_SAMPLES]++;
-	/* constant `naive` in each call keeps the verifier's work a sum */
-	if (rs->naive)
-		aggregate_stack(stack->entries, nr, rs->st, 1);
-	else
-		aggregate_stack(stack->entries, nr, rs->st, 0);
+	aggregate_stack(stack, rs->st);
 	rs->done++;
 	return 0;
 bad:
@@ -556,7 +563,6 @@ int replay_branches(struct eb_replay_args *args)
 	struct replay_state rs = {
 		.st = get_stats(),
 		.first = args->first,
-		.naive = args->naive,
 	};
 
 	if (!rs.st)

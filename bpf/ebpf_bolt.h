@@ -118,9 +118,10 @@ struct eb_replay_ip_args {
 	__u32 done;            /* out: IPs counted */
 };
 
-/* Replay (BPF_PROG_RUN of replay_branches): stacks in the replay_stacks
- * array, newest entry first. */
-struct eb_replay_stack {
+/* One branch stack, newest entry first: the live program's scratch copy,
+ * and each element of the replay_stacks array (BPF_PROG_RUN of
+ * replay_branches). */
+struct eb_branch_stack {
 	__u32 nr;
 	__u32 reserved;
 	struct eb_branch entries[EB_MAX_BRANCHES];
@@ -130,10 +131,8 @@ struct eb_replay_stack {
 struct eb_replay_args {
 	__u32 first;           /* index of the first stack in replay_stacks */
 	__u32 count;           /* stacks to aggregate */
-	__u32 naive;           /* benchmark baseline: one map update per entry */
 	__u32 done;            /* out: stacks aggregated */
 	__u32 bad;             /* out: stacks rejected (nr too large) */
-	__u32 reserved;
 };
 
 /* CPUs whose values drain_traces sums at most: machines with more drain

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 import perf2bolt_rules as rules
+from baseline import build_baseline_object
 from conftest import bolt_tool, run
 from ebpf_bolt import cli
 from ebpf_bolt.elf import ElfFile
@@ -185,15 +186,23 @@ def stacks(workload_pie):
 
 # --- 1. exactness against perf2bolt's rules ---------------------------------
 
-@pytest.mark.parametrize("naive", [False, True], ids=["cached", "naive"])
-def test_batches_on_different_cpus(stacks, naive):
+@pytest.fixture(scope="module")
+def baseline_object(tmp_path_factory):
+    return build_baseline_object(str(tmp_path_factory.mktemp("baseline")))
+
+
+@pytest.mark.parametrize("build", ["shipped", "baseline"])
+def test_batches_on_different_cpus(stacks, build, request):
     """Each CPU aggregates its own share; the per-CPU maps summed give
-    perf2bolt's traces for all stacks."""
+    perf2bolt's traces for all stacks. The baseline object (no trace
+    cache) must agree too: the benchmark compares against it."""
+    path = (request.getfixturevalue("baseline_object")
+            if build == "baseline" else None)
     expected, counters = rules.aggregate(stacks)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer(max_entries=ENTRIES, path=path) as rep:
         for i, cpu in enumerate(cs):
-            rep.feed(stacks[i::len(cs)], cpu=cpu, naive=naive)
+            rep.feed(stacks[i::len(cs)], cpu=cpu)
         assert_same_traces(rep.runtime_traces(), expected)
         assert_counters(rep.stats(), counters)
     assert sum(c for c, _ in expected.values()) == counters["traces"]

@@ -107,15 +107,14 @@ class CacheSet(ctypes.Structure):
     _fields_ = [("way", CacheSlot * CACHE_WAYS)]
 
 
-class ReplayStack(ctypes.Structure):
+class BranchStack(ctypes.Structure):
     _fields_ = [("nr", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
                 ("entries", Branch * MAX_BRANCHES)]
 
 
 class ReplayArgs(ctypes.Structure):
     _fields_ = [("first", ctypes.c_uint32), ("count", ctypes.c_uint32),
-                ("naive", ctypes.c_uint32), ("done", ctypes.c_uint32),
-                ("bad", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+                ("done", ctypes.c_uint32), ("bad", ctypes.c_uint32)]
 
 
 class TraceRecord(ctypes.Structure):
@@ -142,7 +141,7 @@ MIRRORS = {
     "eb_ip_slot": (IpSlot, {}),
     "eb_replay_ips": (ReplayIps, {}),
     "eb_replay_ip_args": (ReplayIpArgs, {}),
-    "eb_replay_stack": (ReplayStack, {}),
+    "eb_branch_stack": (BranchStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
     "eb_trace_record": (TraceRecord, {}),
     "eb_drain_args": (DrainArgs, {}),

@@ -22,11 +22,11 @@ from .collector import (check_privileges, default_max_entries,
 from .elf import ElfFile
 from .layout import (BRANCH_MISPRED, MAX_BRANCHES, REPLAY_IPS, cache_sets,
                      ip_cache_slots, USER_ADDR_END, Config, ReplayArgs,
-                     ReplayIpArgs, ReplayStack)
+                     ReplayIpArgs, BranchStack)
 from .profile import Profile
 from .errors import UsageError
 
-STACK_BYTES = ctypes.sizeof(ReplayStack)
+STACK_BYTES = ctypes.sizeof(BranchStack)
 STACK_WORDS = STACK_BYTES // 8
 BATCH = 4096  # stacks per run: 6 MiB of replay_stacks
 _ZEROS = array("Q", bytes(STACK_BYTES))
@@ -58,7 +58,7 @@ def parse_stacks(lines):
 
 
 def pack_stacks(stacks):
-    """eb_replay_stack records (fixed size), for the replay_stacks array;
+    """eb_branch_stack records (fixed size), for the replay_stacks array;
     stacks deeper than the hardware maximum keep their newest entries.
     Returns (array of u64 words, number of stacks cut)."""
     words = array("Q")
@@ -151,7 +151,9 @@ class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks."""
 
     def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
-                 batch=BATCH, sets=None):
+                 batch=BATCH, sets=None, path=None):
+        """path: another build of the BPF object (a benchmark's or test's
+        baseline); default the shipped one."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -165,7 +167,8 @@ class Replayer(_MappedInput):
                               {"trace_counts": self.max_entries,
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch},
-                              programs=["replay_branches"], prealloc=True)
+                              programs=["replay_branches"], prealloc=True,
+                              path=path)
         size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
                               mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -179,21 +182,21 @@ class Replayer(_MappedInput):
         self._mem[:len(data)] = data
         return len(data) // STACK_BYTES
 
-    def run(self, count, cpu=0, naive=False):
+    def run(self, count, cpu=0):
         """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
         returns the run's ReplayArgs and its wall time in nanoseconds."""
-        args = ReplayArgs(first=0, count=count, naive=int(naive))
+        args = ReplayArgs(first=0, count=count)
         elapsed = run_on_cpu(self.obj, "replay_branches", args, cpu)
         return args, elapsed
 
-    def feed(self, stacks, cpu=0, naive=False):
+    def feed(self, stacks, cpu=0):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
         on `cpu`, a batch per run."""
         for i in range(0, len(stacks), self.batch):
             words, cut = pack_stacks(stacks[i:i + self.batch])
             self.cut += cut
             count = self.load(words)
-            args, _ = self.run(count, cpu, naive)
+            args, _ = self.run(count, cpu)
             if args.bad or args.done != count:
                 raise _libbpf.LibbpfError("replay_branches", 22,
                                           f"{args.bad} malformed stacks")
