@@ -167,7 +167,7 @@ class OutputFile:
 
     def __init__(self, path, inputs=(), reserve=RESERVE, tmpfile=True):
         self.path = path
-        self.target = None     # the file replaced or written: links resolved
+        self.target = None     # the file replaced: links resolved
         self.direct = False    # written in place: a character device or FIFO
         self._fd = self._dirfd = self._tmpname = None
         self._closed = False
@@ -187,19 +187,20 @@ class OutputFile:
         if path.endswith("/") or os.path.isdir(path):
             raise OutputError(f"output {path} is a directory",
                               "give a file name with -o")
-        # a symlink's target is what gets replaced, so the link stays
-        self.target = os.path.realpath(path)
         try:
-            st = os.stat(self.target)
+            st = os.stat(path)   # through links, /dev/stdout's too
         except FileNotFoundError:
-            st = None
+            st = None            # a new file, or a dangling link's target
         if st is not None and (stat.S_ISCHR(st.st_mode)
                                or stat.S_ISFIFO(st.st_mode)):
             self.direct = True
+            # opened by the given name: /dev/stdout reopens what fd 1 is;
             # O_NOCTTY: a terminal given as -o must not become ours
-            self._fd = os.open(self.target, os.O_WRONLY | os.O_NOCTTY
+            self._fd = os.open(path, os.O_WRONLY | os.O_NOCTTY
                                | os.O_CLOEXEC)
             return
+        # a symlink's target is what gets replaced, so the link stays
+        self.target = os.path.realpath(path)
         if st is not None and not stat.S_ISREG(st.st_mode):
             what = next((name for test, name in _REFUSED_TYPES
                          if test(st.st_mode)), "not a regular file")
