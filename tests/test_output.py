@@ -289,6 +289,19 @@ def test_refused_kinds(via, kind, capsys, ebpf_bolt_cmd, binary, stacks,
         assert [p.name for p in out.iterdir()] == ["inside"]
 
 
+@pytest.mark.parametrize("via", VIAS)
+def test_empty_name_refused(via, capsys, ebpf_bolt_cmd, binary, stacks,
+                            tmp_path, monkeypatch):
+    """-o '': not the working directory's name in its parent."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    res = run_via(via, capsys, ebpf_bolt_cmd, replay_args(binary, stacks, ""))
+    assert_error(res, errors.OutputError, None, says=["empty"])
+    assert snapshot(tmp_path) == before and list(work.iterdir()) == []
+
+
 # --- never an input ------------------------------------------------------------
 
 def assert_refused_input(res, inputs_before):
@@ -334,6 +347,21 @@ def test_replay_input_as_output(via, which, capsys, ebpf_bolt_cmd, binary,
     assert str(out) in err and str(named) in err, res
     if which == "symlink-to-binary":
         assert out.is_symlink()
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_replay_stdin_file_as_output(via, ebpf_bolt_cmd, binary, stacks):
+    """replay --binary B -o FILE < FILE: the stacks read from stdin come
+    from the file that would be overwritten."""
+    before = keep(binary, stacks)
+    run = [ebpf_bolt_cmd] if via == "cli" else [sys.executable, "-c",
+                                                MAIN_CODE]
+    with open(stacks) as stdin:
+        p = subprocess.run(run + ["replay", "--binary", str(binary), "-o",
+                                  str(stacks)], stdin=stdin,
+                           capture_output=True, text=True, timeout=60)
+    err = assert_refused_input(Result(p.returncode, p.stderr, 0), before)
+    assert str(stacks) in err
 
 
 @pytest.fixture

@@ -295,7 +295,9 @@ def replay_command(args):
         except OSError as e:
             raise UsageError(f"cannot read {args.stacks}: {e.strerror}",
                              "check the stacks file") from None
-    inputs = [args.binary] + ([args.stacks] if args.stacks != "-" else [])
+    # stdin too: it may be the file given as -o (replay ... < FILE -o FILE)
+    inputs = [args.binary,
+              args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
     with OutputFile(args.output, inputs=inputs) as out:
         profile = replay(args.binary, stacks, load_base=load_base,
                          max_entries=args.max_entries, cpus=args.cpus)

@@ -184,6 +184,9 @@ class OutputFile:
 
     def _open(self, inputs, reserve, tmpfile):
         path = self.path
+        if not path:   # realpath("") would be the working directory
+            raise OutputError("empty output file name",
+                              "give a file name with -o")
         if path.endswith("/") or os.path.isdir(path):
             raise OutputError(f"output {path} is a directory",
                               "give a file name with -o")
