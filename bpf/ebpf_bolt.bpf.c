@@ -256,9 +256,11 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
+#ifdef EB_TEST_PROGRAMS
 /* IPs the caller supplies, counted as sample_ip counts a sample's IP: how
  * the tests check the IP cache exactly (perf_event programs cannot be run
- * with BPF_PROG_RUN). */
+ * with BPF_PROG_RUN). Built only into the tests' object (tests/bpf_builds.py,
+ * -DEB_TEST_PROGRAMS): the shipped object has no use for it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -298,6 +300,7 @@ int replay_ips(struct eb_replay_ip_args *args)
 	args->done = rs.done;
 	return 0;
 }
+#endif /* EB_TEST_PROGRAMS */
 
 /* ---- Branch stacks -------------------------------------------------- */
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf_builds import BASELINE, TEST_PROGRAMS, build_object
 from ebpf_bolt.demo.build import build_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,19 @@ def ebpf_bolt_cmd():
 @pytest.fixture(scope="session")
 def workload_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("workload")
+
+
+@pytest.fixture(scope="session")
+def test_object(tmp_path_factory):
+    """The BPF object with the test-only programs (bpf_builds.TEST_PROGRAMS)."""
+    return build_object(str(tmp_path_factory.mktemp("test-object")),
+                        TEST_PROGRAMS)
+
+
+@pytest.fixture(scope="session")
+def baseline_object(tmp_path_factory):
+    """The BPF object without caches (bpf_builds.BASELINE)."""
+    return build_object(str(tmp_path_factory.mktemp("baseline")), BASELINE)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import sys
 import pytest
 
 import perf2bolt_rules as rules
-from baseline import build_baseline_object
 from conftest import bolt_tool, run
 from ebpf_bolt import cli
 from ebpf_bolt.elf import ElfFile
@@ -185,11 +184,6 @@ def stacks(workload_pie):
 
 
 # --- 1. exactness against perf2bolt's rules ---------------------------------
-
-@pytest.fixture(scope="module")
-def baseline_object(tmp_path_factory):
-    return build_baseline_object(str(tmp_path_factory.mktemp("baseline")))
-
 
 @pytest.mark.parametrize("build", ["shipped", "baseline"])
 def test_batches_on_different_cpus(stacks, build, request):

@@ -85,6 +85,8 @@ _PROTOTYPES = {
     # NULL ends the walk: not an error
     "bpf_object__next_program": ([_pp, _pp], _pp, _NONE),
     "bpf_program__name": ([_pp], ctypes.c_char_p, _NONE),
+    "bpf_object__next_map": ([_pp, _pp], _pp, _NONE),  # NULL ends the walk
+    "bpf_map__name": ([_pp], ctypes.c_char_p, _NONE),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__reuse_fd": ([_pp, c_int], c_int, _INT),

@@ -14,21 +14,31 @@ from operator import add
 
 from . import _libbpf
 from .errors import BpfError
-from .layout import COUNTERS, REPLAY_IPS, Config, DrainArgs, Stats, TraceRecord
+from .layout import (COUNTERS, DRAIN_MAX_CPUS, BranchStack, CacheSet,
+                     Config, DrainArgs, IpSlot, ReplayIps, Stats, Trace,
+                     TraceCounts, TraceRecord)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
 # Maps sized from user space: name -> (key size, value size, type), as in
-# ebpf_bolt.bpf.c. A map not given a size gets 1 entry: unused maps cost
-# nothing, and a trace_cache of 1 set is as good as none.
+# ebpf_bolt.bpf.c, from the ctypes mirrors of their key and value types.
+# A map not given a size gets 1 entry: unused maps cost nothing, and a
+# trace_cache of 1 set is as good as none.
 # CPU_TABLE: an array with one element per possible CPU, each element a
 # table of `entries` values (the size given is the table's length).
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
-MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
-        "trace_counts": (24, 16, HASH), "trace_cache": (4, 96, CPU_TABLE),
-        "ip_cache": (4, 16, CPU_TABLE),
-        "replay_stacks": (4, 1544, ARRAY), "drain_out": (4, 40, ARRAY),
-        "replay_ip_buf": (4, 8 * REPLAY_IPS, ARRAY)}
+_U32, _U64 = ctypes.sizeof(ctypes.c_uint32), ctypes.sizeof(ctypes.c_uint64)
+MAPS = {"ip_counts": (_U64, _U64, HASH),
+        "thread_samples": (_U32, _U64, HASH),
+        "trace_counts": (ctypes.sizeof(Trace), ctypes.sizeof(TraceCounts), HASH),
+        "trace_cache": (_U32, ctypes.sizeof(CacheSet), CPU_TABLE),
+        "ip_cache": (_U32, ctypes.sizeof(IpSlot), CPU_TABLE),
+        "replay_stacks": (_U32, ctypes.sizeof(BranchStack), ARRAY),
+        "drain_out": (_U32, ctypes.sizeof(TraceRecord), ARRAY),
+        "replay_ip_buf": (_U32, ctypes.sizeof(ReplayIps), ARRAY)}
+# Maps only the tests' build of the object has (-DEB_TEST_PROGRAMS,
+# tests/bpf_builds.py): skipped where the object lacks them.
+TEST_ONLY_MAPS = frozenset({"replay_ip_buf"})
 
 # Records per run of drain_traces at most (drain_out, 40 bytes each, held
 # only while draining): 80 MiB. A bigger map is walked in several runs,
@@ -37,10 +47,7 @@ DRAIN_WINDOW = 1 << 21
 
 
 def object_path():
-    """Where the packaged BPF object is (EBPF_BOLT_OBJECT overrides)."""
-    override = os.environ.get("EBPF_BOLT_OBJECT")
-    if override:
-        return override
+    """Where the packaged BPF object is."""
     return str(resources.files("ebpf_bolt").joinpath("bpf", OBJECT_NAME))
 
 
@@ -62,11 +69,6 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
         return max_entries * value * ncpus
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return max_entries * (value * ncpus + elem)
-
-
-# drain_traces sums at most this many CPUs' values (its loop's bound,
-# EB_DRAIN_MAX_CPUS); bigger machines drain through the batch lookup.
-DRAIN_MAX_CPUS = 1024
 
 
 def kernel_drain_supported(ncpus):
@@ -145,10 +147,13 @@ class BoltObject:
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
-            self._check_layout()
+            present = set(self.map_names())
+            self._check_layout(present)
             self.map_entries = {}
             self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, vsz, kind) in MAPS.items():
+                if name not in present:  # a test-only map (_check_layout)
+                    continue
                 entries = (map_entries or {}).get(name, 1)
                 self.map_entries[name] = entries
                 if name in (shared or {}):
@@ -171,11 +176,17 @@ class BoltObject:
             self.close()
             raise
 
-    def _check_layout(self):
+    def _check_layout(self, present):
         """Refuse an object built from another version of the shared
         header: reading its maps with these sizes would corrupt memory."""
-        expected = {name: (k, v) for name, (k, v, _) in MAPS.items()}
-        expected["stats"] = (4, ctypes.sizeof(Stats))
+        expected = {name: (k, v) for name, (k, v, _) in MAPS.items()
+                    if name in present or name not in TEST_ONLY_MAPS}
+        expected["stats"] = (_U32, ctypes.sizeof(Stats))
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise BpfError(f"{self.path} does not match this ebpf-bolt "
+                           f"(no map {', '.join(missing)})",
+                           "rebuild and reinstall ebpf-bolt (pip install .)")
         for name, (ksz, vsz) in expected.items():
             m = self._map(name)
             got = (self._lib.bpf_map__key_size(m), self._lib.bpf_map__value_size(m))
@@ -197,6 +208,17 @@ class BoltObject:
             if not prog:
                 return names
             names.append(self._lib.bpf_program__name(prog).decode())
+
+    def map_names(self):
+        """The object's maps, as the object lists them (with its internal
+        maps, such as OBJNAME.rodata)."""
+        self._require_open()
+        names, m = [], None
+        while True:
+            m = self._lib.bpf_object__next_map(self._obj, m)
+            if not m:
+                return names
+            names.append(self._lib.bpf_map__name(m).decode())
 
     def _require_open(self):
         if not self._obj:
@@ -221,8 +243,8 @@ class BoltObject:
         """Kernel memory the maps may hold (all entries), or hold for
         `used` = {map name: entries in use} when maps fill on demand."""
         total = 0
-        for name, (ksz, vsz, kind) in MAPS.items():
-            entries = self.map_entries[name]
+        for name, entries in self.map_entries.items():
+            ksz, vsz, kind = MAPS[name]
             if kind == HASH and used is not None and not self.prealloc:
                 entries = min(entries, used.get(name, 0))
             total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind)

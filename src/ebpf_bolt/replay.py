@@ -18,11 +18,10 @@ from . import _libbpf
 from .addrspace import AddressSpace
 from .bpf_object import BoltObject, possible_cpus
 from .collector import (check_privileges, default_max_entries,
-                        drain_ip_counts, runtime_traces, translated_traces)
+                        runtime_traces, translated_traces)
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, REPLAY_IPS, cache_sets,
-                     ip_cache_slots, USER_ADDR_END, Config, ReplayArgs,
-                     ReplayIpArgs, BranchStack)
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, USER_ADDR_END,
+                     BranchStack, Config, ReplayArgs, cache_sets)
 from .profile import Profile
 from .errors import UsageError
 
@@ -111,42 +110,6 @@ class _MappedInput:
         self.close()
 
 
-class IpReplayer(_MappedInput):
-    """A loaded object whose replay_ips program counts supplied IPs the way
-    sample_ip counts a sample's IP (IP cache, map, loss counters)."""
-
-    def __init__(self, max_entries, slots=None):
-        check_privileges()
-        ncpus = possible_cpus()
-        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
-                              {"ip_counts": max_entries,
-                               "ip_cache": slots or ip_cache_slots(ncpus),
-                               "replay_ip_buf": 1},
-                              # preallocated: thousands of inserts in one
-                              # run exhaust the on-demand allocator's caches
-                              programs=["replay_ips"], prealloc=True)
-        self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"),
-                              -(-REPLAY_IPS * 8 // mmap.PAGESIZE) * mmap.PAGESIZE,
-                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def feed(self, ips, cpu=0):
-        for i in range(0, len(ips), REPLAY_IPS):
-            chunk = array("Q", ips[i:i + REPLAY_IPS])
-            self._mem[:len(chunk) * 8] = chunk.tobytes()
-            args = ReplayIpArgs(count=len(chunk))
-            run_on_cpu(self.obj, "replay_ips", args, cpu)
-            if args.done != len(chunk):
-                raise _libbpf.LibbpfError("replay_ips", 22,
-                                          f"{args.done} of {len(chunk)} counted")
-
-    def counts(self):
-        return drain_ip_counts(self.obj)
-
-    def stats(self):
-        return self.obj.stats()
-
-
-
 class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks."""
 
@@ -219,7 +182,6 @@ class Replayer(_MappedInput):
         prof._elf = elf
         prof.info.update(load_base=load_base, map_entries=self.max_entries)
         return prof
-
 
 
 def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):
