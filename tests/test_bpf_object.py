@@ -212,10 +212,67 @@ def test_only_the_named_programs_load():
                 obj.program_fd(name)
 
 
-def test_every_bound_function_has_a_prototype():
-    for name, fn in _libbpf.bound_functions():
-        assert fn.argtypes is not None, name
-        assert fn.restype is not None or name == "bpf_object__close", name
+LIBBPF_HEADERS = [Path("/usr/include/bpf/libbpf.h"), Path("/usr/include/bpf/bpf.h")]
+# size and signedness of the C integer types libbpf's prototypes use here
+C_INTS = {"int": (4, True), "__u32": (4, False), "unsigned int": (4, False),
+          "__u64": (8, False), "size_t": (8, False), "bool": (1, False)}
+
+
+def c_kind(decl):
+    """'ptr', 'void' or (size, signed) of a C parameter or result type."""
+    words = re.sub(r"\b(const|struct)\b", " ", decl).split()
+    if "*" in decl or words[0].endswith("_fn_t"):  # libbpf_print_fn_t
+        return "ptr"
+    if words == ["void"]:
+        return "void"
+    typ = " ".join(words)
+    if typ not in C_INTS:       # drop the parameter's name: `int fd`
+        typ = " ".join(words[:-1])
+    return C_INTS.get(typ, typ)
+
+
+def ctypes_kind(t):
+    if t is None:
+        return "void"
+    if t in (ctypes.c_void_p, ctypes.c_char_p) or issubclass(
+            t, (ctypes._Pointer, ctypes._CFuncPtr)):
+        return "ptr"
+    return ctypes.sizeof(t), t(-1).value == -1
+
+
+def libbpf_prototypes():
+    """{name: (result kind, [parameter kinds])} from libbpf's headers."""
+    text = "".join(h.read_text() for h in LIBBPF_HEADERS)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    protos = {}
+    for ret, name, params in re.findall(
+            r"LIBBPF_API\s+([^;(]*?)\b(\w+)\s*\(([^)]*)\)\s*;", text):
+        params = [] if params.strip() in ("", "void") else params.split(",")
+        protos[name] = (c_kind(ret), [c_kind(p) for p in params])
+    return protos
+
+
+def test_prototype_table_matches_libbpf_headers():
+    """Each declared function takes and returns what libbpf's headers say:
+    pointers where C has pointers, integers of the same size and
+    signedness (an unsigned result would hide a negative errno)."""
+    protos = libbpf_prototypes()
+    for name, (argtypes, restype, _) in _libbpf._PROTOTYPES.items():
+        assert name in protos, f"{name} not in {LIBBPF_HEADERS}"
+        ret, params = protos[name]
+        assert ctypes_kind(restype) == ret, name
+        assert [ctypes_kind(a) for a in argtypes] == params, name
+
+
+def test_only_declared_functions_are_reachable():
+    """A libbpf function missing from the table cannot be called by
+    mistake with ctypes' default types (an int result truncates pointers)."""
+    lib = _libbpf.lib()
+    for name, (argtypes, restype, _) in _libbpf._PROTOTYPES.items():
+        fn = getattr(lib, name)
+        assert fn.argtypes == argtypes and fn.restype is restype, name
+    with pytest.raises(AttributeError):
+        lib.bpf_object__open_mem   # in libbpf, not in the table
 
 
 @pytest.mark.root

@@ -3,7 +3,9 @@
 Every function the tool calls is declared once in ``_PROTOTYPES`` with its
 argument types, result type and error convention; ``_bind`` applies the
 table, so a misspelt attribute (ctypes silently ignores ``.argtype``) cannot
-slip in, and tests check that every bound function has argtypes.
+slip in, and ``lib()`` holds only the table's functions, so a call of one
+missing from it fails instead of running with ctypes' default int types.
+tests/test_bpf_object.py checks the table against libbpf's headers.
 
 libbpf 1.x reports failure as a negative errno (int results) or as NULL with
 errno set (pointer results); the checkers turn both into LibbpfError, an
@@ -111,10 +113,6 @@ _PROTOTYPES = {
                              c_int, _NONE),  # -ENOENT marks the last batch
     "bpf_prog_test_run_opts": ([c_int, ctypes.POINTER(bpf_test_run_opts)],
                                c_int, _INT),
-    # the benchmarks time programs with the kernel's own run-time stats
-    "bpf_enable_stats": ([c_int], c_int, _INT),
-    "bpf_obj_get_info_by_fd": ([c_int, c_void_p, ctypes.POINTER(c_uint32)],
-                               c_int, _INT),
 }
 
 SONAME = "libbpf.so.1"
@@ -133,7 +131,12 @@ def _load_library():
     raise LibbpfMissing(f"cannot load {SONAME} (libbpf >= 1.0)")
 
 
+class _Bound:
+    """The table's functions, and nothing else of the library."""
+
+
 def _bind(lib):
+    bound = _Bound()
     for name, (argtypes, restype, errcheck) in _PROTOTYPES.items():
         try:
             fn = getattr(lib, name)
@@ -144,7 +147,8 @@ def _bind(lib):
         fn.restype = restype
         if errcheck is not None:
             fn.errcheck = errcheck
-    return lib
+        setattr(bound, name, fn)
+    return bound
 
 
 _lib = None
@@ -185,8 +189,3 @@ def set_verbose(on):
     global _verbose
     _verbose = bool(on)
 
-
-def bound_functions():
-    """(name, ctypes function) for every declared prototype (for tests)."""
-    bound = lib()
-    return [(name, getattr(bound, name)) for name in _PROTOTYPES]
