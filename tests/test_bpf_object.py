@@ -293,6 +293,27 @@ def test_closed_object_raises_instead_of_crashing():
     obj.close()  # closing twice is harmless
 
 
+@pytest.mark.root
+def test_closed_link_raises_instead_of_crashing():
+    """A link owns its perf event fd and closes it: after close() the fd
+    number is not handed out (another file may hold it by then)."""
+    cpu = min(os.sched_getaffinity(0))
+    with BoltObject(map_entries={"ip_counts": 16},
+                    programs=["sample_ip"]) as obj:
+        fd = pe.perf_event_open(pe.make_attr(pe.CPU_CLOCK, 100), -1, cpu)
+        with obj.attach("sample_ip", fd) as link:
+            fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_DISABLE, 0)
+            assert obj.links == [link] and not link.closed
+        assert link.closed and obj.links == []
+        with pytest.raises(ValueError):
+            link.perf_fd
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)                # closed with the link
+        assert info.value.errno == errno.EBADF
+        link.close()                    # closing twice is harmless
+    # leaving `with obj` closed the object's links again: harmless too
+
+
 def test_package_holds_no_test_code():
     """The software branch tracer is the tests' and benchmarks' own
     (tests/brtrace.py): it must not be installed with the tool (a build/

@@ -99,13 +99,34 @@ ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
 class Link:
-    def __init__(self, ptr, perf_fd):
-        self._ptr, self.perf_fd = ptr, perf_fd
+    """A program attached to a perf event; owns the event's fd, which
+    libbpf closes when the link is destroyed (close())."""
 
-    def destroy(self):
+    def __init__(self, ptr, perf_fd):
+        self._ptr, self._perf_fd = ptr, perf_fd
+
+    @property
+    def closed(self):
+        return not self._ptr
+
+    @property
+    def perf_fd(self):
+        """The perf event's fd, while the link owns it: after close() the
+        number may already belong to another file."""
+        if not self._ptr:
+            raise ValueError("BPF link is closed")
+        return self._perf_fd
+
+    def close(self):
         if self._ptr:
             ptr, self._ptr = self._ptr, None
             _libbpf.lib().bpf_link__destroy(ptr)  # closes perf_fd too
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class BoltObject:
@@ -266,14 +287,15 @@ class BoltObject:
 
     @property
     def links(self):
-        return list(self._links)
+        """The links made by attach() and not closed yet."""
+        return [link for link in self._links if not link.closed]
 
     def detach_all(self):
         links, self._links = self._links, []
         errors = []
         for link in links:  # every link is destroyed even if one fails
             try:
-                link.destroy()
+                link.close()
             except OSError as e:
                 errors.append(e)
         if errors:
