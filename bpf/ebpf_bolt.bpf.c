@@ -102,8 +102,9 @@ static __always_inline void count_failure(struct eb_stats *st, int err,
 		st->counter[EB_UPDATE_FAILED]++;
 }
 
-/* The filters every sample goes through; returns 0 to keep the sample. */
-static __always_inline int keep_sample(struct eb_stats *st)
+/* The filters every sample goes through: 1 when the sample is another
+ * process's (counted, then skipped), 0 to keep it. */
+static __always_inline int skip_sample(struct eb_stats *st)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -118,13 +119,13 @@ static __always_inline int keep_sample(struct eb_stats *st)
 		if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino,
 						&ns, sizeof(ns))) {
 			st->counter[EB_OTHER_PROCESS]++;
-			return -1;
+			return 1;
 		}
 		pid_tgid = (__u64)ns.tgid << 32 | ns.pid;
 	}
 	if (cfg.target_tgid && (__u32)(pid_tgid >> 32) != cfg.target_tgid) {
 		st->counter[EB_OTHER_PROCESS]++;
-		return -1;
+		return 1;
 	}
 	if (cfg.count_threads) {
 		__u32 tid = (__u32)pid_tgid;
@@ -250,7 +251,7 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 
-	if (!st || keep_sample(st))
+	if (!st || skip_sample(st))
 		return 0;
 	count_ip(PT_REGS_IP(&ctx->regs), st);
 	return 0;
@@ -501,7 +502,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	__u32 zero = 0;
 	long size, total;
 
-	if (!st || keep_sample(st))
+	if (!st || skip_sample(st))
 		return 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s) {

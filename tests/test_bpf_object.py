@@ -279,7 +279,7 @@ def test_only_declared_functions_are_reachable():
 def test_libbpf_errors_name_the_call():
     with pytest.raises(_libbpf.LibbpfError) as info:
         _libbpf.lib().bpf_object__open_file(b"/nonexistent.bpf.o", None)
-    assert info.value.errno == 2
+    assert info.value.errno == errno.ENOENT
     assert "bpf_object__open_file" in str(info.value)
     assert isinstance(info.value, OSError)
 

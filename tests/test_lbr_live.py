@@ -75,7 +75,7 @@ def test_live_branch_program_counts_every_failed_read():
             for link in links:
                 fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_DISABLE, 0)
             st = obj.stats()
-            keys, _, n = obj.drain("trace_counts")
+            keys, _, n = obj.read_all("trace_counts")
     finally:
         spinner.kill()
         spinner.wait()

@@ -282,7 +282,7 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
         from ebpf_bolt.collector import flush_trace_cache
         flush_trace_cache(rep.obj)
         w, bounds = rep.obj.drain_trace_records()
-        keys, values, n = rep.obj.drain("trace_counts")
+        keys, values, n = rep.obj.read_all("trace_counts")
         counts, mispreds = rep.obj.sum_u64_values(values, 2)
     k = array("Q", keys)
     batch = dict(zip(zip(k[0::3], k[1::3], k[2::3]), zip(counts, mispreds)))

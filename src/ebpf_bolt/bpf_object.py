@@ -323,8 +323,9 @@ class BoltObject:
         _, vsz, kind = MAPS[name]
         return percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
 
-    def drain(self, name, batch=8192):
-        """All entries of a per-CPU hash: (keys bytes, values bytes, n).
+    def read_all(self, name, batch=8192):
+        """All entries of a per-CPU hash, left in the map: (keys bytes,
+        values bytes, n).
 
         Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
         kernel's batch lookup (5.6+), falling back to key-by-key reads."""
@@ -347,7 +348,7 @@ class BoltObject:
             if err < 0 and -err != errno.ENOENT:  # ENOENT ends the walk
                 if first and -err in (errno.EINVAL, errno.EOPNOTSUPP,
                                       ENOTSUPP):  # kernel without batches
-                    return self._drain_slow(name)
+                    return self._read_all_slow(name)
                 raise _libbpf.LibbpfError("bpf_map_lookup_batch", -err)
             n = count.value
             keys += ctypes.string_at(kbuf, n * ksz)
@@ -358,7 +359,7 @@ class BoltObject:
             first = False
         return bytes(keys), bytes(values), len(keys) // ksz
 
-    def _drain_slow(self, name):
+    def _read_all_slow(self, name):
         ksz, stride = MAPS[name][0], self._value_stride(name)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
@@ -396,9 +397,9 @@ class BoltObject:
             out.append(total)
         return out
 
-    def drain_u64_counts(self, name, key_format):
+    def read_u64_counts(self, name, key_format):
         """{key: count summed over CPUs} for a map with a u64 value."""
-        keys, values, n = self.drain(name)
+        keys, values, n = self.read_all(name)
         if not n:
             return {}
         (totals,) = self.sum_u64_values(values, 1)
@@ -433,7 +434,7 @@ class BoltObject:
         """The trace map summed over CPUs, walked in the kernel by
         drain_traces: (u64 words, five per trace: from, to, ft_end, count,
         mispreds; (lowest, highest, br_only) as in profile.TraceColumns),
-        or None on kernels without it (use drain() there).
+        or None on kernels without it (use read_all() there).
         The program and its output array are loaded only now, in a second
         object that shares the trace map, so recording holds no memory for
         them. Run only while nothing updates the map: each run resumes the

@@ -9,9 +9,9 @@ written straight into the mmap of the replay_stacks array, so one run
 aggregates a whole batch with nothing copied per stack.
 """
 import ctypes
+import errno
 import mmap
 import os
-import time
 from array import array
 
 from . import _libbpf
@@ -75,7 +75,7 @@ def pack_stacks(stacks):
 
 def run_on_cpu(obj, program, args, cpu):
     """BPF_PROG_RUN of a syscall program on `cpu` (the calling thread is
-    pinned there for the run); returns the run's wall time in ns."""
+    pinned there for the run); `args` holds its results after the run."""
     old = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {cpu})
@@ -83,14 +83,12 @@ def run_on_cpu(obj, program, args, cpu):
         raise UsageError(f"cannot run on CPU {cpu}: {e.strerror}",
                          f"choose one of CPUs {sorted(old)}") from None
     try:
-        t0 = time.perf_counter_ns()
         retval = obj.run_program(program, args)
-        elapsed = time.perf_counter_ns() - t0
     finally:
         os.sched_setaffinity(0, old)
-    if retval != 0:
-        raise _libbpf.LibbpfError(program, 22, "no stats map")
-    return elapsed
+    if retval != 0:  # the program found no map element to work in
+        raise _libbpf.LibbpfError(program, errno.EINVAL,
+                                  f"returned {retval}: a map lookup failed")
 
 
 class _MappedInput:
@@ -147,10 +145,10 @@ class Replayer(_MappedInput):
 
     def run(self, count, cpu=0):
         """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
-        returns the run's ReplayArgs and its wall time in nanoseconds."""
+        returns the run's ReplayArgs."""
         args = ReplayArgs(first=0, count=count)
-        elapsed = run_on_cpu(self.obj, "replay_branches", args, cpu)
-        return args, elapsed
+        run_on_cpu(self.obj, "replay_branches", args, cpu)
+        return args
 
     def feed(self, stacks, cpu=0):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
@@ -159,9 +157,9 @@ class Replayer(_MappedInput):
             words, cut = pack_stacks(stacks[i:i + self.batch])
             self.cut += cut
             count = self.load(words)
-            args, _ = self.run(count, cpu)
+            args = self.run(count, cpu)
             if args.bad or args.done != count:
-                raise _libbpf.LibbpfError("replay_branches", 22,
+                raise _libbpf.LibbpfError("replay_branches", errno.EINVAL,
                                           f"{args.bad} malformed stacks")
 
     def runtime_traces(self):
