@@ -3,8 +3,10 @@
  * ebpf-bolt kernel side: aggregate samples into per-CPU maps in the kernel,
  * so that user space reads one summary at the end instead of every sample.
  *
- * Only UAPI types and stable helpers are used (no kernel structs), so one
- * object per CPU architecture runs on any kernel with BTF-capable libbpf.
+ * Only UAPI types and stable helpers are used (no kernel structs, no CO-RE
+ * relocations), so one object per CPU architecture runs on any kernel new
+ * enough for the helpers each program calls (README), with or without
+ * kernel BTF.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -14,6 +16,8 @@
 
 #include "ebpf_bolt.h"
 
+/* errno values the map helpers return negated (no errno.h for the BPF
+ * target) */
 #define E2BIG 7
 #define EEXIST 17
 

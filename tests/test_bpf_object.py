@@ -80,8 +80,9 @@ def by_name(types, kind, name):
     return found[0]
 
 
-# Types the object's BTF does not hold: the trace cache map is sized at
-# load time, so it is declared by byte size, without a BTF value type.
+# Types the object's BTF does not hold: the cache maps (trace_cache,
+# ip_cache) are sized at load time, so they are declared by byte size,
+# without a BTF value type.
 HEADER_ONLY = ("eb_cache_set", "eb_cache_slot", "eb_ip_slot")
 
 

@@ -33,7 +33,7 @@ DEFAULT_FREQUENCY = 4999
 DEFAULT_DURATION = 10.0     # seconds, for -p PID
 # Kernel memory budget of the sample map: max_entries x (value x possible
 # CPUs + element header). 64 MiB gives ~40,000 IP entries on a 192-CPU host
-# (8-byte values) and ~330,000 on a 16-CPU one; --max-entries overrides.
+# (8-byte values) and ~350,000 on a 16-CPU one; --max-entries overrides.
 MAP_BUDGET = 64 << 20
 MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
 MODES = ("auto", "lbr", "ip")
