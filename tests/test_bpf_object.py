@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_bolt import _libbpf, layout
+from ebpf_bolt import _libbpf, bpf_object, layout
 from ebpf_bolt import perf_event as pe
 from ebpf_bolt.bpf_object import MAPS, TEST_ONLY_MAPS, BoltObject, object_path
+from ebpf_bolt.errors import BpfError
 from ebpf_bolt.layout import COUNTERS, MIRRORS, Config
 
 
@@ -321,3 +322,16 @@ def test_package_holds_no_test_code():
     directory left from before it moved would still ship it)."""
     import importlib.util
     assert importlib.util.find_spec("ebpf_bolt.brtrace") is None
+
+
+@pytest.mark.root
+def test_object_without_a_required_map_is_refused(monkeypatch):
+    """A map of MAPS missing from the object means another version of the
+    shared header; only the tests' maps (TEST_ONLY_MAPS) may be absent."""
+    monkeypatch.setattr(bpf_object, "MAPS", dict(MAPS, no_such_map=(4, 8, "hash")))
+    with pytest.raises(BpfError, match="no map no_such_map"):
+        BoltObject(programs=["sample_ip"])
+    monkeypatch.setattr(bpf_object, "TEST_ONLY_MAPS",
+                        TEST_ONLY_MAPS | {"no_such_map"})
+    with BoltObject(programs=["sample_ip"]) as obj:
+        assert "no_such_map" not in obj.map_entries
