@@ -111,10 +111,10 @@ class _MappedInput:
 class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks."""
 
-    def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
-                 batch=BATCH, sets=None, path=None):
-        """path: another build of the BPF object (a benchmark's or test's
-        baseline); default the shipped one."""
+    def __init__(self, max_entries=None, sets=None, path=None):
+        """sets: trace cache sets per CPU (default: layout.cache_sets);
+        path: another build of the BPF object, e.g. the baseline of the
+        tests and benchmarks (default: the shipped one)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -123,8 +123,8 @@ class Replayer(_MappedInput):
         ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
-        self.batch = batch
-        self.obj = BoltObject(Config(user_addr_end=user_addr_end),
+        self.batch = batch = BATCH
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
                               {"trace_counts": self.max_entries,
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch},
