@@ -117,15 +117,19 @@ SONAME = "libbpf.so.1"
 
 
 def _load_library():
-    names = [SONAME]
+    """libbpf by its soname; only where that fails, ctypes.util.find_library,
+    which runs ldconfig (and gcc where ldconfig finds nothing): tens of
+    milliseconds that every run would pay for nothing."""
+    try:
+        return ctypes.CDLL(SONAME, use_errno=True)
+    except OSError:
+        pass
     found = ctypes.util.find_library("bpf")
     if found and found != SONAME:
-        names.append(found)
-    for name in names:
         try:
-            return ctypes.CDLL(name, use_errno=True)
+            return ctypes.CDLL(found, use_errno=True)
         except OSError:
-            continue
+            pass
     raise LibbpfMissing(f"cannot load {SONAME} (libbpf >= 1.0)")
 
 
