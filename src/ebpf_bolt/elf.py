@@ -125,6 +125,38 @@ class ElfFile:
         out.sort(key=lambda s: (s.addr, s.local, s.name))
         return out
 
+    # --- what BOLT needs of the file (RewriteInstance::readSpecialSections
+    # in LLVM's bolt/lib/Rewrite: it looks sections up by name) -------------
+    def section_names(self):
+        """Names of the sections, in file order ([] where the section name
+        table is missing or out of bounds)."""
+        (shstrndx,) = struct.unpack_from("<H", self._data, 62)
+        if not 0 < shstrndx < len(self._sections):
+            return []
+        _, _, _, _, off, size, *_ = self._sections[shstrndx]
+        table = self._data[off:off + size]
+        names = []
+        for sh_name, *_ in self._sections:
+            end = table.find(b"\0", sh_name)
+            names.append(table[sh_name:end].decode(errors="replace")
+                         if 0 <= sh_name < end else "")
+        return names
+
+    @property
+    def has_symtab(self):
+        """A .symtab section: BOLT refuses a file without one ("BOLT-ERROR:
+        stripped binaries are not supported"), and fdata, which names
+        functions, has nothing to name them with."""
+        return ".symtab" in self.section_names()
+
+    @property
+    def has_code_relocations(self):
+        """A .rela.text section, kept by linking with --emit-relocs (-q).
+        BOLT runs in relocation mode only with it; without, it refuses
+        -reorder-functions ("BOLT-ERROR: function reordering only works
+        when relocations are enabled") and rewrites functions in place."""
+        return ".rela.text" in self.section_names()
+
 
 class Symbolizer:
     """vaddr -> (symbol, offset) for addresses inside a sized function."""
