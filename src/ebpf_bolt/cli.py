@@ -9,6 +9,7 @@ import threading
 
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
+from .elf import ElfError, ElfFile
 from .errors import EbpfBoltError, UsageError
 from .output import OutputFile
 from .writers import FORMATS, FORMATS_FOR
@@ -179,13 +180,21 @@ def summary_lines(profile, fmt, output, text):
                  "symbols left out")
     lines.append(f"wrote {fmt} profile to {where} ({len(text):,} bytes, "
                  f"{text.count(chr(10)):,} lines){extra}")
-    if output not in (None, "-"):
-        lines.append("apply it: " + bolt.apply_command(
-            profile.binary, output, fmt, profile.kind))
-    else:
-        lines.append("apply it: save it with -o FILE, then: " + bolt.apply_command(
-            profile.binary, "FILE", fmt, profile.kind))
+    lines.append(_apply_line(profile, fmt, output))
     return lines
+
+
+def _apply_line(profile, fmt, output):
+    """The apply command for BOLT, or (stripped binary) why there is none."""
+    path = output if output not in (None, "-") else "FILE"
+    command = bolt.apply_command(profile.binary, path, fmt, profile.kind,
+                                 elf=profile.elf)
+    if command is None:
+        return "warning: " + bolt.stripped_advice(
+            profile.elf, path, fmt, profile.kind, binary=profile.binary)
+    if output in (None, "-"):
+        return "apply it: save it with -o FILE, then: " + command
+    return "apply it: " + command
 
 
 def record(args, command):
@@ -205,10 +214,14 @@ def record(args, command):
         progress.clear()
         _say("note: " + message)
 
+    def warning(message):
+        progress.clear()
+        _say("warning: " + message)
+
     rec = Recorder(pid=args.pid, command=command, duration=duration,
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
-                   notice=notice, verbose=args.verbose)
+                   notice=notice, verbose=args.verbose, warn=warning)
     # what is recorded must not become the profile: the command's program
     # as it will be run, or what /proc/PID/exe points to
     inputs = ([f"/proc/{args.pid}/exe"] if args.pid is not None
@@ -295,6 +308,7 @@ def replay_command(args):
         except OSError as e:
             raise UsageError(f"cannot read {args.stacks}: {e.strerror}",
                              "check the stacks file") from None
+    _binary_warnings(args.binary)
     # stdin too: it may be the file given as -o (replay ... < FILE -o FILE)
     inputs = [args.binary,
               args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
@@ -302,12 +316,23 @@ def replay_command(args):
         profile = replay(args.binary, stacks, load_base=load_base,
                          max_entries=args.max_entries, cpus=args.cpus)
         out.commit(profile.render(args.format))
-    for line in replay_summary(profile, args.format, len(stacks)):
+    for line in replay_summary(profile, args.format, len(stacks),
+                               args.output):
         _say(line)
     return 0
 
 
-def replay_summary(profile, fmt, nstacks):
+def _binary_warnings(path):
+    """Say before replaying what keeps BOLT from using a profile of it."""
+    try:
+        elf = ElfFile(path)
+    except (OSError, ElfError):
+        return   # reported when the profile is made
+    for message in bolt.binary_warnings(elf, path):
+        _say("warning: " + message)
+
+
+def replay_summary(profile, fmt, nstacks, output=None):
     st = profile.stats
     lines = [f"replayed {nstacks:,} branch stacks: {st['branch_entries']:,} "
              f"entries, {st['kernel_branches']:,} kernel entries dropped, "
@@ -320,6 +345,7 @@ def replay_summary(profile, fmt, nstacks):
     if fmt == "preagg":
         lines.append("mispredicts are left out: LLVM 22 takes no mispredict "
                      "field on T records; --format preagg-bf keeps them")
+    lines.append(_apply_line(profile, fmt, output))
     return lines
 
 

@@ -12,7 +12,7 @@ import re
 import struct
 import time
 
-from . import _libbpf
+from . import _libbpf, bolt
 from . import perf_event as pe
 from .addrspace import AddressSpace, executable_identity, read_maps
 from .bpf_object import BoltObject, map_kernel_bytes, possible_cpus, MAPS
@@ -355,7 +355,8 @@ class Recorder:
 
     def __init__(self, pid=None, command=None, duration=None,
                  frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
-                 count_threads=False, notice=None, verbose=False):
+                 count_threads=False, notice=None, verbose=False,
+                 warn=None):
         if (pid is None) == (command is None):
             raise UsageError("give either a PID or a command to profile")
         if mode not in MODES:
@@ -372,6 +373,8 @@ class Recorder:
         self.mode_requested, self.max_entries = mode, max_entries
         self.count_threads = count_threads
         self.notice = notice or (lambda msg: None)
+        self._warn_callback = warn or self.notice
+        self.warnings = []   # what the profile's user must know, in order
         _libbpf.set_verbose(verbose)
         self.target = None
         self.obj = None
@@ -534,9 +537,15 @@ class Recorder:
         if not found:
             raise TargetError(f"no executable mapping of {self.exe_path} "
                               f"in process {pid}")
+        for message in bolt.binary_warnings(self.elf, self.exe_path):
+            self.warn(message)
         if self.exe_path.endswith(" (deleted)"):
             self.notice(f"{self.exe_path}: the executable was replaced on disk "
                         "after it started; BOLT needs the file that ran")
+
+    def warn(self, message):
+        self.warnings.append(message)
+        self._warn_callback(message)
 
     def _check_cgroup(self):
         """Cgroup events stop sampling a process moved out of the cgroup
@@ -613,7 +622,7 @@ class Recorder:
             prealloc=self.obj.prealloc,
             ncpus=self.obj.ncpus, threads=threads, is_pie=self.elf.is_pie,
             load_bias=self.space.load_bias, build_id=self.elf.build_id,
-            drain_seconds=time.monotonic() - t0)
+            drain_seconds=time.monotonic() - t0, warnings=list(self.warnings))
         return profile
 
     def close(self):
@@ -629,18 +638,20 @@ class Recorder:
 
 def collect(pid=None, command=None, duration=None,
             frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
-            count_threads=False, notice=None, verbose=False):
+            count_threads=False, notice=None, verbose=False, warn=None):
     """Profile a process (`pid`) or a command (`command`, an argv list) and
     return a :class:`ebpf_bolt.profile.Profile`.
 
     A command is recorded until it exits (or for `duration` seconds, then
     left running until it exits); its exit status is in
     ``profile.info["returncode"]``. A PID is recorded for `duration`
-    seconds (default 10) or until it exits."""
+    seconds (default 10) or until it exits. `notice` and `warn` (default:
+    `notice`) are called with messages as they arise; the warnings are also
+    in ``profile.info["warnings"]``."""
     rec = Recorder(pid=pid, command=command, duration=duration,
                    frequency=frequency, mode=mode, max_entries=max_entries,
                    count_threads=count_threads, notice=notice,
-                   verbose=verbose)
+                   verbose=verbose, warn=warn)
     try:
         rec.start()
         rec.run()

@@ -1,0 +1,174 @@
+"""The BOLT command ebpf-bolt prints works, or is withheld with the fix
+(issue 8, items 5-7): the binary's ELF is checked before recording, losses
+and a costly sampling rate are warned about.
+
+- A binary linked without relocations (no --emit-relocs): warned about
+  before recording, and the printed apply command, run as printed, makes
+  the real BOLT report profiled functions (an IP recording of a command,
+  and a branch profile replayed through the kernel).
+- A stripped binary: warned about before recording, no apply command; its
+  address profile applies to the unstripped build with the same build id.
+"""
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from ebpf_bolt import bolt
+from ebpf_bolt.demo.build import WORKLOAD_SOURCE
+from ebpf_bolt.elf import ElfFile
+
+from conftest import run
+
+LOAD_BASE = 0x555555554000
+WORKLOAD_ARGS = ["--scale", "30"]
+PROFILED = re.compile(r"BOLT-INFO: (\d+) out of (\d+) functions in the binary "
+                      r"\([\d.]+%\) have non-empty execution profile")
+TIMEOUT = 120
+
+
+def build(out, name, flags):
+    binary = out / name
+    proc = run(["cc", "-O2", "-g", "-pthread", "-fPIE", "-pie", *flags, "-o",
+                str(binary), str(WORKLOAD_SOURCE)])
+    assert proc.returncode == 0, proc.stderr
+    return binary
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """The workload linked with and without relocations, and stripped."""
+    out = tmp_path_factory.mktemp("bolt-apply")
+    relocs = build(out, "with-relocs", ["-Wl,--emit-relocs"])
+    norelocs = build(out, "no-relocs", [])
+    stripped = out / "stripped"
+    shutil.copy(relocs, stripped)
+    proc = run(["strip", str(stripped)])
+    assert proc.returncode == 0, proc.stderr
+    return {"relocs": relocs, "norelocs": norelocs, "stripped": stripped}
+
+
+def profiled_functions(report):
+    m = PROFILED.search(report)
+    assert m, report[-3000:]
+    return int(m.group(1))
+
+
+def printed_apply(stderr):
+    lines = [line for line in stderr.splitlines()
+             if line.startswith("ebpf-bolt: apply it: ")]
+    assert len(lines) == 1, stderr
+    return lines[0].removeprefix("ebpf-bolt: apply it: ")
+
+
+def run_apply(command, cwd):
+    """Run the printed command as a user pastes it into a shell."""
+    proc = subprocess.run(command, shell=True, cwd=cwd, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{command}\n{report[-3000:]}"
+    return report
+
+
+# --- what the ELF tells -------------------------------------------------------
+
+def test_elf_tells_symbols_and_relocations(builds):
+    facts = {k: (ElfFile(p).has_symtab, ElfFile(p).has_code_relocations)
+             for k, p in builds.items()}
+    # strip drops .rela.text with .symtab (its relocations name symbols)
+    assert facts == {"relocs": (True, True), "norelocs": (True, False),
+                     "stripped": (False, False)}
+
+
+def test_flags_follow_the_binary(builds):
+    relocs, norelocs, stripped = (ElfFile(builds[k]) for k in
+                                  ("relocs", "norelocs", "stripped"))
+    full = bolt.apply_command(str(builds["relocs"]), "p.fdata", "fdata",
+                              "basic", elf=relocs)
+    assert "-reorder-functions=cdsort" in full.split()
+    cut = bolt.apply_command(str(builds["norelocs"]), "p.fdata", "fdata",
+                             "basic", elf=norelocs)
+    assert "-reorder-functions" not in cut
+    assert "-reorder-blocks=ext-tsp" in cut.split()
+    assert bolt.apply_command(str(builds["stripped"]), "p", "preagg",
+                              "basic", elf=stripped) is None
+
+
+# --- without relocations: warned, and the printed command works ---------------
+
+@pytest.mark.root
+def test_recorded_without_relocations_applies(builds, ebpf_bolt_cmd,
+                                              tmp_path):
+    """An IP recording of a command (fdata): the printed command is the one
+    BOLT accepts in non-relocation mode (with -reorder-functions it exits
+    with "function reordering only works when relocations are enabled")."""
+    out = tmp_path / "norelocs.fdata"
+    res = run([ebpf_bolt_cmd, "-o", str(out), "--", str(builds["norelocs"]),
+               *WORKLOAD_ARGS], timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr
+    warning = res.stderr.index("warning: " + str(builds["norelocs"]) +
+                               " was linked without relocations")
+    assert warning < res.stderr.index("ebpf-bolt: recording command")
+    assert "-Wl,--emit-relocs" in res.stderr
+    report = run_apply(printed_apply(res.stderr), tmp_path)
+    assert profiled_functions(report) > 0
+
+
+def backward_branch(binary, function="hot_a"):
+    """(from, to) of a backward conditional branch inside `function` (a
+    loop's latch): a stack of such entries is a loop that ran."""
+    dis = run(["objdump", "-d", "--no-show-raw-insn", str(binary)]).stdout
+    body = dis.split(f"<{function}>:\n", 1)[1].split("\n\n", 1)[0]
+    for m in re.finditer(r"^\s*([0-9a-f]+):\s+j(?!mp)\w+\s+([0-9a-f]+) <",
+                         body, re.M):
+        frm, to = int(m.group(1), 16), int(m.group(2), 16)
+        if to < frm:
+            return frm, to
+    raise AssertionError(f"no backward branch in {function}")
+
+
+@pytest.mark.root
+def test_replayed_without_relocations_applies(builds, ebpf_bolt_cmd,
+                                              tmp_path):
+    """A branch profile (T records, llvm-bolt --pa) of the same binary:
+    replayed loop iterations of hot_a, applied by the printed command."""
+    frm, to = backward_branch(builds["norelocs"])
+    entry = f"0x{LOAD_BASE + frm:x}/0x{LOAD_BASE + to:x}/P/-/-/0"
+    stacks = "".join(" ".join([entry] * 16) + "\n" for _ in range(200))
+    out = tmp_path / "norelocs.preagg"
+    res = run([ebpf_bolt_cmd, "replay", "--binary", str(builds["norelocs"]),
+               "--load-base", hex(LOAD_BASE), "-o", str(out)], input=stacks)
+    assert res.returncode == 0, res.stderr
+    assert "was linked without relocations" in res.stderr
+    assert "warning: " not in res.stderr.split("replayed", 1)[1], res.stderr
+    report = run_apply(printed_apply(res.stderr), tmp_path)
+    assert profiled_functions(report) > 0
+
+
+# --- stripped: warned before recording, no apply command ----------------------
+
+@pytest.mark.root
+def test_stripped_binary(builds, ebpf_bolt_cmd, tmp_path):
+    """The warning comes before recording; no command is printed (BOLT
+    exits on a stripped binary: "stripped binaries are not supported");
+    the profile holds addresses (S records), and the route given for the
+    unstripped build with the same build id works."""
+    out = tmp_path / "stripped.profile"
+    res = run([ebpf_bolt_cmd, "-o", str(out), "--", str(builds["stripped"]),
+               *WORKLOAD_ARGS], timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr
+    warning = res.stderr.index(f"warning: {builds['stripped']} is stripped")
+    assert warning < res.stderr.index("ebpf-bolt: recording command")
+    assert "apply it:" not in res.stderr
+    advice = [line for line in res.stderr.splitlines()
+              if "warning: no apply command" in line]
+    assert len(advice) == 1, res.stderr
+    build_id = ElfFile(builds["relocs"]).build_id
+    assert build_id == ElfFile(builds["stripped"]).build_id
+    assert build_id in advice[0]
+    assert out.read_text().startswith("E cpu-clock\nS ")
+    route = advice[0].split("(UNSTRIPPED below): ", 1)[1]
+    report = run_apply(route.replace("UNSTRIPPED", str(builds["relocs"])),
+                       tmp_path)
+    assert profiled_functions(report) > 0
