@@ -180,6 +180,7 @@ def summary_lines(profile, fmt, output, text):
                  "symbols left out")
     lines.append(f"wrote {fmt} profile to {where} ({len(text):,} bytes, "
                  f"{text.count(chr(10)):,} lines){extra}")
+    lines += loss_warnings(profile, fmt)
     lines.append(_apply_line(profile, fmt, output))
     return lines
 
@@ -195,6 +196,86 @@ def _apply_line(profile, fmt, output):
     if output in (None, "-"):
         return "apply it: save it with -o FILE, then: " + command
     return "apply it: " + command
+
+
+def _more_entries(entries, lost_share):
+    """A --max-entries to suggest: room for what was stored and refused,
+    doubled, as a power of two."""
+    need = entries / max(1.0 - lost_share, 0.05) * 2
+    return 1 << max(int(need) - 1, 1).bit_length()
+
+
+def _count(n, noun):
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _share(part, whole):
+    return f"{100.0 * part / whole:.1f}%" if whole else "all"
+
+
+def loss_warnings(profile, fmt):
+    """A "warning: ..." line for every loss, with its figure and the option
+    that fixes it. The profile is written all the same (as perf does) and
+    the exit status stays 0: what was kept is exact."""
+    st, out = profile.stats, []
+    entries = profile.info.get("map_entries")
+    more = "raise --max-entries"
+    if profile.kind == "basic":
+        kept = st["samples"] - st["other_process"]
+        lost = st["map_full"]
+        if lost:
+            share = lost / kept if kept else 1.0
+            if entries:
+                more += (f" (now {entries:,}), e.g. --max-entries "
+                         f"{_more_entries(entries, share)}")
+            out.append(f"{_count(lost, 'sample')} ({_share(lost, kept)}) lost: the "
+                       f"IP map was full; {more}")
+        if fmt == "fdata" and st.get("outside_functions") and \
+                profile.total():
+            left, total = st["outside_functions"], profile.total()
+            if left * 100 >= total:   # a few in PLT stubs are usual
+                out.append(f"{_count(left, 'sample')} of the binary "
+                           f"({_share(left, total)}) "
+                           "fall outside its function symbols and are not "
+                           "in the fdata; --format preagg keeps their "
+                           "addresses")
+    else:
+        counted = st["traces"]
+        lost = st["traces_lost"]
+        if lost:
+            share = lost / counted if counted else 1.0
+            if entries:
+                more += (f" (now {entries:,}), e.g. --max-entries "
+                         f"{_more_entries(entries, share)}")
+            cause = (f"the trace map was full ({st['map_full']:,} refused "
+                     f"inserts); {more}" if st["map_full"] else
+                     f"{_count(st['update_failed'], 'trace map update')} "
+                     "failed (no free element or a busy lock)")
+            out.append(f"{lost:,} of {counted:,} trace counts "
+                       f"({_share(lost, counted)}) lost: {cause}")
+        if st["stack_cut"]:
+            out.append(f"{_count(st['stack_cut'], 'branch stack')} deeper "
+                       "than 64 entries: their entries beyond the newest 64 "
+                       "are not counted")
+        if st["branch_read_failed"]:
+            out.append(f"{_count(st['branch_read_failed'], 'sample')} "
+                       f"({_share(st['branch_read_failed'], st['samples'])}) "
+                       "had no readable branch stack and are not counted")
+        left = st.get("traces_outside_binary")
+        if left and left * 2 > counted - lost:
+            out.append(f"{left:,} of {counted - lost:,} trace counts "
+                       f"({_share(left, counted - lost)}) have neither end "
+                       "in the binary: check --binary and --load-base")
+    if st["update_failed"] and profile.kind == "basic":
+        out.append(f"{_count(st['update_failed'], 'sample')} lost: the kernel "
+                   "refused IP map updates (no free element or a busy lock)")
+    if st["scratch_failed"]:
+        out.append(f"{_count(st['scratch_failed'], 'sample')} lost: no per-CPU "
+                   "scratch space for their branch stacks")
+    if st["thread_map_full"]:
+        out.append(f"{_count(st['thread_map_full'], 'sample')} missing from the "
+                   "thread counts (--threads): the thread map was full")
+    return ["warning: " + line for line in out]
 
 
 def record(args, command):
@@ -345,6 +426,7 @@ def replay_summary(profile, fmt, nstacks, output=None):
     if fmt == "preagg":
         lines.append("mispredicts are left out: LLVM 22 takes no mispredict "
                      "field on T records; --format preagg-bf keeps them")
+    lines += loss_warnings(profile, fmt)
     lines.append(_apply_line(profile, fmt, output))
     return lines
 

@@ -1,0 +1,130 @@
+"""The summary makes every loss impossible to miss (issue 8, item 6): a
+"warning:" line with the figure, its share, and the option that fixes it,
+in recording (cli.summary_lines) and replay (cli.replay_summary); exit
+status 0, since the profile is written all the same.
+
+Checked on figures (a Profile with chosen counters), and once end to end:
+a replay that overflows --max-entries.
+"""
+import re
+
+import pytest
+
+from ebpf_bolt import cli
+from ebpf_bolt.elf import ElfFile
+from ebpf_bolt.layout import COUNTERS
+from ebpf_bolt.profile import Profile
+
+from conftest import run
+
+LOAD_BASE = 0x555555554000
+
+
+def recorded(binary, mode="ip", fmt=None, **stats):
+    """A Profile as Recorder.finish() leaves it, with chosen counters."""
+    counters = dict.fromkeys(COUNTERS, 0)
+    counters.update(outside_binary=0, traces=0)
+    counters.update(stats)
+    if mode == "ip":
+        prof = Profile(binary, "cpu-clock", "ip", samples={0x1000: 100},
+                       stats=counters)
+    else:
+        prof = Profile(binary, "cycles", "lbr",
+                       traces={(0x1000, 0x1010, 0x1020): (100, 0)},
+                       stats=counters)
+    prof.info.update(
+        pid=1234, frequency=4999, scope="per task", duration=1.0,
+        stopped_by="target exited", distinct_addresses=1, map_entries=1024,
+        kernel_bytes_cap=1 << 20, kernel_bytes=1 << 16, prealloc=False,
+        ncpus=2, threads={}, is_pie=True, load_bias=LOAD_BASE,
+        build_id=None, drain_seconds=0.0)
+    return prof
+
+
+def warnings_of(lines):
+    return [line for line in lines if line.startswith("warning: ")]
+
+
+@pytest.mark.parametrize("stats,expected", [
+    ({"samples": 1000}, []),
+    ({"samples": 1000, "map_full": 700},
+     ["700 samples (70.0%) lost: the IP map was full; raise --max-entries "
+      "(now 1,024), e.g. --max-entries 8192"]),
+    ({"samples": 1000, "update_failed": 1},
+     ["1 sample lost: the kernel refused IP map updates"]),
+    ({"samples": 1000, "thread_map_full": 5},
+     ["5 samples missing from the thread counts"]),
+    # samples of the binary outside any function: a few (PLT stubs) are
+    # usual, from 1% of the 100 in the binary on they are said
+    ({"samples": 1000, "outside_functions": 0}, []),
+    ({"samples": 1000, "outside_functions": 1},
+     ["1 sample of the binary (1.0%) fall outside its function symbols"]),
+])
+def test_recording_ip_losses(workload_pie, stats, expected):
+    prof = recorded(str(workload_pie), **stats)
+    got = warnings_of(cli.summary_lines(prof, "fdata", "out.fdata", "x\n"))
+    assert len(got) == len(expected), got
+    for line, start in zip(got, expected):
+        assert line.startswith("warning: " + start), line
+
+
+@pytest.mark.parametrize("stats,expected", [
+    ({"samples": 100, "traces": 3000}, []),
+    ({"samples": 100, "traces": 3000, "traces_lost": 2100, "map_full": 2100},
+     ["2,100 of 3,000 trace counts (70.0%) lost: the trace map was full "
+      "(2,100 refused inserts); raise --max-entries (now 1,024), e.g. "
+      "--max-entries 8192"]),
+    ({"samples": 100, "traces": 3000, "traces_lost": 3, "update_failed": 2},
+     ["3 of 3,000 trace counts (0.1%) lost: 2 trace map updates failed"]),
+    ({"samples": 100, "traces": 3000, "stack_cut": 1},
+     ["1 branch stack deeper than 64 entries: their entries beyond"]),
+    ({"samples": 100, "traces": 3000, "branch_read_failed": 10},
+     ["10 samples (10.0%) had no readable branch stack"]),
+    ({"samples": 100, "traces": 3000, "scratch_failed": 4},
+     ["4 samples lost: no per-CPU scratch space"]),
+])
+def test_recording_branch_losses(workload_pie, stats, expected):
+    prof = recorded(str(workload_pie), mode="lbr", **stats)
+    got = warnings_of(cli.summary_lines(prof, "preagg", "out.preagg", "x\n"))
+    assert len(got) == len(expected), got
+    for line, start in zip(got, expected):
+        assert line.startswith("warning: " + start), line
+
+
+def test_replay_outside_binary(workload_pie):
+    """Most traces outside the binary in a replay: the load base or the
+    binary given is wrong."""
+    prof = recorded(str(workload_pie), mode="lbr", samples=10, traces=100,
+                    traces_outside_binary=80)
+    got = warnings_of(cli.replay_summary(prof, "preagg", 10, "p.preagg"))
+    assert got == ["warning: 80 of 100 trace counts (80.0%) have neither "
+                   "end in the binary: check --binary and --load-base"]
+    prof.stats["traces_outside_binary"] = 50
+    assert warnings_of(cli.replay_summary(prof, "preagg", 10)) == []
+
+
+@pytest.mark.root
+def test_replay_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
+    """3,000 distinct traces into a 1,024-entry map: 1,976 counts (65.9%)
+    are lost; the warning gives the figure and an --max-entries that holds
+    them all, and the replay with it warns of nothing."""
+    text = ElfFile(workload_pie).text_segments()[0]
+    assert text.memsz > 8 * 3000
+    base = LOAD_BASE + text.vaddr
+    stacks = "".join(f"0x{base + 8 * i:x}/0x{base + 8 * i + 4:x}/P/-/-/0\n"
+                     for i in range(3000))
+    args = [ebpf_bolt_cmd, "replay", "--binary", str(workload_pie),
+            "--load-base", hex(LOAD_BASE), "-o", str(tmp_path / "p.preagg")]
+    res = run(args + ["--max-entries", "1024"], input=stacks)
+    assert res.returncode == 0, res.stderr   # the profile is still written
+    m = re.search(r"ebpf-bolt: warning: ([\d,]+) of 3,000 trace counts "
+                  r"\(([\d.]+)%\) lost: the trace map was full .*"
+                  r"raise --max-entries \(now 1,024\), e\.g\. "
+                  r"--max-entries (\d+)", res.stderr)
+    assert m, res.stderr
+    assert int(m.group(1).replace(",", "")) == 3000 - 1024
+    assert m.group(2) == "65.9"
+    assert int(m.group(3)) >= 3000
+    res = run(args + ["--max-entries", m.group(3)], input=stacks)
+    assert res.returncode == 0, res.stderr
+    assert "warning:" not in res.stderr, res.stderr
