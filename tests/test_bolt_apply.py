@@ -8,6 +8,9 @@ and a costly sampling rate are warned about.
   and a branch profile replayed through the kernel).
 - A stripped binary: warned about before recording, no apply command; its
   address profile applies to the unstripped build with the same build id.
+- Losses: see test_summary.py.
+- A sampling rate that slows code many times over: the decision on
+  figures, the probe on this machine, the warning in the CLI.
 """
 import re
 import shutil
@@ -15,7 +18,8 @@ import subprocess
 
 import pytest
 
-from ebpf_bolt import bolt
+from ebpf_bolt import bolt, cli, collector
+from ebpf_bolt import perf_event as pe
 from ebpf_bolt.demo.build import WORKLOAD_SOURCE
 from ebpf_bolt.elf import ElfFile
 
@@ -172,3 +176,49 @@ def test_stripped_binary(builds, ebpf_bolt_cmd, tmp_path):
     report = run_apply(route.replace("UNSTRIPPED", str(builds["relocs"])),
                        tmp_path)
     assert profiled_functions(report) > 0
+
+
+# --- a sampling rate that slows the target ----------------------------------
+
+def test_slowdown_decision():
+    assert collector.slowdown_warning(20000, 1.34) is None
+    assert collector.slowdown_warning(4999, None) is None
+    message = collector.slowdown_warning(50000, 2.6)
+    assert "50000 Hz" in message and "2.6x slower" in message
+    assert "lower -f (default 4999)" in message
+    assert collector.max_rate_warning(100000, 100000) is None
+    assert collector.max_rate_warning(None, 50000) is None
+    assert "from 100000 to 63000" in collector.max_rate_warning(100000, 63000)
+
+
+@pytest.mark.root
+def test_slowdown_probe_measures_sampling():
+    """The probe reads more slowdown at 100 kHz than at 499 Hz: a sample
+    costs at least a timer interrupt (here ~12-15 us, 10x+ at 100 kHz;
+    ~1 us on bare metal, still 10%)."""
+    low = min(collector.sampling_slowdown(pe.CPU_CLOCK, 499) for _ in range(2))
+    high = collector.sampling_slowdown(pe.CPU_CLOCK, 100000)
+    assert high > low * 1.05, (low, high)
+
+
+@pytest.mark.root
+def test_slowdown_warning_before_recording(builds, monkeypatch, capsys):
+    """The CLI says it before recording starts, only above the default
+    rate (the probe is replaced by a figure: its reading is the machine's)."""
+    readings = []
+
+    def probe(spec, frequency):
+        readings.append(frequency)
+        return 3.0
+
+    monkeypatch.setattr(collector, "sampling_slowdown", probe)
+    argv = ["-o", "-", "--", "true"]
+    assert cli.main(["-f", "20000"] + argv) == 0
+    err = capsys.readouterr().err
+    assert readings == [20000]
+    warning = err.index("warning: sampling at 20000 Hz makes code run about "
+                        "3.0x slower here")
+    assert warning < err.index("ebpf-bolt: recording command")
+    assert cli.main(argv) == 0   # the default rate: no probe, no warning
+    assert readings == [20000]
+    assert "slower" not in capsys.readouterr().err
