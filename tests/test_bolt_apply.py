@@ -152,27 +152,47 @@ def test_replayed_without_relocations_applies(builds, ebpf_bolt_cmd,
 
 # --- stripped: warned before recording, no apply command ----------------------
 
-@pytest.mark.root
-def test_stripped_binary(builds, ebpf_bolt_cmd, tmp_path):
-    """The warning comes before recording; no command is printed (BOLT
-    exits on a stripped binary: "stripped binaries are not supported");
-    the profile holds addresses (S records), and the route given for the
-    unstripped build with the same build id works."""
-    out = tmp_path / "stripped.profile"
-    res = run([ebpf_bolt_cmd, "-o", str(out), "--", str(builds["stripped"]),
+def record_stripped(binary, ebpf_bolt_cmd, out, *options):
+    """Record the stripped build: the warning must come before recording,
+    and no apply command is printed (BOLT exits on a stripped binary:
+    "stripped binaries are not supported"). Returns (stderr, the one
+    warning line that replaces the apply command)."""
+    res = run([ebpf_bolt_cmd, "-o", str(out), *options, "--", str(binary),
                *WORKLOAD_ARGS], timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr
-    warning = res.stderr.index(f"warning: {builds['stripped']} is stripped")
+    warning = res.stderr.index(f"warning: {binary} is stripped")
     assert warning < res.stderr.index("ebpf-bolt: recording command")
     assert "apply it:" not in res.stderr
     advice = [line for line in res.stderr.splitlines()
               if "warning: no apply command" in line]
     assert len(advice) == 1, res.stderr
+    return res.stderr, advice[0]
+
+
+@pytest.mark.root
+def test_stripped_binary_fdata(builds, ebpf_bolt_cmd, tmp_path):
+    """fdata (the IP default) of a stripped binary names no function: the
+    summary says so, with the share of samples left out, and the fix."""
+    stderr, advice = record_stripped(builds["stripped"], ebpf_bolt_cmd,
+                                     tmp_path / "stripped.fdata")
+    assert "record again with --format preagg" in advice
+    assert re.search(r"warning: [\d,]+ samples of the binary \(100\.0%\) "
+                     "fall outside its function symbols", stderr), stderr
+    assert (tmp_path / "stripped.fdata").read_text() == "no_lbr cpu-clock\n"
+
+
+@pytest.mark.root
+def test_stripped_binary_address_profile(builds, ebpf_bolt_cmd, tmp_path):
+    """--format preagg keeps the addresses (S records), and the route the
+    summary gives for the unstripped build with the same build id works."""
+    out = tmp_path / "stripped.preagg"
+    _, advice = record_stripped(builds["stripped"], ebpf_bolt_cmd, out,
+                                "--format", "preagg")
     build_id = ElfFile(builds["relocs"]).build_id
     assert build_id == ElfFile(builds["stripped"]).build_id
-    assert build_id in advice[0]
+    assert build_id in advice
     assert out.read_text().startswith("E cpu-clock\nS ")
-    route = advice[0].split("(UNSTRIPPED below): ", 1)[1]
+    route = advice.split("(UNSTRIPPED below): ", 1)[1]
     report = run_apply(route.replace("UNSTRIPPED", str(builds["relocs"])),
                        tmp_path)
     assert profiled_functions(report) > 0

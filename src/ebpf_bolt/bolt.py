@@ -35,9 +35,9 @@ def binary_warnings(elf, binary=None):
         return [f"{binary} is stripped (no .symtab): BOLT refuses stripped "
                 "binaries and fdata cannot name its functions, so no apply "
                 "command will be printed; keep its symbols (do not strip or "
-                "link with -s), or write an address profile (--format "
-                "preagg, the default for a stripped binary) and apply it to "
-                "the unstripped build with the same build id"
+                "link with -s), or record an address profile (--format "
+                "preagg) and apply it to the unstripped build with the same "
+                "build id"
                 + (f" ({elf.build_id})" if elf.build_id else "")]
     if not elf.has_code_relocations:
         return [f"{binary} was linked without relocations (no .rela.text): "

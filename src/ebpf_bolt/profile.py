@@ -40,12 +40,8 @@ class Profile:
 
     @property
     def default_format(self):
-        # IP profiles default to fdata: LLVM 22's --pa --ba drops S records;
-        # but fdata names functions, which a stripped binary has none of:
-        # its addresses (S records) stay valid for the unstripped build
-        if self.kind == "branch" or not self.elf.has_symtab:
-            return "preagg"
-        return "fdata"
+        # IP profiles default to fdata: LLVM 22's --pa --ba drops S records
+        return "preagg" if self.kind == "branch" else "fdata"
 
     def total(self):
         if self.kind == "basic":
