@@ -128,3 +128,25 @@ def test_replay_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
     res = run(args + ["--max-entries", m.group(3)], input=stacks)
     assert res.returncode == 0, res.stderr
     assert "warning:" not in res.stderr, res.stderr
+
+
+@pytest.mark.root
+def test_recording_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
+    """A recording into a 32-entry IP map (the workload samples ~200
+    addresses): the samples refused are a warning with their share of the
+    process's samples and a bigger --max-entries; exit 0, profile written."""
+    out = tmp_path / "small.fdata"
+    res = run([ebpf_bolt_cmd, "--max-entries", "32", "-o", str(out), "--",
+               str(workload_pie), "--scale", "10"], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert out.read_text().startswith("no_lbr cpu-clock\n")
+    kept = int(re.search(r"samples: ([\d,]+) of the process",
+                         res.stderr).group(1).replace(",", ""))
+    m = re.search(r"ebpf-bolt: warning: ([\d,]+) samples \(([\d.]+)%\) lost: "
+                  r"the IP map was full; raise --max-entries \(now 32\), "
+                  r"e\.g\. --max-entries (\d+)", res.stderr)
+    assert m, res.stderr
+    lost = int(m.group(1).replace(",", ""))
+    assert 0 < lost < kept
+    assert float(m.group(2)) == pytest.approx(100 * lost / kept, abs=0.05)
+    assert int(m.group(3)) > 32
