@@ -23,12 +23,10 @@ from ebpf_bolt import perf_event as pe
 from ebpf_bolt.demo.build import WORKLOAD_SOURCE
 from ebpf_bolt.elf import ElfFile
 
-from conftest import run
+from conftest import bolt_profiled_functions, run
 
 LOAD_BASE = 0x555555554000
 WORKLOAD_ARGS = ["--scale", "30"]
-PROFILED = re.compile(r"BOLT-INFO: (\d+) out of (\d+) functions in the binary "
-                      r"\([\d.]+%\) have non-empty execution profile")
 TIMEOUT = 120
 
 
@@ -51,12 +49,6 @@ def builds(tmp_path_factory):
     proc = run(["strip", str(stripped)])
     assert proc.returncode == 0, proc.stderr
     return {"relocs": relocs, "norelocs": norelocs, "stripped": stripped}
-
-
-def profiled_functions(report):
-    m = PROFILED.search(report)
-    assert m, report[-3000:]
-    return int(m.group(1))
 
 
 def printed_apply(stderr):
@@ -116,7 +108,7 @@ def test_recorded_without_relocations_applies(builds, ebpf_bolt_cmd,
     assert warning < res.stderr.index("ebpf-bolt: recording command")
     assert "-Wl,--emit-relocs" in res.stderr
     report = run_apply(printed_apply(res.stderr), tmp_path)
-    assert profiled_functions(report) > 0
+    assert bolt_profiled_functions(report) > 0
 
 
 def backward_branch(binary, function="hot_a"):
@@ -147,7 +139,7 @@ def test_replayed_without_relocations_applies(builds, ebpf_bolt_cmd,
     assert "was linked without relocations" in res.stderr
     assert "warning: " not in res.stderr.split("replayed", 1)[1], res.stderr
     report = run_apply(printed_apply(res.stderr), tmp_path)
-    assert profiled_functions(report) > 0
+    assert bolt_profiled_functions(report) > 0
 
 
 # --- stripped: warned before recording, no apply command ----------------------
@@ -195,7 +187,7 @@ def test_stripped_binary_address_profile(builds, ebpf_bolt_cmd, tmp_path):
     route = advice.split("(UNSTRIPPED below): ", 1)[1]
     report = run_apply(route.replace("UNSTRIPPED", str(builds["relocs"])),
                        tmp_path)
-    assert profiled_functions(report) > 0
+    assert bolt_profiled_functions(report) > 0
 
 
 # --- a sampling rate that slows the target ----------------------------------
