@@ -67,7 +67,7 @@ def run_apply(command, cwd):
     return report
 
 
-# --- what the ELF tells -------------------------------------------------------
+# --- what the ELF tells ------------------------------------------------------
 
 def test_elf_tells_symbols_and_relocations(builds):
     facts = {k: (ElfFile(p).has_symtab, ElfFile(p).has_code_relocations)
@@ -91,7 +91,7 @@ def test_flags_follow_the_binary(builds):
                               "basic", elf=stripped) is None
 
 
-# --- without relocations: warned, and the printed command works ---------------
+# --- without relocations: warned, and the printed command works --------------
 
 @pytest.mark.root
 def test_recorded_without_relocations_applies(builds, ebpf_bolt_cmd,
@@ -142,7 +142,7 @@ def test_replayed_without_relocations_applies(builds, ebpf_bolt_cmd,
     assert bolt_profiled_functions(report) > 0
 
 
-# --- stripped: warned before recording, no apply command ----------------------
+# --- stripped: warned before recording, no apply command ---------------------
 
 def record_stripped(binary, ebpf_bolt_cmd, out, *options):
     """Record the stripped build: the warning must come before recording,

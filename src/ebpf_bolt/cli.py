@@ -228,8 +228,8 @@ def loss_warnings(profile, fmt):
             if entries:
                 more += (f" (now {entries:,}), e.g. --max-entries "
                          f"{_more_entries(entries, share)}")
-            out.append(f"{_count(lost, 'sample')} ({_share(lost, kept)}) lost: the "
-                       f"IP map was full; {more}")
+            out.append(f"{_count(lost, 'sample')} ({_share(lost, kept)}) "
+                       f"lost: the IP map was full; {more}")
         if fmt == "fdata" and st.get("outside_functions") and \
                 profile.total():
             left, total = st["outside_functions"], profile.total()
@@ -267,14 +267,15 @@ def loss_warnings(profile, fmt):
                        f"({_share(left, counted - lost)}) have neither end "
                        "in the binary: check --binary and --load-base")
     if st["update_failed"] and profile.kind == "basic":
-        out.append(f"{_count(st['update_failed'], 'sample')} lost: the kernel "
-                   "refused IP map updates (no free element or a busy lock)")
+        out.append(f"{_count(st['update_failed'], 'sample')} lost: the "
+                   "kernel refused IP map updates (no free element or a "
+                   "busy lock)")
     if st["scratch_failed"]:
-        out.append(f"{_count(st['scratch_failed'], 'sample')} lost: no per-CPU "
-                   "scratch space for their branch stacks")
+        out.append(f"{_count(st['scratch_failed'], 'sample')} lost: no "
+                   "per-CPU scratch space for their branch stacks")
     if st["thread_map_full"]:
-        out.append(f"{_count(st['thread_map_full'], 'sample')} missing from the "
-                   "thread counts (--threads): the thread map was full")
+        out.append(f"{_count(st['thread_map_full'], 'sample')} missing from "
+                   "the thread counts (--threads): the thread map was full")
     return ["warning: " + line for line in out]
 
 
