@@ -33,7 +33,8 @@ def recorded(binary, mode="ip", fmt=None, **stats):
                        traces={(0x1000, 0x1010, 0x1020): (100, 0)},
                        stats=counters)
     prof.info.update(
-        pid=1234, frequency=4999, scope="per task", duration=1.0,
+        pid=1234, frequency=4999, scope="per task, inherited by the threads "
+        "and processes it creates", duration=1.0,
         stopped_by="target exited", distinct_addresses=1, map_entries=1024,
         kernel_bytes_cap=1 << 20, kernel_bytes=1 << 16, prealloc=False,
         ncpus=2, threads={}, is_pie=True, load_bias=LOAD_BASE,
@@ -59,6 +60,10 @@ def warnings_of(lines):
     ({"samples": 1000, "outside_functions": 0}, []),
     ({"samples": 1000, "outside_functions": 1},
      ["1 sample of the binary (1.0%) fall outside its function symbols"]),
+    # a command's children share its inherited event: a wrapper recorded
+    ({"samples": 1000, "other_process": 500}, []),
+    ({"samples": 1000, "other_process": 990},
+     ["990 samples (99.0%) are of processes the command started"]),
 ])
 def test_recording_ip_losses(workload_pie, stats, expected):
     prof = recorded(str(workload_pie), **stats)

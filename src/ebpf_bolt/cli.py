@@ -266,6 +266,14 @@ def loss_warnings(profile, fmt):
             out.append(f"{left:,} of {counted - lost:,} trace counts "
                        f"({_share(left, counted - lost)}) have neither end "
                        "in the binary: check --binary and --load-base")
+    other, kept = st["other_process"], st["samples"] - st["other_process"]
+    if other > kept and str(profile.info.get("scope")).startswith("per task"):
+        # a command's event is inherited by the processes it starts: most
+        # samples there means a wrapper (a shell, time, make) was recorded
+        out.append(f"{_count(other, 'sample')} ({_share(other, st['samples'])}"
+                   f") are of processes the command started, not of "
+                   f"{profile.binary}: record the program doing the work "
+                   "(run it directly, or -p PID)")
     if st["update_failed"] and profile.kind == "basic":
         out.append(f"{_count(st['update_failed'], 'sample')} lost: the "
                    "kernel refused IP map updates (no free element or a "
