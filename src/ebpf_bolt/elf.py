@@ -11,6 +11,7 @@ SHT_SYMTAB, SHT_DYNSYM = 2, 11
 STT_FUNC, STT_GNU_IFUNC = 2, 10
 STB_LOCAL = 0
 NT_GNU_BUILD_ID = 3
+SHN_XINDEX = 0xFFFF
 
 
 class ElfError(ValueError):
@@ -131,6 +132,8 @@ class ElfFile:
         """Names of the sections, in file order ([] where the section name
         table is missing or out of bounds)."""
         (shstrndx,) = struct.unpack_from("<H", self._data, 62)
+        if shstrndx == SHN_XINDEX and self._sections:
+            shstrndx = self._sections[0][6]   # too big: in section 0's link
         if not 0 < shstrndx < len(self._sections):
             return []
         _, _, _, _, off, size, *_ = self._sections[shstrndx]
