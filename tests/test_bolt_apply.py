@@ -14,6 +14,7 @@ and a costly sampling rate are warned about.
 """
 import re
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -75,6 +76,22 @@ def test_elf_tells_symbols_and_relocations(builds):
     # strip drops .rela.text with .symtab (its relocations name symbols)
     assert facts == {"relocs": (True, True), "norelocs": (True, False),
                      "stripped": (False, False)}
+
+
+def test_section_names_past_65279_sections(builds, tmp_path):
+    """With 0xff00 sections or more, e_shstrndx reads SHN_XINDEX and the
+    name table's index is section 0's sh_link (the ELF gABI): the same
+    file, rewritten that way, must read the same."""
+    data = bytearray(builds["relocs"].read_bytes())
+    shoff = struct.unpack_from("<Q", data, 40)[0]
+    shstrndx = struct.unpack_from("<H", data, 62)[0]
+    struct.pack_into("<H", data, 62, 0xFFFF)
+    struct.pack_into("<I", data, shoff + 40, shstrndx)   # section 0's sh_link
+    xindex = tmp_path / "xindex"
+    xindex.write_bytes(bytes(data))
+    assert ElfFile(xindex).section_names() == \
+        ElfFile(builds["relocs"]).section_names()
+    assert ElfFile(xindex).has_symtab and ElfFile(xindex).has_code_relocations
 
 
 def test_flags_follow_the_binary(builds):
