@@ -1,6 +1,7 @@
 """Command line: ``ebpf-bolt [options] -p PID [duration]`` or
 ``ebpf-bolt [options] [duration] -- COMMAND [ARGS]``."""
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -8,7 +9,7 @@ import threading
 
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
-from .errors import EbpfBoltError, UsageError
+from .errors import EbpfBoltError, InternalError, UsageError
 from .profile import OutputFile
 from .writers import FORMATS, FORMATS_FOR
 
@@ -19,8 +20,16 @@ def _say(msg):
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's errors as UsageError: one line and a hint like every other
+    error, rather than argparse's usage text and exit."""
+
+    def error(self, message):
+        raise UsageError(message, f"see {self.prog} --help")
+
+
 def _parser():
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog=PROG,
         usage="%(prog)s [options] -p PID [duration]\n"
               "       %(prog)s [options] [duration] -- COMMAND [ARGS...]",
@@ -108,15 +117,22 @@ def _on_stop_signal(signum, frame):
     Ctrl-C must not throw away what was recorded."""
     _signals_received.append(signum)
     if not _deferring:
-        raise KeyboardInterrupt
+        # the name says how the recording stopped, in the summary
+        name = signal.Signals(signum).name
+        raise KeyboardInterrupt(name + (" (Ctrl-C)" if signum == signal.SIGINT
+                                        else ""))
+
+
+_MODE_DATA = {"ip": "IP samples", "lbr": "branch stacks"}
 
 
 def _check_format(fmt):
     def check(mode):
         if fmt and fmt not in FORMATS_FOR[mode]:
             raise UsageError(
-                f"--format {fmt} cannot hold a {mode}-mode profile",
-                f"use {' or '.join(FORMATS_FOR[mode])} in {mode} mode")
+                f"--format {fmt} cannot hold {_MODE_DATA[mode]} (--mode {mode})",
+                f"use --format {' or '.join(FORMATS_FOR[mode])} for "
+                f"{_MODE_DATA[mode]}")
     return check
 
 
@@ -259,7 +275,7 @@ def wait_for_command(target):
 
 
 def _replay_parser():
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog=f"{PROG} replay",
         description="Aggregate branch stacks given as text (perf script -F "
                     "brstack form, one sample per line, newest entry first) "
@@ -279,23 +295,73 @@ def _replay_parser():
     return p
 
 
+def _errno_text(err):
+    return f"{err.strerror or os.strerror(err.errno)} " \
+           f"({errno.errorcode.get(err.errno, err.errno)})"
+
+
+def _check_binary(path):
+    """--binary is read before the stacks are replayed: a file that is not
+    a readable 64-bit ELF executable is refused with what is wrong."""
+    from .elf import ElfError, ElfFile
+    try:
+        ElfFile(path)
+    except OSError as e:
+        raise UsageError(f"cannot read --binary {path}: {_errno_text(e)}",
+                         "give the profiled executable with --binary") from None
+    except ElfError as e:
+        raise UsageError(f"--binary {e}",
+                         "give the profiled executable (64-bit little-endian "
+                         "ELF) with --binary") from None
+
+
+def _check_cpus(cpus):
+    """--cpu values this process may run on (sched_setaffinity would
+    refuse the others, or overflow on a negative one)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for cpu in cpus or ():
+        if cpu not in allowed:
+            raise UsageError(f"--cpu {cpu}: not a CPU this process may run on",
+                             f"choose among CPUs {_cpu_list(allowed)}")
+
+
+def _cpu_list(cpus):
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs = []
+    for cpu in cpus:
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
 def replay_command(args):
+    from .bpf_object import possible_cpus
+    from .collector import check_max_entries
     from .replay import parse_stacks, replay
     try:
         load_base = int(args.load_base, 16)
     except ValueError:
         raise UsageError(f"invalid --load-base {args.load_base!r}",
                          "give a hexadecimal address, e.g. 0x555555554000")
-    if not os.path.isfile(args.binary):
-        raise UsageError(f"no such binary: {args.binary}", "check --binary")
+    if not 0 <= load_base < 1 << 64:
+        raise UsageError(f"invalid --load-base {args.load_base!r}: not a "
+                         "64-bit address",
+                         "give a hexadecimal address, e.g. 0x555555554000")
+    _check_binary(args.binary)
+    _check_cpus(args.cpus)
+    if args.max_entries is not None:
+        check_max_entries(args.max_entries, "trace_counts", possible_cpus(),
+                          prealloc=True)   # replay preallocates its map
     if args.stacks == "-":
-        stacks = parse_stacks(sys.stdin)
+        stacks = parse_stacks(sys.stdin.buffer)
     else:
         try:
-            with open(args.stacks) as f:
+            with open(args.stacks, "rb") as f:
                 stacks = parse_stacks(f)
         except OSError as e:
-            raise UsageError(f"cannot read {args.stacks}: {e.strerror}",
+            raise UsageError(f"cannot read {args.stacks}: {_errno_text(e)}",
                              "check the stacks file") from None
     out = OutputFile(args.output) if args.output not in (None, "-") else None
     try:
@@ -358,6 +424,17 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 141
+    except Exception as e:
+        # a bug, not a bad input: still one line and an exit code, but a
+        # message of its own (the tests fail on it); EBPF_BOLT_DEBUG=1
+        # shows the traceback
+        if os.environ.get("EBPF_BOLT_DEBUG") == "1":
+            raise
+        detail = " ".join(str(e).split())
+        err = InternalError(f"internal error: {type(e).__name__}: {detail}")
+        _say(f"error: {err}")
+        print(f"  hint: {err.hint}", file=sys.stderr)
+        return err.exit_code
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
