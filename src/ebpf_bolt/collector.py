@@ -588,6 +588,11 @@ class Recorder:
                     f"the kernel refused a {self.map_name} map of "
                     f"{entries:,} entries ({e}): too large for it",
                     "lower --max-entries") from None
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # not the kernel's version: each map and program is an fd
+                raise KernelUnsupported(
+                    f"too many open files to load the BPF object ({e})",
+                    "raise the limit: ulimit -n 65536") from None
             if e.errno in (errno.EPERM, errno.EACCES):
                 raise PermissionProblem(
                     f"the kernel refused to load the BPF program ({e}); "
