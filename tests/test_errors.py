@@ -490,6 +490,42 @@ def test_exit_codes_are_distinct():
     assert errors.CommandNotExecutable.exit_code == 126
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_error_table():
+    """{class name: exit code} from the README's error table (the rows
+    `| exit | `Class` | meaning |` after the header `| exit | class |`)."""
+    rows, inside = {}, False
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:2] == ["exit", "class"]:
+            inside = True
+            continue
+        if inside:
+            if not line.startswith("|"):
+                break
+            if set(cells[0]) <= set("-"):
+                continue
+            name = cells[1].strip("`")
+            assert name not in rows, f"{name} twice in the README's table"
+            rows[name] = int(cells[0])
+    assert rows, "no error table (| exit | class | meaning |) in README.md"
+    return rows
+
+
+def test_readme_error_table_matches_the_classes():
+    """Every class with its exit code, and no row for a class that is
+    gone or a code that changed."""
+    table = readme_error_table()
+    classes = {c.__name__: c.exit_code for c in error_classes()}
+    assert table == classes, (
+        f"README rows not in errors.py: "
+        f"{sorted(set(table.items()) - set(classes.items()))}; "
+        f"errors.py classes not in README: "
+        f"{sorted(set(classes.items()) - set(table.items()))}")
+
+
 def test_every_error_class_has_a_real_case():
     """A class without a case here can regress unseen (three had none)."""
     missing = sorted(c.__name__ for c in error_classes() if c not in COVERED)
@@ -738,15 +774,20 @@ def _available():
     ("--max-entries", "-7", ["--max-entries -7"]),
     ("--max-entries", "1e5", ["--max-entries", "invalid int value"]),
     ("--max-entries", str(2**32), ["above the largest map"]),
-    ("--max-entries", "memory", ["--max-entries"]),
+    ("--max-entries", "memory", ["GiB of kernel memory", "more than half"]),
     ("--load-base", "-0x1000", ["--load-base", "not a 64-bit address"]),
     ("--load-base", "zz", ["--load-base", "zz"]),
 ])
 def test_replay_bad_option(root, via, opt, value, says, capsys, ebpf_bolt_cmd,
                            outdir, tmp_path, replay_binary):
     if value == "memory":
-        # more than the kernel memory there is: refused before any load
-        value = str(_available() // _replay_per_entry_bytes() + 1)
+        # more than half the memory available, within the kernel's limit
+        # of map sizes: refused before anything is allocated
+        from ebpf_bolt.collector import HASH_MAX_ENTRIES
+        entries = _available() // 2 // _replay_per_entry_bytes() + 1
+        assert entries <= HASH_MAX_ENTRIES, \
+            "this machine has too much memory for the case; lower its budget"
+        value = str(entries)
     stacks = tmp_path / "stacks.txt"
     stacks.write_bytes(GOOD_LINE)
     before = snapshot(stacks, replay_binary)
