@@ -1099,3 +1099,15 @@ def test_internal_error_is_the_last_resort(outdir):
     assert lines[0] == ("ebpf-bolt: error: internal error: KeyError: "
                         "'simulated bug'"), res
     assert lines[1].startswith("  hint: this is a bug"), res
+
+
+@covers(errors.UsageError)
+@pytest.mark.parametrize("via", VIAS)
+def test_replay_with_stdin_closed(via, capsys, ebpf_bolt_cmd, outdir,
+                                  replay_binary):
+    """No stacks file and no stdin at all (sys.stdin is None)."""
+    res = run_via(via, capsys, ebpf_bolt_cmd,
+                  ["replay", "--binary", replay_binary,
+                   "-o", outdir / "out.fdata"],
+                  prefix=["sh", "-c", 'exec "$@" <&-', "sh"])
+    assert_error(res, errors.UsageError, outdir, says=["stdin is closed"])

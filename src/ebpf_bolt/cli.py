@@ -20,6 +20,11 @@ def _say(msg):
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
+def plural(n, noun, nouns=None):
+    """'1 sample', '2 samples', '1,000 samples': counts in messages."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse's errors as UsageError: one line and a hint like every other
     error, rather than argparse's usage text and exit."""
@@ -97,7 +102,7 @@ class _Progress:
         total = f"/{duration:g}" if duration else ""
         kept = stats["samples"] - stats["other_process"]
         sys.stderr.write(f"\r{PROG}: recording {elapsed:5.1f}{total} s, "
-                         f"{kept:,} samples ")
+                         f"{plural(kept, 'sample')} ")
         sys.stderr.flush()
         self.shown = True
 
@@ -355,6 +360,10 @@ def replay_command(args):
         check_max_entries(args.max_entries, "trace_counts", possible_cpus(),
                           prealloc=True)   # replay preallocates its map
     if args.stacks == "-":
+        if sys.stdin is None:   # started with stdin closed
+            raise UsageError("no stacks file given and stdin is closed",
+                             "give the stacks file, or pipe perf script "
+                             "-F brstack into ebpf-bolt replay")
         stacks = parse_stacks(sys.stdin.buffer)
     else:
         try:
