@@ -69,14 +69,82 @@ def check_max_entries(entries, map_name, ncpus, prealloc):
     # takes its bucket array (16 bytes per bucket, a power of two of them)
     need = (map_kernel_bytes(ksz, vsz, entries, ncpus, kind) if prealloc
             else 16 << max(entries - 1, 1).bit_length())
-    avail = mem_available()
+    avail = memory_available()
     # kernel memory is not swapped out: a map taking most of what is free
     # would push other processes out or into the OOM killer
     if avail is not None and need > avail // 2:
-        raise UsageError(f"--max-entries {entries:,} needs {need / 2**30:.1f} "
+        raise UsageError(f"--max-entries {entries:,} needs {need / 2**30:.2f} "
                          f"GiB of kernel memory for the {map_name} map, more "
-                         f"than half the {avail / 2**30:.1f} GiB available",
+                         f"than half the {avail / 2**30:.2f} GiB available "
+                         "(free memory, or the memory cgroup's limit)",
                          hint)
+
+
+def memory_available():
+    """Bytes this process may still allocate: MemAvailable, or less where
+    a memory cgroup (a container's limit) allows less, since a BPF map's
+    memory is charged to the cgroup of the process that creates it. None
+    if neither is known."""
+    known = [b for b in (mem_available(), cgroup_memory_free()) if b is not None]
+    return min(known) if known else None
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None   # "max": no limit
+
+
+def _cgroup_v1_mount(controller):
+    """Where the cgroup v1 hierarchy of `controller` is mounted, if its
+    root is this namespace's root."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, (fstype, _, options) = left.split(), right.split()[:3]
+                if fstype == "cgroup" and controller in options.split(",") \
+                        and fields[3] == "/":
+                    return _unescape(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cgroup_memory_free():
+    """The least (limit - usage) over this process's memory cgroup and its
+    ancestors, v2 (memory.max) or v1 (memory.limit_in_bytes); None where
+    no limit applies or none can be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        if hid == "0" and ctrls == "":
+            mount, files = cgroup2_mount(), ("memory.max", "memory.current")
+        elif "memory" in ctrls.split(","):
+            mount = _cgroup_v1_mount("memory")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        if not mount or not path.startswith("/") or path.startswith("/.."):
+            continue
+        while True:
+            directory = os.path.join(mount, path.lstrip("/"))
+            limit = _read_int(os.path.join(directory, files[0]))
+            usage = _read_int(os.path.join(directory, files[1]))
+            if limit is not None and usage is not None and limit < 1 << 62:
+                found.append(max(limit - usage, 0))
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+    return min(found) if found else None
 
 
 def mem_available():
