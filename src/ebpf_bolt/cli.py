@@ -364,7 +364,9 @@ def replay_command(args):
             raise UsageError("no stacks file given and stdin is closed",
                              "give the stacks file, or pipe perf script "
                              "-F brstack into ebpf-bolt replay")
-        stacks = parse_stacks(sys.stdin.buffer)
+        # bytes where stdin has them (a text stream put in its place, as
+        # a caller of main() may do, is read as text)
+        stacks = parse_stacks(getattr(sys.stdin, "buffer", sys.stdin))
     else:
         try:
             with open(args.stacks, "rb") as f:
