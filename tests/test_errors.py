@@ -756,11 +756,53 @@ def _replay_per_entry_bytes():
     return map_kernel_bytes(ksz, vsz, 1, possible_cpus(), kind)
 
 
-def _available():
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemAvailable")
+def _own_memory_cgroup():
+    """(directory of this process's memory cgroup, limit file name): v1's
+    memory hierarchy or v2's unified one with the memory controller."""
+    mounts = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _, options = right.split()[:3]
+        if left.split()[3] != "/":
+            continue
+        if fstype == "cgroup" and "memory" in options.split(","):
+            mounts["v1"] = left.split()[4]
+        elif fstype == "cgroup2":
+            mounts["v2"] = left.split()[4]
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hid, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(",") and "v1" in mounts:
+            return Path(mounts["v1"] + path), "memory.limit_in_bytes"
+        if hid == "0" and "v2" in mounts:
+            d = Path(mounts["v2"] + path)
+            if "memory" in (d / "cgroup.subtree_control").read_text().split():
+                return d, "memory.max"
+    raise AssertionError("no memory cgroup controller to use")
+
+
+@pytest.fixture
+def memory_cgroup():
+    """make(limit) -> a prefix that runs a command in a new child memory
+    cgroup of `limit` bytes; the cgroup is removed after the test."""
+    made = []
+
+    def make(limit):
+        parent, limit_file = _own_memory_cgroup()
+        d = parent / f"ebpf-bolt-test-{os.getpid()}-{len(made)}"
+        d.mkdir()
+        made.append(d)
+        (d / limit_file).write_text(str(limit))
+        assert int((d / limit_file).read_text()) == limit
+        return ["sh", "-c", f'echo $$ > "{d}/cgroup.procs" && exec "$@"', "sh"]
+
+    yield make
+    for d in made:
+        for _ in range(50):   # its processes may still be exiting
+            try:
+                d.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 @covers(errors.UsageError)
@@ -774,27 +816,29 @@ def _available():
     ("--max-entries", "-7", ["--max-entries -7"]),
     ("--max-entries", "1e5", ["--max-entries", "invalid int value"]),
     ("--max-entries", str(2**32), ["above the largest map"]),
-    ("--max-entries", "memory", ["GiB of kernel memory", "more than half"]),
+    ("--max-entries", "2000000", ["GiB of kernel memory", "more than half",
+                                  "cgroup"]),
     ("--load-base", "-0x1000", ["--load-base", "not a 64-bit address"]),
     ("--load-base", "zz", ["--load-base", "zz"]),
 ])
 def test_replay_bad_option(root, via, opt, value, says, capsys, ebpf_bolt_cmd,
-                           outdir, tmp_path, replay_binary):
-    if value == "memory":
-        # more than half the memory available, within the kernel's limit
-        # of map sizes: refused before anything is allocated
-        from ebpf_bolt.collector import HASH_MAX_ENTRIES
-        entries = _available() // 2 // _replay_per_entry_bytes() + 1
-        assert entries <= HASH_MAX_ENTRIES, \
-            "this machine has too much memory for the case; lower its budget"
-        value = str(entries)
+                           outdir, tmp_path, replay_binary, memory_cgroup):
+    prefix = None
+    if value == "2000000":
+        # in a memory cgroup of 256 MiB, 2,000,000 preallocated traces
+        # (~110 bytes each per 2 CPUs, more with more CPUs) need more than
+        # half of it: refused before anything is allocated. (MemAvailable
+        # alone moves with other processes, so it cannot be the test's
+        # condition; a container's limit is what the check must see.)
+        assert 2_000_000 * _replay_per_entry_bytes() > 128 << 20
+        prefix = memory_cgroup(256 << 20)
     stacks = tmp_path / "stacks.txt"
     stacks.write_bytes(GOOD_LINE)
     before = snapshot(stacks, replay_binary)
     t0 = time.monotonic()
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["replay", "--binary", replay_binary, stacks, opt + "=" + value,
-                   "-o", outdir / "out.fdata"])
+                   "-o", outdir / "out.fdata"], prefix=prefix)
     _, hint = assert_error(res, errors.UsageError, outdir, says=says)
     if opt == "--max-entries" and value.isdigit() and int(value) > 1 << 20:
         # the limit named, and the option that fixes it
