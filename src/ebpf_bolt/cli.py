@@ -3,6 +3,7 @@
 import argparse
 import errno
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -10,7 +11,7 @@ import threading
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
 from .errors import EbpfBoltError, InternalError, UsageError
-from .profile import OutputFile
+from .output import OutputFile
 from .writers import FORMATS, FORMATS_FOR
 
 PROG = "ebpf-bolt"
@@ -229,27 +230,26 @@ def record(args, command):
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
                    notice=notice, verbose=args.verbose)
-    out = None
+    # what is recorded must not become the profile: the command's program
+    # as it will be run, or what /proc/PID/exe points to
+    inputs = ([f"/proc/{args.pid}/exe"] if args.pid is not None
+              else [exe for exe in [shutil.which(command[0])] if exe])
     try:
-        if args.output not in (None, "-"):
-            out = OutputFile(args.output)   # checked before recording
-        rec.start(check_mode=_check_format(args.format))
-        _say(f"recording {rec.target.describe()} "
-             f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
-             f"events {rec.scope})"
-             + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
-        rec.run(progress)
-        _deferring = True
-        progress.clear()
-        profile = rec.finish()
-        fmt = args.format or profile.default_format
-        text = profile.render(fmt)
-        if out is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
+        # opened, hence checked, before recording
+        with OutputFile(args.output, inputs=inputs) as out:
+            rec.start(check_mode=_check_format(args.format))
+            _say(f"recording {rec.target.describe()} "
+                 f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
+                 f"events {rec.scope})"
+                 + ("; Ctrl-C stops" if duration is None or duration > 2
+                    else ""))
+            rec.run(progress)
+            _deferring = True
+            progress.clear()
+            profile = rec.finish()
+            fmt = args.format or profile.default_format
+            text = profile.render(fmt)
             out.commit(text)
-            out = None
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
@@ -257,8 +257,6 @@ def record(args, command):
     finally:
         _deferring = False
         progress.clear()
-        if out is not None:
-            out.abort()
         rec.close()
     if rec.target.child:
         return wait_for_command(rec.target)
@@ -374,19 +372,13 @@ def replay_command(args):
         except OSError as e:
             raise UsageError(f"cannot read {args.stacks}: {_errno_text(e)}",
                              "check the stacks file") from None
-    out = OutputFile(args.output) if args.output not in (None, "-") else None
-    try:
+    # stdin too: it may be the file given as -o (replay ... < FILE -o FILE)
+    inputs = [args.binary,
+              args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
+    with OutputFile(args.output, inputs=inputs) as out:
         profile = replay(args.binary, stacks, load_base=load_base,
                          max_entries=args.max_entries, cpus=args.cpus)
-        text = profile.render(args.format)
-        if out is None:
-            sys.stdout.write(text)
-        else:
-            out.commit(text)
-            out = None
-    finally:
-        if out is not None:
-            out.abort()
+        out.commit(profile.render(args.format))
     for line in replay_summary(profile, args.format, len(stacks)):
         _say(line)
     return 0

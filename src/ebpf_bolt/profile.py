@@ -4,7 +4,6 @@
 basic samples (``samples``: vaddr -> count) or branch traces (``traces``:
 (from, to, ft_end) -> (count, mispreds)), plus what was left out and why.
 """
-import os
 import sys
 import tempfile
 from array import array
@@ -12,8 +11,9 @@ from collections.abc import Mapping
 
 from . import writers
 from .elf import ElfFile, Symbolizer
-from .errors import OutputError, UsageError
+from .errors import UsageError
 from .layout import BR_ONLY
+from .output import OutputFile
 
 
 class Profile:
@@ -82,87 +82,9 @@ class Profile:
 
     def write(self, path=None, fmt=None):
         """Write to `path` (None or '-' for stdout) all at once: a file is
-        complete or absent."""
-        text = self.render(fmt)
-        if path in (None, "-"):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        out = OutputFile(path)
-        try:
-            out.commit(text)
-        except BaseException:
-            out.abort()
-            raise
-
-
-class OutputFile:
-    """A profile file that appears whole or not at all: written to a
-    temporary file in the target's own directory, then renamed over it.
-
-    Opened before recording starts, so that an unwritable directory or a
-    full file system is reported before the user waits for a profile."""
-
-    RESERVE = 64 * 1024  # bytes that must be free before recording
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        directory = os.path.dirname(self.path)
-        if os.path.isdir(self.path):
-            raise OutputError(f"output {path} is a directory",
-                              "give a file name with -o")
-        try:
-            fd, self._tmp = tempfile.mkstemp(prefix=".ebpf-bolt-", dir=directory)
-        except OSError as e:
-            raise _output_error(path, e) from None
-        self._file = os.fdopen(fd, "w")
-        try:
-            os.posix_fallocate(fd, 0, self.RESERVE)
-            os.ftruncate(fd, 0)
-        except OSError as e:
-            if e.errno not in (95,):  # EOPNOTSUPP: fs cannot preallocate
-                self.abort()
-                raise _output_error(path, e) from None
-
-    def commit(self, text):
-        try:
-            self._file.write(text)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.chmod(self._tmp, 0o644)
-            os.rename(self._tmp, self.path)
-            self._tmp = None
-        except OSError as e:
-            self.abort()
-            raise _output_error(self.path, e) from None
-
-    def abort(self):
-        try:
-            if not self._file.closed:
-                self._file.close()
-        except OSError:
-            pass
-        if self._tmp:
-            try:
-                os.unlink(self._tmp)
-            except OSError:
-                pass
-            self._tmp = None
-
-
-def _output_error(path, err):
-    if err.errno == 28:
-        return OutputError(f"no space left to write {path}",
-                           "free space there or write elsewhere with -o")
-    if err.errno in (13, 1, 30):
-        return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
-                           "choose a writable directory with -o")
-    if err.errno == 2:
-        return OutputError(f"cannot write {path}: directory does not exist",
-                           "create the directory or fix the -o path")
-    return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
-                       "check the -o path")
+        complete or absent, and never the profiled binary."""
+        with OutputFile(path, inputs=[self.binary]) as out:
+            out.commit(self.render(fmt))
 
 
 def translate_samples(runtime_counts, space):

@@ -1,0 +1,312 @@
+"""Profile files that appear whole or not at all, and never harm what the
+path names.
+
+``OutputFile(path, inputs)`` is opened before the work that produces the
+data (a recording, a replay), so that an unwritable directory, a full file
+system or an output that is one of the inputs is reported before anyone
+waits for a profile; ``commit(data)`` then writes it at once. Leaving the
+``with`` block without a commit (an error, Ctrl-C) leaves nothing::
+
+    with OutputFile(path, inputs=[binary]) as out:
+        data = work()
+        out.commit(data)
+
+What the path names decides how it is written:
+
+- nothing yet, or a regular file: an unnamed temporary file (``O_TMPFILE``)
+  in the same directory takes the data; at commit it gets a hidden name and
+  is renamed over the path. Readers see the old file or the whole new one,
+  and a SIGKILL leaves nothing. Where the file system refuses ``O_TMPFILE``,
+  a named hidden temporary file is used instead.
+- a symlink: the file it resolves to is replaced, in that file's directory;
+  the link stays a link (a dangling one gets its target created).
+- a character device or a FIFO: written directly, as a shell redirection
+  would (``-o /dev/null`` stays a device, a FIFO's reader gets the data).
+  A FIFO is opened at once, so this waits for its reader before recording.
+- a directory, a block device, a socket: refused.
+
+A new file gets mode ``0666`` less the umask, as files made by a shell
+redirection, cp or perf do (``0644`` under the usual umask 022).
+"""
+import ctypes
+import errno
+import os
+import secrets
+import stat
+import sys
+
+from .errors import OutputError
+
+TMP_PREFIX = ".ebpf-bolt-"   # hidden temporary names in the output directory
+RESERVE = 64 * 1024          # bytes that must be free before recording
+
+AT_FDCWD = -100
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+# how kernels and file systems without O_TMPFILE refuse it (open(2))
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+_libc = None
+
+
+def _linkat(olddirfd, oldpath, newdirfd, newpath, flags):
+    """linkat(2), which os.link cannot call with AT_EMPTY_PATH."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_char_p, ctypes.c_int]
+        _libc.linkat.restype = ctypes.c_int
+    if _libc.linkat(olddirfd, oldpath, newdirfd, os.fsencode(newpath),
+                    flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), newpath)
+
+
+def _name_unnamed(fd, dirfd):
+    """Give the O_TMPFILE file `fd` a fresh hidden name in `dirfd`, and
+    return it. linkat refuses an existing name, hence a hidden one that a
+    rename then moves over the destination."""
+    for _ in range(100):
+        name = TMP_PREFIX + secrets.token_hex(6)
+        try:
+            try:
+                _linkat(fd, b"", dirfd, name, AT_EMPTY_PATH)
+            except OSError as e:
+                # AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH before Linux 6.10
+                # (ENOENT without it); the /proc link works for the opener
+                if e.errno != errno.ENOENT:
+                    raise
+                _linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), dirfd,
+                        name, AT_SYMLINK_FOLLOW)
+            return name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name")
+
+
+def _create_named(dirfd):
+    """A new hidden temporary file in `dirfd`: (fd, name)."""
+    for _ in range(100):
+        name = TMP_PREFIX + secrets.token_hex(6)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_CLOEXEC, 0o666, dir_fd=dirfd)
+        except FileExistsError:
+            continue
+        return fd, name
+    raise FileExistsError(errno.EEXIST, "no free temporary name")
+
+
+def _open_unnamed(dirfd):
+    """An O_TMPFILE file in `dirfd` that can be given a name later, or None
+    where the file system or the kernel cannot do both."""
+    flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+    try:
+        fd = os.open(".", flags, 0o666, dir_fd=dirfd)
+    except OSError as e:
+        if e.errno in _NO_TMPFILE:
+            return None
+        raise
+    # naming it is only tried at commit: try it now on a throwaway file, so
+    # that a file system or kernel refusing it falls back before recording
+    try:
+        probe = os.open(".", flags, 0o666, dir_fd=dirfd)
+        try:
+            os.unlink(_name_unnamed(probe, dirfd), dir_fd=dirfd)
+        finally:
+            os.close(probe)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def open_temporary(dirfd, tmpfile=True):
+    """A temporary file in `dirfd` to be renamed over a name there:
+    (fd, None) for an unnamed O_TMPFILE file, (fd, name) for a named one
+    (where O_TMPFILE is refused, or `tmpfile` is False)."""
+    fd = _open_unnamed(dirfd) if tmpfile else None
+    if fd is not None:
+        return fd, None
+    return _create_named(dirfd)
+
+
+def _umask():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o22)   # kernels before 4.7: read it by setting it
+    os.umask(old)
+    return old
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _same_file(a, b):
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+_REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class OutputFile:
+    """The file `path` (None or "-": stdout), written whole by commit() or
+    not at all. `inputs` are paths of files the output must not be (after
+    resolving links and hard links); missing ones are skipped. `reserve`
+    bytes must be free. `tmpfile=False` uses a named temporary file, as file
+    systems without O_TMPFILE get."""
+
+    def __init__(self, path, inputs=(), reserve=RESERVE, tmpfile=True):
+        self.path = path
+        self.target = None     # the file replaced: links resolved
+        self.direct = False    # written in place: a character device or FIFO
+        self._fd = self._dirfd = self._tmpname = None
+        self._closed = False
+        if path in (None, "-"):
+            return
+        self.path = os.fspath(path)
+        try:
+            self._open(list(inputs), reserve, tmpfile)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise output_error(self.path, e) from None
+            raise
+
+    def _open(self, inputs, reserve, tmpfile):
+        path = self.path
+        if not path:   # realpath("") would be the working directory
+            raise OutputError("empty output file name",
+                              "give a file name with -o")
+        if path.endswith("/") or os.path.isdir(path):
+            raise OutputError(f"output {path} is a directory",
+                              "give a file name with -o")
+        try:
+            st = os.stat(path)   # through links, /dev/stdout's too
+        except FileNotFoundError:
+            st = None            # a new file, or a dangling link's target
+        if st is not None and (stat.S_ISCHR(st.st_mode)
+                               or stat.S_ISFIFO(st.st_mode)):
+            self.direct = True
+            # opened by the given name: /dev/stdout reopens what fd 1 is;
+            # O_NOCTTY: a terminal given as -o must not become ours
+            self._fd = os.open(path, os.O_WRONLY | os.O_NOCTTY
+                               | os.O_CLOEXEC)
+            return
+        # a symlink's target is what gets replaced, so the link stays
+        self.target = os.path.realpath(path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            what = next((name for test, name in _REFUSED_TYPES
+                         if test(st.st_mode)), "not a regular file")
+            raise OutputError(f"output {path} is {what}",
+                              "give a file name, a character device or a "
+                              "FIFO with -o")
+        if st is not None:
+            for name in inputs:
+                try:
+                    ist = os.stat(name)
+                except OSError:
+                    continue   # what does not exist cannot be overwritten
+                if _same_file(ist, st):
+                    raise OutputError(
+                        f"output {path} is the same file as the input "
+                        f"{os.path.realpath(name)}",
+                        "write the profile to another file with -o: an "
+                        "input is never overwritten")
+        self._dirfd = os.open(os.path.dirname(self.target),
+                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fd, self._tmpname = open_temporary(self._dirfd, tmpfile)
+        os.fchmod(self._fd, 0o666 & ~_umask())
+        if reserve:
+            try:
+                os.posix_fallocate(self._fd, 0, reserve)
+                os.ftruncate(self._fd, 0)
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
+                    raise
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"output {self.path} is closed")
+
+    def commit(self, data):
+        """Write `data` (str or bytes) and put it in place; then closed."""
+        self._check_open()
+        if self.path in (None, "-"):
+            if isinstance(data, str):
+                sys.stdout.write(data)
+            else:
+                sys.stdout.flush()
+                sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            self.close()
+            return
+        if isinstance(data, str):
+            data = data.encode()
+        try:
+            _write_all(self._fd, data)
+            if not self.direct:
+                os.fsync(self._fd)
+                if self._tmpname is None:
+                    self._tmpname = _name_unnamed(self._fd, self._dirfd)
+                os.rename(self._tmpname, os.path.basename(self.target),
+                          src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+                self._tmpname = None
+        except OSError as e:
+            self.close()
+            raise output_error(self.path, e) from None
+        self.close()
+
+    def close(self):
+        """Release the file; without a commit before, nothing is left (a
+        FIFO's reader or a device may have had part of the data)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        if self._tmpname is not None:
+            try:
+                os.unlink(self._tmpname, dir_fd=self._dirfd)
+            except OSError:
+                pass
+            self._tmpname = None
+        if self._dirfd is not None:
+            os.close(self._dirfd)
+            self._dirfd = None
+
+
+def output_error(path, err):
+    """The OutputError for `err`, an OSError met writing `path`."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left to write {path}",
+                           "free space there or write elsewhere with -o")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
+                           "choose a writable directory with -o")
+    if err.errno == errno.ENOENT:
+        return OutputError(f"cannot write {path}: directory does not exist",
+                           "create the directory or fix the -o path")
+    return OutputError(f"cannot write {path}: {os.strerror(err.errno)}",
+                       "check the -o path")
