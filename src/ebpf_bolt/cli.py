@@ -235,8 +235,9 @@ def record(args, command):
     inputs = ([f"/proc/{args.pid}/exe"] if args.pid is not None
               else [exe for exe in [shutil.which(command[0])] if exe])
     try:
-        # opened, hence checked, before recording
-        with OutputFile(args.output, inputs=inputs) as out:
+        # the output opened, hence checked, before recording; the recording
+        # closed on leaving, whatever happens
+        with rec, OutputFile(args.output, inputs=inputs) as out:
             rec.start(check_mode=_check_format(args.format))
             _say(f"recording {rec.target.describe()} "
                  f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
@@ -257,7 +258,6 @@ def record(args, command):
     finally:
         _deferring = False
         progress.clear()
-        rec.close()
     if rec.target.child:
         return wait_for_command(rec.target)
     return 0
