@@ -1106,17 +1106,37 @@ def test_mode_lbr_without_branch_hardware(root, via, capsys, ebpf_bolt_cmd,
 @covers(errors.KernelUnsupported)
 @pytest.mark.root
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("nofile", [5, 12])
+@pytest.mark.parametrize("nofile", [5, 12, 20])
 def test_too_few_file_descriptors(root, via, nofile, capsys, ebpf_bolt_cmd,
                                   outdir, sleeper):
-    """RLIMIT_NOFILE too low for the events (5) or for the BPF object's
-    maps and programs (12): not blamed on the kernel's version."""
+    """RLIMIT_NOFILE (soft and hard) too low for the events or the BPF
+    object's maps, programs and libbpf's probes (at 20 the probes failed
+    and the load was blamed on the kernel's version): refused up front."""
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", "--mode", "ip", "-p", sleeper,
                    "1"], prefix=["prlimit", f"--nofile={nofile}:{nofile}"])
     err, hint = assert_error(res, errors.KernelUnsupported, outdir,
-                             says=["too many open files"])
+                             says=["too many open files", f"is {nofile}"])
     assert "ulimit -n" in hint and "5.7" not in hint, res
+    assert os.path.exists(f"/proc/{sleeper}"), "the target was harmed"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("via", VIAS)
+def test_low_soft_fd_limit_is_raised(root, via, capsys, ebpf_bolt_cmd,
+                                     tmp_path, sleeper):
+    """A soft limit below the need and a hard one above it: ebpf-bolt
+    raises its soft limit (as perf does) and records."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 256, hard
+    hard = "unlimited" if hard == resource.RLIM_INFINITY else hard
+    out = tmp_path / "out.fdata"
+    res = run_via(via, capsys, ebpf_bolt_cmd,
+                  ["-o", out, "--mode", "ip", "-p", sleeper, "0.5"],
+                  prefix=["prlimit", f"--nofile=12:{hard}"])
+    assert res.rc == 0 and "Traceback" not in res.stderr, res
+    assert out.read_text().startswith("no_lbr"), res
 
 
 @covers(errors.BpfError)

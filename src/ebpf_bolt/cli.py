@@ -10,7 +10,8 @@ import threading
 
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
-from .errors import EbpfBoltError, InternalError, UsageError
+from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
+                     UsageError)
 from .output import OutputFile
 from .writers import FORMATS, FORMATS_FOR
 
@@ -341,7 +342,7 @@ def _cpu_list(cpus):
 
 def replay_command(args):
     from .bpf_object import possible_cpus
-    from .collector import check_max_entries
+    from .collector import check_fd_limit, check_max_entries
     from .replay import parse_stacks, replay
     try:
         load_base = int(args.load_base, 16)
@@ -354,6 +355,7 @@ def replay_command(args):
                          "give a hexadecimal address, e.g. 0x555555554000")
     _check_binary(args.binary)
     _check_cpus(args.cpus)
+    check_fd_limit(0)   # no events, but the BPF object's fds
     if args.max_entries is not None:
         check_max_entries(args.max_entries, "trace_counts", possible_cpus(),
                           prealloc=True)   # replay preallocates its map
@@ -434,7 +436,13 @@ def main(argv=None):
         if os.environ.get("EBPF_BOLT_DEBUG") == "1":
             raise
         detail = " ".join(str(e).split())
-        err = InternalError(f"internal error: {type(e).__name__}: {detail}")
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+            # out of file descriptors wherever it happens (a ulimit -n of a
+            # few): the user's limit, not a bug
+            err = KernelUnsupported(f"too many open files ({detail})",
+                                    "raise the limit: ulimit -n 65536")
+        else:
+            err = InternalError(f"internal error: {type(e).__name__}: {detail}")
         _say(f"error: {err}")
         print(f"  hint: {err.hint}", file=sys.stderr)
         return err.exit_code

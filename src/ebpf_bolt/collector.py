@@ -9,6 +9,7 @@ from array import array
 import fcntl
 import os
 import re
+import resource
 import struct
 import time
 
@@ -157,6 +158,38 @@ def mem_available():
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# File descriptors a recording takes besides one event per CPU: the BPF
+# object's maps, programs, BTF and libbpf's feature probes, the pidfd
+# (measured on Linux 6.18: below ~20 libbpf's probes fail; the rest is
+# margin).
+FDS_BESIDES_EVENTS = 32
+
+
+def check_fd_limit(ncpus):
+    """Make room for the recording's file descriptors under RLIMIT_NOFILE,
+    raising the soft limit up to the hard one if needed (as perf does); a
+    limit still too low is refused before anything is opened. Too few fds
+    made libbpf's feature probes fail, and the load then looked like a
+    kernel that refuses the object."""
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 3
+    need = in_use + ncpus + FDS_BESIDES_EVENTS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft < need:
+        raise KernelUnsupported(
+            f"too many open files: the limit (ulimit -n) is {soft}, a "
+            f"recording on {ncpus} CPUs needs about {need}",
+            f"raise the limit: ulimit -n {max(need, 1024)}")
 
 
 def effective_caps():
@@ -529,6 +562,7 @@ class Recorder:
         self._check_open()
         if self.target is not None:
             raise ValueError("the Recorder was started already")
+        check_fd_limit(len(online_cpus()))
         check_privileges()
         _libbpf.lib()  # fails early with the package name if missing
         if self.command is not None:
