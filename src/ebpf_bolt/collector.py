@@ -187,8 +187,9 @@ def check_fd_limit(ncpus):
         soft = new
     if soft < need:
         raise KernelUnsupported(
-            f"too many open files: the limit (ulimit -n) is {soft}, a "
-            f"recording on {ncpus} CPUs needs about {need}",
+            f"too many open files: the limit (ulimit -n) is {soft}, "
+            f"ebpf-bolt needs about {need} (the BPF object"
+            + (f" and an event for each of {ncpus} CPUs)" if ncpus else ")"),
             f"raise the limit: ulimit -n {max(need, 1024)}")
 
 
