@@ -1184,3 +1184,19 @@ def test_replay_with_stdin_closed(via, capsys, ebpf_bolt_cmd, outdir,
                    "-o", outdir / "out.fdata"],
                   prefix=["sh", "-c", 'exec "$@" <&-', "sh"])
     assert_error(res, errors.UsageError, outdir, says=["stdin is closed"])
+
+
+@covers(errors.KernelUnsupported)
+@pytest.mark.root
+@pytest.mark.parametrize("via", VIAS)
+def test_replay_with_too_few_file_descriptors(root, via, capsys, ebpf_bolt_cmd,
+                                              outdir, tmp_path, replay_binary):
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_bytes(GOOD_LINE)
+    before = snapshot(stacks, replay_binary)
+    res = run_via(via, capsys, ebpf_bolt_cmd,
+                  ["replay", "--binary", replay_binary, stacks,
+                   "-o", outdir / "out.fdata"], prefix=["prlimit", "--nofile=15:15"])
+    assert_error(res, errors.KernelUnsupported, outdir,
+                 says=["too many open files", "is 15"])
+    assert snapshot(stacks, replay_binary) == before
