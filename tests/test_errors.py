@@ -1144,13 +1144,22 @@ def test_low_soft_fd_limit_is_raised(root, via, capsys, ebpf_bolt_cmd,
 @pytest.mark.parametrize("via", VIAS)
 def test_bpf_object_missing(root, via, capsys, ebpf_bolt_cmd, outdir,
                             tmp_path):
-    """A broken install: the BPF object is not where ebpf-bolt looks."""
-    missing = tmp_path / "gone.bpf.o"
+    """A broken install: the package without its BPF object (a copy of the
+    installed package, found first through PYTHONPATH)."""
+    import ebpf_bolt
+    from ebpf_bolt.bpf_object import OBJECT_NAME
+    installed = Path(ebpf_bolt.__file__).parent
+    broken = tmp_path / "site" / "ebpf_bolt"
+    shutil.copytree(installed, broken,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    missing = broken / "bpf" / OBJECT_NAME
+    missing.unlink()
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", "--", "/bin/true"],
-                  prefix=["env", f"EBPF_BOLT_OBJECT={missing}"])
+                  prefix=["env", f"PYTHONPATH={broken.parent}"])
     assert_error(res, errors.BpfError, outdir,
                  says=["BPF object missing", str(missing)])
+    assert (installed / "bpf" / OBJECT_NAME).exists()
 
 
 BUG_CODE = ("import sys, ebpf_bolt.cli as cli\n"
