@@ -1,6 +1,7 @@
 """Builds the BPF object with clang while the package is built, and tags the
 wheel for this CPU architecture (the object is per architecture)."""
 import os
+import shutil
 import subprocess
 
 from setuptools import setup
@@ -16,6 +17,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 class BuildWithBpf(build_py):
     def run(self):
+        # start from an empty copy: a module removed from src/ (brtrace.py
+        # moved to tests/) would otherwise still ship from an earlier build
+        shutil.rmtree(os.path.join(self.build_lib, "ebpf_bolt"),
+                      ignore_errors=True)
         super().run()
         out = os.path.join(os.path.abspath(self.build_lib), "ebpf_bolt", "bpf")
         try:

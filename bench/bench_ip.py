@@ -759,10 +759,12 @@ def main(argv=None):
         report(args, facts, res, load_before, load_after)
     except BenchError as e:
         print(f"bench_ip: error: {e}", file=sys.stderr)
-        print(f"bench_ip: logs in {work}", file=sys.stderr)
-        args.keep = True
+        if not args.keep:
+            print("bench_ip: run with --keep to keep the logs", file=sys.stderr)
         return 1
     finally:
+        # tens of MiB (perf.data, profiles): removed unless --keep, errors
+        # included
         if args.keep:
             print(f"bench_ip: work directory kept: {work}", file=sys.stderr)
         else:

@@ -10,14 +10,14 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    one-stack run takes,
    for the shipped worker (trace cache) and for the baseline, a plain
    per-entry per-CPU hash update (the same source built without the caches,
-   tests/baseline.py), on:
+   tests/bpf_builds.py), on:
    - "random, one stack per run": one stack of 32 random entries, one stack
      per run (the issue's baseline method: the same stack run after run);
    - "random, N distinct": N different stacks of random entries (131k
      traces that never repeat: every entry misses the cache and updates the
      map in DRAM; shown for what the cache costs there, no goal);
    - "recorded": stacks cut from the demo workload's real taken-branch
-     sequence (qemu-user log, ebpf_bolt.brtrace), where loops repeat traces:
+     sequence (qemu-user log, tests/brtrace.py), where loops repeat traces:
      shares mode (threads running three hot functions) and icache mode (96
      hot functions, ~2,900 distinct traces). Run 256 stacks at a time
      (400 KB of input, held in the L2 cache), because live sampling reads
@@ -39,12 +39,13 @@ import tempfile
 import time
 
 from ebpf_bolt import _libbpf
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "tests"))
-from baseline import build_baseline_object  # noqa: E402
 from ebpf_bolt.replay import Replayer, pack_stacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # test helpers, not shipped
+import brtrace  # noqa: E402
+from bpf_builds import BASELINE, build_object  # noqa: E402
+
 DEPTH = 32
 
 
@@ -62,16 +63,33 @@ class ProgramClock:
     RUN_TIME_NS, INFO_SIZE = 192, 232
     BPF_STATS_RUN_TIME = 0
 
+    # two libbpf calls only the benchmarks make, bound here rather than in
+    # the package's table
+    _lib = None
+
+    @classmethod
+    def lib(cls):
+        if cls._lib is None:
+            lib = ctypes.CDLL(_libbpf.SONAME)
+            lib.bpf_enable_stats.argtypes = [ctypes.c_int]
+            lib.bpf_obj_get_info_by_fd.argtypes = [
+                ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+            for fn in (lib.bpf_enable_stats, lib.bpf_obj_get_info_by_fd):
+                fn.restype = ctypes.c_int
+                fn.errcheck = _libbpf._check_int
+            cls._lib = lib
+        return cls._lib
+
     def __init__(self, prog_fd):
-        self.lib = _libbpf.lib()
         self.prog_fd = prog_fd
-        self.stats_fd = self.lib.bpf_enable_stats(self.BPF_STATS_RUN_TIME)
+        self.stats_fd = self.lib().bpf_enable_stats(self.BPF_STATS_RUN_TIME)
         self.buf = ctypes.create_string_buffer(self.INFO_SIZE)
 
     def __call__(self):
         size = ctypes.c_uint32(self.INFO_SIZE)
         ctypes.memset(self.buf, 0, self.INFO_SIZE)
-        self.lib.bpf_obj_get_info_by_fd(self.prog_fd, self.buf, ctypes.byref(size))
+        self.lib().bpf_obj_get_info_by_fd(self.prog_fd, self.buf,
+                                          ctypes.byref(size))
         return int.from_bytes(self.buf.raw[self.RUN_TIME_NS:self.RUN_TIME_NS + 8],
                               sys.byteorder)
 
@@ -117,13 +135,12 @@ def cost_per_stack(stacks, baseline, repeats=9, per_run=None):
         return statistics.median(samples[True]), statistics.median(samples[False])
 
 
-def recorded_stacks(count, mode):
-    """32-deep stacks from a real run of the demo workload under qemu-user
-    (ebpf_bolt.brtrace), or None where qemu is not available."""
-    from ebpf_bolt import brtrace
+def recorded_stacks(count, mode, workdir):
+    """32-deep stacks from a real run of the demo workload (built in
+    workdir) under qemu-user (tests/brtrace.py), or None where qemu is not
+    available."""
     from ebpf_bolt.demo.build import build_workload
 
-    workdir = tempfile.mkdtemp(prefix="bench-replay-")
     binary = build_workload(workdir, pie=True)
     args = {"icache": ["--mode", "icache", "--scale", "2"],
             "shares": ["--scale", "2", "--early", "1", "--late", "0"]}[mode]
@@ -135,16 +152,15 @@ def recorded_stacks(count, mode):
     return rec.stacks[:count] or None
 
 
-def drain_and_write(n_traces):
+def drain_and_write(n_traces, workdir):
     """Fill the map with n distinct traces, then time drain + translate +
-    write of the preagg profile."""
+    write of the preagg profile (into workdir)."""
     from ebpf_bolt.collector import translated_traces
     from ebpf_bolt.profile import Profile
     from ebpf_bolt.addrspace import AddressSpace
     from ebpf_bolt.elf import ElfFile
     from ebpf_bolt.demo.build import build_workload
 
-    workdir = tempfile.mkdtemp(prefix="bench-drain-")
     # a PIE at a usual load address: translation shifts every address
     binary = str(build_workload(workdir, pie=True))
     load_base = 0x555555554000
@@ -179,6 +195,13 @@ def main():
     p.add_argument("--stacks", type=int, default=4096)
     p.add_argument("--traces", type=int, default=1_000_000)
     args = p.parse_args()
+    # everything the run writes (workload builds, baseline object, a profile
+    # of tens of MiB) goes here and is removed at the end, errors included
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as work:
+        run(args, work)
+
+
+def run(args, work):
     rng = random.Random(1)
     print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}")
     rows = []
@@ -187,7 +210,7 @@ def main():
     rows.append((f"random, {args.stacks} distinct", [random_stack(rng) for _ in
                                                       range(args.stacks)], None))
     for mode in ("shares", "icache"):
-        rec = recorded_stacks(args.stacks, mode)
+        rec = recorded_stacks(args.stacks, mode, work)
         if rec:
             rows.append((f"recorded demo workload ({mode} mode), {len(rec)} "
                          "stacks, 256 per run", rec, 256))
@@ -198,10 +221,9 @@ def main():
     print("\n| stacks (32 deep) | baseline: hash update per entry | trace cache "
           "(shipped) | per entry | goal |")
     print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
-        baseline = build_baseline_object(tmp)
-        costs = [cost_per_stack(stacks, baseline, per_run=per_run)
-                 for _, stacks, per_run in rows]
+    baseline = build_object(os.path.join(work, "baseline"), BASELINE)
+    costs = [cost_per_stack(stacks, baseline, per_run=per_run)
+             for _, stacks, per_run in rows]
     for (name, stacks, per_run), (base, ours) in zip(rows, costs):
         goal = 500 if name.startswith("recorded") else 1000
         if "streamed" in name or "distinct" in name:
@@ -214,7 +236,7 @@ def main():
                    f"<= {goal} ns: {'met' if ours <= goal else 'NOT met'}")
         print(f"| {name} | {base:,.0f} ns | {ours:,.0f} ns | {ours / DEPTH:.1f} ns "
               f"| {verdict} |")
-    n, drain, write, size = drain_and_write(args.traces)
+    n, drain, write, size = drain_and_write(args.traces, work)
     total = drain + write
     print(f"\ndrain + translate + write of {n:,} distinct traces: {total:.2f} s "
           f"(drain, summed over CPUs in the kernel, and translation {drain:.2f} s; "

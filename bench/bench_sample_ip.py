@@ -18,17 +18,19 @@ of the workload; the table shows the share (the rest: the moment before
 its exec, when the forked child is still ebpf-bolt's Python).
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 
+from ebpf_bolt import bpf_object
 from ebpf_bolt.collector import Recorder
 from ebpf_bolt.demo.build import build_workload
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_replay import ProgramClock  # noqa: E402
-from baseline import build_baseline_object  # noqa: E402  (bench_replay's path)
+from bpf_builds import BASELINE, build_object  # noqa: E402  (bench_replay's path)
 
 RUN_CNT = ProgramClock.RUN_TIME_NS + 8   # bpf_prog_info.run_cnt follows
 
@@ -36,10 +38,24 @@ RUN_CNT = ProgramClock.RUN_TIME_NS + 8   # bpf_prog_info.run_cnt follows
 def record_once(cmd, obj_path):
     """One recording of `cmd`: (ns per program run, runs, target samples,
     distinct IPs)."""
-    if obj_path:
-        os.environ["EBPF_BOLT_OBJECT"] = obj_path
-    else:
-        os.environ.pop("EBPF_BOLT_OBJECT", None)
+    with object_file(obj_path):
+        return _record_once(cmd)
+
+
+@contextlib.contextmanager
+def object_file(path):
+    """Recorder loads the object bpf_object.object_path() names: `path`
+    instead while this holds (None: the shipped one)."""
+    shipped = bpf_object.object_path
+    if path:
+        bpf_object.object_path = lambda: path
+    try:
+        yield
+    finally:
+        bpf_object.object_path = shipped
+
+
+def _record_once(cmd):
     rec = Recorder(command=cmd, mode="ip")
     # the workload inherits stdout and stderr: its lines stay out of the
     # report (an error is raised, and shown, after they are restored)
@@ -79,9 +95,16 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--scale", type=int, default=300)
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="bench-sample-ip-")
+    # the workload and the baseline object, removed at the end (errors too)
+    with tempfile.TemporaryDirectory(prefix="bench-sample-ip-") as work:
+        run(args, work)
+
+
+def run(args, work):
     wl = str(build_workload(work, pie=True))
-    builds = {"IP cache (shipped)": None, "hash only (baseline)": build_baseline_object(work)}
+    builds = {"IP cache (shipped)": None,
+              "hash only (baseline)": build_object(os.path.join(work, "baseline"),
+                                                   BASELINE)}
     workloads = {"shares": [wl, "--scale", str(args.scale)],
                  "icache": [wl, "--mode", "icache", "--scale", str(args.scale)]}
     results = {}

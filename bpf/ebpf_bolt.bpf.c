@@ -3,8 +3,10 @@
  * ebpf-bolt kernel side: aggregate samples into per-CPU maps in the kernel,
  * so that user space reads one summary at the end instead of every sample.
  *
- * Only UAPI types and stable helpers are used (no kernel structs), so one
- * object per CPU architecture runs on any kernel with BTF-capable libbpf.
+ * Only UAPI types and stable helpers are used (no kernel structs, no CO-RE
+ * relocations), so one object per CPU architecture runs on any kernel new
+ * enough for the helpers each program calls (README), with or without
+ * kernel BTF.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -14,6 +16,8 @@
 
 #include "ebpf_bolt.h"
 
+/* errno values the map helpers return negated (no errno.h for the BPF
+ * target) */
 #define E2BIG 7
 #define EEXIST 17
 
@@ -102,8 +106,9 @@ static __always_inline void count_failure(struct eb_stats *st, int err,
 		st->counter[EB_UPDATE_FAILED]++;
 }
 
-/* The filters every sample goes through; returns 0 to keep the sample. */
-static __always_inline int keep_sample(struct eb_stats *st)
+/* The filters every sample goes through: 1 when the sample is another
+ * process's (counted, then skipped), 0 to keep it. */
+static __always_inline int skip_sample(struct eb_stats *st)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -118,13 +123,13 @@ static __always_inline int keep_sample(struct eb_stats *st)
 		if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino,
 						&ns, sizeof(ns))) {
 			st->counter[EB_OTHER_PROCESS]++;
-			return -1;
+			return 1;
 		}
 		pid_tgid = (__u64)ns.tgid << 32 | ns.pid;
 	}
 	if (cfg.target_tgid && (__u32)(pid_tgid >> 32) != cfg.target_tgid) {
 		st->counter[EB_OTHER_PROCESS]++;
-		return -1;
+		return 1;
 	}
 	if (cfg.count_threads) {
 		__u32 tid = (__u32)pid_tgid;
@@ -250,15 +255,17 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 
-	if (!st || keep_sample(st))
+	if (!st || skip_sample(st))
 		return 0;
 	count_ip(PT_REGS_IP(&ctx->regs), st);
 	return 0;
 }
 
+#ifdef EB_TEST_PROGRAMS
 /* IPs the caller supplies, counted as sample_ip counts a sample's IP: how
  * the tests check the IP cache exactly (perf_event programs cannot be run
- * with BPF_PROG_RUN). */
+ * with BPF_PROG_RUN). Built only into the tests' object (tests/bpf_builds.py,
+ * -DEB_TEST_PROGRAMS): the shipped object has no use for it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -298,6 +305,7 @@ int replay_ips(struct eb_replay_ip_args *args)
 	args->done = rs.done;
 	return 0;
 }
+#endif /* EB_TEST_PROGRAMS */
 
 /* ---- Branch stacks -------------------------------------------------- */
 
@@ -498,7 +506,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	__u32 zero = 0;
 	long size, total;
 
-	if (!st || keep_sample(st))
+	if (!st || skip_sample(st))
 		return 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s) {

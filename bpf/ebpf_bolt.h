@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * Types shared by the BPF object (ebpf_bolt.bpf.c) and the Python side
- * (src/ebpf_bolt/layout.py mirrors them with ctypes; tests/test_bpf_object.py
- * checks the mirror against the BTF of the compiled object).
+ * (src/ebpf_bolt/layout.py mirrors them with ctypes, and every #define
+ * here under the same name without EB_; tests/test_bpf_object.py checks
+ * the structs against the BTF of the compiled object and the #defines
+ * against this file).
  * Fixed-width types only, so both sides agree on every architecture.
  */
 #ifndef EBPF_BOLT_H
@@ -105,8 +107,9 @@ struct eb_ip_slot {
  * 32-bit count cannot wrap however long a recording runs. */
 #define EB_IP_FLUSH_AT 0x80000000U
 
-/* Replay of IP samples (BPF_PROG_RUN of replay_ips, for the tests): IPs
- * in the replay_ip_buf array, counted as sample_ip counts a sample. */
+/* Replay of IP samples (BPF_PROG_RUN of replay_ips, built only into the
+ * tests' object, -DEB_TEST_PROGRAMS): IPs in the replay_ip_buf array,
+ * counted as sample_ip counts a sample. */
 #define EB_REPLAY_IPS 4096
 
 struct eb_replay_ips {
@@ -136,7 +139,7 @@ struct eb_replay_args {
 };
 
 /* CPUs whose values drain_traces sums at most: machines with more drain
- * through the batch lookup (bpf_object.DRAIN_MAX_CPUS). */
+ * through the batch lookup (layout.DRAIN_MAX_CPUS). */
 #define EB_DRAIN_MAX_CPUS 1024
 
 /* Drain (BPF_PROG_RUN of drain_traces): one record per trace, counts

@@ -1,9 +1,13 @@
 """Shared fixtures: the bundled workload, the installed command, BOLT.
 
 Tests run as root on the real kernel. With EBPF_BOLT_STRICT_SKIPS=1 (set by
-scripts/test.sh, hence CI) a skipped test fails the run unless it is marked
-lbr_hw (needs branch-sampling hardware, which no machine here has)."""
+scripts/test.sh, hence CI) a skipped test fails the run unless a marker says
+which hardware decides whether it can run: lbr_hw (needs branch-sampling
+hardware, which no machine here has), no_lbr_hw and no_hw_cycles (check the
+fallback of a machine without it, as every machine here is; skipped where
+the hardware is present)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf_builds import BASELINE, TEST_PROGRAMS, build_object
 from ebpf_bolt.demo.build import build_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +44,19 @@ def workload_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def test_object(tmp_path_factory):
+    """The BPF object with the test-only programs (bpf_builds.TEST_PROGRAMS)."""
+    return build_object(str(tmp_path_factory.mktemp("test-object")),
+                        TEST_PROGRAMS)
+
+
+@pytest.fixture(scope="session")
+def baseline_object(tmp_path_factory):
+    """The BPF object without caches (bpf_builds.BASELINE)."""
+    return build_object(str(tmp_path_factory.mktemp("baseline")), BASELINE)
+
+
+@pytest.fixture(scope="session")
 def workload_pie(workload_dir):
     return build_workload(workload_dir, pie=True)
 
@@ -54,17 +72,41 @@ def bolt_tool(version, name):
     return str(path)
 
 
+def bolt_profiled_functions(report):
+    """N of llvm-bolt's "N out of M functions in the binary (P%) have
+    non-empty execution profile"; fails where the line is missing."""
+    m = re.search(r"(\d+) out of \d+ functions in the binary .* have "
+                  r"non-empty execution profile", report)
+    assert m, f"no profiled-functions line in BOLT's output:\n{report}"
+    return int(m.group(1))
+
+
 def run(cmd, **kw):
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
     return subprocess.run(cmd, **kw)
 
 
+# markers of tests that only machines with (lbr_hw) or without (no_*) some
+# hardware can run: their skips are the machine's, not the tests'
+HARDWARE_MARKERS = ("lbr_hw", "no_lbr_hw", "no_hw_cycles")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_lbr_hw: checks what a machine "
+                            "without branch-sampling hardware does (skipped "
+                            "where there is some)")
+    config.addinivalue_line("markers", "no_hw_cycles: checks what a machine "
+                            "without a hardware cycles event does (skipped "
+                            "where there is one)")
+
+
 _bad_skips = []
 
 
 def pytest_runtest_logreport(report):
-    if report.skipped and "lbr_hw" not in report.keywords:
+    if report.skipped and not any(m in report.keywords
+                                  for m in HARDWARE_MARKERS):
         _bad_skips.append(report.nodeid)
 
 

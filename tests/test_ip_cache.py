@@ -1,6 +1,6 @@
 """Exactness of the IP cache (sample_ip's per-CPU table in front of the
-IP map): IPs are counted through the kernel's own code (replay_ips shares
-count_ip with sample_ip) with the thread pinned to each CPU, and the
+IP map): IPs are counted through the kernel's own code (replay_ips, in the
+tests' build of the object, shares count_ip with sample_ip) with the thread pinned to each CPU, and the
 drained counts must equal, sample for sample, a plain count of the IPs,
 whatever the table size (1 slot: every other IP collides) and however
 full the map."""
@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from ebpf_bolt.layout import IP_SLOT_FORMAT, REPLAY_IPS, USER_ADDR_END
-from ebpf_bolt.replay import IpReplayer
+from ip_replayer import IpReplayer
 
 pytestmark = pytest.mark.root
 
@@ -33,10 +33,10 @@ def skewed_ips(rng, n, distinct):
 
 
 @pytest.mark.parametrize("slots", [1, 2, 16, None])
-def test_counts_equal_a_plain_count(slots):
+def test_counts_equal_a_plain_count(slots, test_object):
     rng = random.Random(SEED + (slots or 0))
     expected = Counter()
-    with IpReplayer(max_entries=1 << 14, slots=slots) as rep:
+    with IpReplayer(test_object, max_entries=1 << 14, slots=slots) as rep:
         for cpu in cpus():
             ips = skewed_ips(rng, 3 * REPLAY_IPS + 123, 2000)
             rep.feed(ips, cpu=cpu)
@@ -56,17 +56,17 @@ def test_counts_equal_a_plain_count(slots):
     assert (st["map_full"], st["update_failed"], st["kernel_ip"]) == (0, 0, 0)
 
 
-def test_kernel_ips_are_counted_apart():
+def test_kernel_ips_are_counted_apart(test_object):
     user = [BASE + 0x40] * 10 + [USER_ADDR_END - 1]
     kernel = [USER_ADDR_END, 0xffffffff81000000, (1 << 64) - 1]
-    with IpReplayer(max_entries=64) as rep:
+    with IpReplayer(test_object, max_entries=64) as rep:
         rep.feed(user + kernel * 3 + user, cpu=cpus()[-1])
         assert rep.counts() == Counter(user * 2)
         assert rep.stats()["kernel_ip"] == 9
 
 
 @pytest.mark.parametrize("slots", [1, None])
-def test_full_map_refuses_exactly_the_new_ips(slots):
+def test_full_map_refuses_exactly_the_new_ips(slots, test_object):
     """--max-entries M: once M IPs are in the map, every sample of another
     IP is refused and counted (map_full), never cached; the M keep exact
     counts, whatever the cache held when the map filled."""
@@ -74,7 +74,7 @@ def test_full_map_refuses_exactly_the_new_ips(slots):
     rng = random.Random(SEED)
     stored = [BASE + 8 * i for i in range(m)]
     refused = [BASE + 0x100000 + 8 * i for i in range(k)]
-    with IpReplayer(max_entries=m, slots=slots) as rep:
+    with IpReplayer(test_object, max_entries=m, slots=slots) as rep:
         first = rng.choices(stored, k=5000)
         rep.feed(stored + first, cpu=cpus()[0])   # fills the map
         late = refused * repeat + rng.choices(stored, k=3000)

@@ -1,7 +1,7 @@
 """End to end on the branch-stack (LBR) path, with branch stacks recorded in
 software from real runs of the demo workload.
 
-No machine here has branch-sampling hardware, so ebpf_bolt.brtrace records
+No machine here has branch-sampling hardware, so tests/brtrace.py records
 the taken branches of the workload under qemu-user, cuts them into 32-deep
 stacks every ~1000 taken branches, and the stacks go through the kernel's
 aggregation with ebpf_bolt.replay (the same BPF worker as live LBR
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import brtrace
 from conftest import bolt_tool, run
-from ebpf_bolt import brtrace
 from ebpf_bolt.elf import ElfFile
 from ebpf_bolt.replay import replay
 

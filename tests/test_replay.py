@@ -17,8 +17,7 @@ import sys
 import pytest
 
 import perf2bolt_rules as rules
-from baseline import build_baseline_object
-from conftest import bolt_tool, run
+from conftest import bolt_profiled_functions, bolt_tool, run
 from ebpf_bolt import cli
 from ebpf_bolt.elf import ElfFile
 from ebpf_bolt.replay import Replayer, replay
@@ -186,11 +185,6 @@ def stacks(workload_pie):
 
 # --- 1. exactness against perf2bolt's rules ---------------------------------
 
-@pytest.fixture(scope="module")
-def baseline_object(tmp_path_factory):
-    return build_baseline_object(str(tmp_path_factory.mktemp("baseline")))
-
-
 @pytest.mark.parametrize("build", ["shipped", "baseline"])
 def test_batches_on_different_cpus(stacks, build, request):
     """Each CPU aggregates its own share; the per-CPU maps summed give
@@ -288,7 +282,7 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
         from ebpf_bolt.collector import flush_trace_cache
         flush_trace_cache(rep.obj)
         w, bounds = rep.obj.drain_trace_records()
-        keys, values, n = rep.obj.drain("trace_counts")
+        keys, values, n = rep.obj.read_all("trace_counts")
         counts, mispreds = rep.obj.sum_u64_values(values, 2)
     k = array("Q", keys)
     batch = dict(zip(zip(k[0::3], k[1::3], k[2::3]), zip(counts, mispreds)))
@@ -320,30 +314,59 @@ def test_failed_kernel_drain_falls_back_to_batch_lookup(stacks, monkeypatch):
 
 # --- 1b. the translated profile ---------------------------------------------
 
-def translate_reference(traces, ranges, load_base):
-    """bolt-profile-formats.md section 2: runtime traces into ELF addresses.
-    A from or to outside the binary becomes 0 (external); a fall-through
-    end outside becomes BR_ONLY, and so does one whose start (`to`) is
-    outside, since perf2bolt cannot place a fall-through that starts outside
-    (doTrace counts it as out of range); a trace with neither branch end
-    inside is left out and counted. Returns (traces, left-out count)."""
-    def vaddr(a):
-        for lo, hi in ranges:
-            if lo + load_base <= a < hi + load_base:
-                return a - load_base
-        return None
-    out, left_out = {}, 0
-    for (frm, to, ft_end), (count, mis) in traces.items():
-        f, t = vaddr(frm), vaddr(to)
-        if f is None and t is None:
-            left_out += count
-            continue
-        e = vaddr(ft_end) if ft_end != BR_ONLY and t is not None else None
-        key = (0 if f is None else f, 0 if t is None else t,
-               BR_ONLY if e is None else e)
-        c0, m0 = out.get(key, (0, 0))
-        out[key] = (c0 + count, m0 + mis)
-    return out, left_out
+# Hand-worked cases of the translation rule of bolt-profile-formats.md
+# section 2, on the binary's code segment [lo, hi) (ELF addresses; at run
+# time + the load base): a from or to outside becomes 0 (external); a
+# fall-through end outside becomes BR_ONLY, and so does one that starts
+# outside (its `to`: perf2bolt cannot place a fall-through that starts
+# outside, doTrace counts it as out of range); a trace whose branch has
+# neither end inside is left out and counted, whatever its end.
+LIB, LIB2 = OTHER_OBJECT[0], OTHER_OBJECT[1]     # another object's code
+TRANSLATION_CASES = [
+    "inside", "from-outside", "to-outside", "end-outside", "left-out",
+    "segment-bounds"]
+
+
+def translation_case(name, lo, hi, load_base):
+    """(stacks in runtime addresses, expected traces, left-out count)."""
+    a, b, c, d = lo + 0x10, lo + 0x40, lo + 0x80, lo + 0xc0     # inside
+
+    def r(v):  # runtime address
+        return v + load_base
+    return {
+        # both inside: the load base comes off every address
+        "inside": ([[(r(c), r(d), False), (r(a), r(b), True)]],
+                   {(c, d, BR_ONLY): (1, 0), (a, b, c): (1, 1)}, 0),
+        # a return from a library into the binary: from 0
+        "from-outside": ([[(r(c), r(d), False), (LIB, r(a), True)]],
+                         {(c, d, BR_ONLY): (1, 0), (0, a, c): (1, 1)}, 0),
+        # a call into a library: to 0, and the fall-through from there to
+        # c (inside) starts outside: BR_ONLY
+        "to-outside": ([[(r(c), r(d), False), (r(a), LIB, False)]],
+                       {(c, d, BR_ONLY): (1, 0), (a, 0, BR_ONLY): (1, 0)}, 0),
+        # the next branch is a library's: the fall-through end is BR_ONLY
+        "end-outside": ([[(LIB, r(c), False), (r(a), r(b), True)]],
+                        {(0, c, BR_ONLY): (1, 0), (a, b, BR_ONLY): (1, 1)}, 0),
+        # a branch inside a library is left out, though its end is inside
+        "left-out": ([[(r(a), r(b), False), (LIB, LIB2, True)]],
+                     {(a, b, BR_ONLY): (1, 0)}, 1),
+        # lo is inside, hi and lo - 1 are not; two traces that become one
+        # add their counts and mispredicts
+        "segment-bounds": ([[(r(hi), r(lo), True), (r(lo), r(hi - 1), False)],
+                            [(r(lo - 1), r(lo), True)]],
+                           {(0, lo, BR_ONLY): (2, 2),
+                            (lo, hi - 1, BR_ONLY): (1, 0)}, 0),
+    }[name]
+
+
+@pytest.mark.parametrize("load_base", [0, LOAD_BASE], ids=["base0", "pie-base"])
+@pytest.mark.parametrize("name", TRANSLATION_CASES)
+def test_translation_by_hand(workload_pie, name, load_base):
+    (lo, hi), = text_ranges(workload_pie)    # one code segment
+    stacks, expected, left_out = translation_case(name, lo, hi, load_base)
+    prof = replay(workload_pie, stacks, load_base, max_entries=64)
+    assert dict(prof.traces.items()) == expected
+    assert prof.stats["traces_outside_binary"] == left_out
 
 
 def preagg_text(traces, event="cycles"):
@@ -355,18 +378,29 @@ def preagg_text(traces, event="cycles"):
 
 @pytest.mark.parametrize("load_base", [0, LOAD_BASE], ids=["base0", "pie-base"])
 def test_translated_profile(workload_pie, load_base):
+    """Random stacks (test_translation_by_hand has the exact cases): every
+    address of the profile is the binary's, 0 or BR_ONLY, and every trace
+    count is either in the profile or counted as left out."""
     stacks = make_stacks(workload_pie, load_base, n=2000, seed=SEED + load_base % 97)
     runtime, counters = rules.aggregate(stacks)
-    expected, left_out = translate_reference(runtime, text_ranges(workload_pie),
-                                             load_base)
-    assert left_out and any(k[0] == 0 for k in expected)  # both rules exercised
     prof = replay(workload_pie, stacks, load_base, max_entries=ENTRIES,
                   cpus=cpus())
-    assert_same_traces(prof.traces, expected)
-    assert prof.stats["traces_outside_binary"] == left_out
+    ranges = text_ranges(workload_pie)
+
+    def inside(addr):
+        return any(lo <= addr < hi for lo, hi in ranges)
+    for f, t, e in prof.traces:
+        assert f == 0 or inside(f), hex(f)
+        assert t == 0 or inside(t), hex(t)
+        assert e == BR_ONLY or inside(e), hex(e)
+        assert (f, t) != (0, 0)
+    left_out = prof.stats["traces_outside_binary"]
+    assert left_out and any(k[0] == 0 for k in prof.traces)  # both rules ran
+    assert (sum(c for c, _ in prof.traces.values()) + left_out
+            == sum(c for c, _ in runtime.values()))
     assert_counters(prof.stats, counters)
     text = prof.render("preagg")
-    assert text.endswith("\n") and records(text) == records(preagg_text(expected))
+    assert text.endswith("\n") and records(text) == records(preagg_text(prof.traces))
 
 
 # --- 2. golden cases, worked out by hand --------------------------------------
@@ -578,8 +612,10 @@ def test_dialects_read_alike(workload_pie, tmp_path):
     stacks = walk_stacks(workload_pie, "hot_a", 400, LOAD_BASE, SEED)
     prof = replay(workload_pie, stacks, LOAD_BASE, max_entries=ENTRIES,
                   cpus=cpus())
-    assert_same_traces(prof.traces, translate_reference(
-        rules.aggregate(stacks)[0], text_ranges(workload_pie), LOAD_BASE)[0])
+    # every branch of hot_a is inside the binary: the load base comes off
+    assert_same_traces(prof.traces, {
+        (f - LOAD_BASE, t - LOAD_BASE, e if e == BR_ONLY else e - LOAD_BASE): v
+        for (f, t, e), v in rules.aggregate(stacks)[0].items()})
     t22, bf22, bf19 = dialect_fdata(prof, workload_pie, tmp_path)
     assert without_mispreds(t22) == without_mispreds(bf22)
     assert sorted(bf19) == sorted(bf22)
@@ -593,9 +629,7 @@ def test_dialects_read_alike(workload_pie, tmp_path):
                str(tmp_path / "t.preagg"), "-o", str(tmp_path / "bolted")])
     report = res.stdout + res.stderr
     assert res.returncode == 0 and "ERROR" not in report, report
-    m = re.search(r"(\d+) out of \d+ functions in the binary .* have non-empty "
-                  "execution profile", report)
-    assert m and int(m.group(1)) >= 1, report
+    assert bolt_profiled_functions(report) >= 1, report
 
 
 def call_return_site(binary, function="main"):

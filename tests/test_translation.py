@@ -122,7 +122,11 @@ def test_column_fast_path_equals_per_trace_rules(load_base, measured):
     got, left = translate_trace_columns(TraceColumns(cols, bounds), space)
     expected, _ = translate_traces(dict(zip(rows, zip(cols[3], cols[4]))), space)
     assert not hasattr(got, "columns") and got == expected
-    assert expected[(rows[0][0] - load_base, rows[0][1] - load_base, BR_ONLY)]
+    # formats doc section 2: a fall-through end outside the binary becomes
+    # BR_ONLY; row 0 keeps its count (1) and mispredicts (7)
+    key = (rows[0][0] - load_base, rows[0][1] - load_base, BR_ONLY)
+    assert got[key] == (1, 7)
+    assert not any(e == hi - load_base for _, _, e in got)
 
 
 def test_mappings_match_by_device_and_inode():

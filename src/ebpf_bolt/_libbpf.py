@@ -3,7 +3,9 @@
 Every function the tool calls is declared once in ``_PROTOTYPES`` with its
 argument types, result type and error convention; ``_bind`` applies the
 table, so a misspelt attribute (ctypes silently ignores ``.argtype``) cannot
-slip in, and tests check that every bound function has argtypes.
+slip in, and ``lib()`` holds only the table's functions, so a call of one
+missing from it fails instead of running with ctypes' default int types.
+tests/test_bpf_object.py checks the table against libbpf's headers.
 
 libbpf 1.x reports failure as a negative errno (int results) or as NULL with
 errno set (pointer results); the checkers turn both into LibbpfError, an
@@ -85,14 +87,14 @@ _PROTOTYPES = {
     # NULL ends the walk: not an error
     "bpf_object__next_program": ([_pp, _pp], _pp, _NONE),
     "bpf_program__name": ([_pp], ctypes.c_char_p, _NONE),
+    "bpf_object__next_map": ([_pp, _pp], _pp, _NONE),  # NULL ends the walk
+    "bpf_map__name": ([_pp], ctypes.c_char_p, _NONE),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__reuse_fd": ([_pp, c_int], c_int, _INT),
-    "bpf_map__max_entries": ([_pp], c_uint32, _NONE),
     "bpf_map__key_size": ([_pp], c_uint32, _NONE),
     "bpf_map__value_size": ([_pp], c_uint32, _NONE),
     "bpf_map__set_map_flags": ([_pp, c_uint32], c_int, _INT),
-    "bpf_map__map_flags": ([_pp], c_uint32, _NONE),
     "bpf_map__set_initial_value": ([_pp, c_void_p, c_size_t], c_int, _INT),
     "bpf_map__fd": ([_pp], c_int, _INT),
     "bpf_program__fd": ([_pp], c_int, _INT),
@@ -109,29 +111,34 @@ _PROTOTYPES = {
                              c_int, _NONE),  # -ENOENT marks the last batch
     "bpf_prog_test_run_opts": ([c_int, ctypes.POINTER(bpf_test_run_opts)],
                                c_int, _INT),
-    # the benchmarks time programs with the kernel's own run-time stats
-    "bpf_enable_stats": ([c_int], c_int, _INT),
-    "bpf_obj_get_info_by_fd": ([c_int, c_void_p, ctypes.POINTER(c_uint32)],
-                               c_int, _INT),
 }
 
 SONAME = "libbpf.so.1"
 
 
 def _load_library():
-    names = [SONAME]
+    """libbpf by its soname; only where that fails, ctypes.util.find_library,
+    which runs ldconfig (and gcc where ldconfig finds nothing): tens of
+    milliseconds that every run would pay for nothing."""
+    try:
+        return ctypes.CDLL(SONAME, use_errno=True)
+    except OSError:
+        pass
     found = ctypes.util.find_library("bpf")
     if found and found != SONAME:
-        names.append(found)
-    for name in names:
         try:
-            return ctypes.CDLL(name, use_errno=True)
+            return ctypes.CDLL(found, use_errno=True)
         except OSError:
-            continue
+            pass
     raise LibbpfMissing(f"cannot load {SONAME} (libbpf >= 1.0)")
 
 
+class _Bound:
+    """The table's functions, and nothing else of the library."""
+
+
 def _bind(lib):
+    bound = _Bound()
     for name, (argtypes, restype, errcheck) in _PROTOTYPES.items():
         try:
             fn = getattr(lib, name)
@@ -142,7 +149,8 @@ def _bind(lib):
         fn.restype = restype
         if errcheck is not None:
             fn.errcheck = errcheck
-    return lib
+        setattr(bound, name, fn)
+    return bound
 
 
 _lib = None
@@ -183,8 +191,3 @@ def set_verbose(on):
     global _verbose
     _verbose = bool(on)
 
-
-def bound_functions():
-    """(name, ctypes function) for every declared prototype (for tests)."""
-    bound = lib()
-    return [(name, getattr(bound, name)) for name in _PROTOTYPES]

@@ -14,21 +14,31 @@ from operator import add
 
 from . import _libbpf
 from .errors import BpfError
-from .layout import COUNTERS, REPLAY_IPS, Config, DrainArgs, Stats, TraceRecord
+from .layout import (COUNTERS, DRAIN_MAX_CPUS, BranchStack, CacheSet,
+                     Config, DrainArgs, IpSlot, ReplayIps, Stats, Trace,
+                     TraceCounts, TraceRecord)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
 # Maps sized from user space: name -> (key size, value size, type), as in
-# ebpf_bolt.bpf.c. A map not given a size gets 1 entry: unused maps cost
-# nothing, and a trace_cache of 1 set is as good as none.
+# ebpf_bolt.bpf.c, from the ctypes mirrors of their key and value types.
+# A map not given a size gets 1 entry: unused maps cost nothing, and a
+# trace_cache of 1 set is as good as none.
 # CPU_TABLE: an array with one element per possible CPU, each element a
 # table of `entries` values (the size given is the table's length).
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
-MAPS = {"ip_counts": (8, 8, HASH), "thread_samples": (4, 8, HASH),
-        "trace_counts": (24, 16, HASH), "trace_cache": (4, 96, CPU_TABLE),
-        "ip_cache": (4, 16, CPU_TABLE),
-        "replay_stacks": (4, 1544, ARRAY), "drain_out": (4, 40, ARRAY),
-        "replay_ip_buf": (4, 8 * REPLAY_IPS, ARRAY)}
+_U32, _U64 = ctypes.sizeof(ctypes.c_uint32), ctypes.sizeof(ctypes.c_uint64)
+MAPS = {"ip_counts": (_U64, _U64, HASH),
+        "thread_samples": (_U32, _U64, HASH),
+        "trace_counts": (ctypes.sizeof(Trace), ctypes.sizeof(TraceCounts), HASH),
+        "trace_cache": (_U32, ctypes.sizeof(CacheSet), CPU_TABLE),
+        "ip_cache": (_U32, ctypes.sizeof(IpSlot), CPU_TABLE),
+        "replay_stacks": (_U32, ctypes.sizeof(BranchStack), ARRAY),
+        "drain_out": (_U32, ctypes.sizeof(TraceRecord), ARRAY),
+        "replay_ip_buf": (_U32, ctypes.sizeof(ReplayIps), ARRAY)}
+# Maps only the tests' build of the object has (-DEB_TEST_PROGRAMS,
+# tests/bpf_builds.py): skipped where the object lacks them.
+TEST_ONLY_MAPS = frozenset({"replay_ip_buf"})
 
 # Records per run of drain_traces at most (drain_out, 40 bytes each, held
 # only while draining): 80 MiB. A bigger map is walked in several runs,
@@ -37,10 +47,7 @@ DRAIN_WINDOW = 1 << 21
 
 
 def object_path():
-    """Where the packaged BPF object is (EBPF_BOLT_OBJECT overrides)."""
-    override = os.environ.get("EBPF_BOLT_OBJECT")
-    if override:
-        return override
+    """Where the packaged BPF object is."""
     return str(resources.files("ebpf_bolt").joinpath("bpf", OBJECT_NAME))
 
 
@@ -62,11 +69,6 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
         return max_entries * value * ncpus
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return max_entries * (value * ncpus + elem)
-
-
-# drain_traces sums at most this many CPUs' values (its loop's bound,
-# EB_DRAIN_MAX_CPUS); bigger machines drain through the batch lookup.
-DRAIN_MAX_CPUS = 1024
 
 
 def kernel_drain_supported(ncpus):
@@ -97,13 +99,34 @@ ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
 class Link:
-    def __init__(self, ptr, perf_fd):
-        self._ptr, self.perf_fd = ptr, perf_fd
+    """A program attached to a perf event; owns the event's fd, which
+    libbpf closes when the link is destroyed (close())."""
 
-    def destroy(self):
+    def __init__(self, ptr, perf_fd):
+        self._ptr, self._perf_fd = ptr, perf_fd
+
+    @property
+    def closed(self):
+        return not self._ptr
+
+    @property
+    def perf_fd(self):
+        """The perf event's fd, while the link owns it: after close() the
+        number may already belong to another file."""
+        if not self._ptr:
+            raise ValueError("BPF link is closed")
+        return self._perf_fd
+
+    def close(self):
         if self._ptr:
             ptr, self._ptr = self._ptr, None
             _libbpf.lib().bpf_link__destroy(ptr)  # closes perf_fd too
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class BoltObject:
@@ -145,10 +168,13 @@ class BoltObject:
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
-            self._check_layout()
+            present = set(self.map_names())
+            self._check_layout(present)
             self.map_entries = {}
             self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, vsz, kind) in MAPS.items():
+                if name not in present:  # a test-only map (_check_layout)
+                    continue
                 entries = (map_entries or {}).get(name, 1)
                 self.map_entries[name] = entries
                 if name in (shared or {}):
@@ -171,11 +197,17 @@ class BoltObject:
             self.close()
             raise
 
-    def _check_layout(self):
+    def _check_layout(self, present):
         """Refuse an object built from another version of the shared
         header: reading its maps with these sizes would corrupt memory."""
-        expected = {name: (k, v) for name, (k, v, _) in MAPS.items()}
-        expected["stats"] = (4, ctypes.sizeof(Stats))
+        expected = {name: (k, v) for name, (k, v, _) in MAPS.items()
+                    if name in present or name not in TEST_ONLY_MAPS}
+        expected["stats"] = (_U32, ctypes.sizeof(Stats))
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise BpfError(f"{self.path} does not match this ebpf-bolt "
+                           f"(no map {', '.join(missing)})",
+                           "rebuild and reinstall ebpf-bolt (pip install .)")
         for name, (ksz, vsz) in expected.items():
             m = self._map(name)
             got = (self._lib.bpf_map__key_size(m), self._lib.bpf_map__value_size(m))
@@ -197,6 +229,17 @@ class BoltObject:
             if not prog:
                 return names
             names.append(self._lib.bpf_program__name(prog).decode())
+
+    def map_names(self):
+        """The object's maps, as the object lists them (with its internal
+        maps, such as OBJNAME.rodata)."""
+        self._require_open()
+        names, m = [], None
+        while True:
+            m = self._lib.bpf_object__next_map(self._obj, m)
+            if not m:
+                return names
+            names.append(self._lib.bpf_map__name(m).decode())
 
     def _require_open(self):
         if not self._obj:
@@ -221,8 +264,8 @@ class BoltObject:
         """Kernel memory the maps may hold (all entries), or hold for
         `used` = {map name: entries in use} when maps fill on demand."""
         total = 0
-        for name, (ksz, vsz, kind) in MAPS.items():
-            entries = self.map_entries[name]
+        for name, entries in self.map_entries.items():
+            ksz, vsz, kind = MAPS[name]
             if kind == HASH and used is not None and not self.prealloc:
                 entries = min(entries, used.get(name, 0))
             total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind)
@@ -244,14 +287,15 @@ class BoltObject:
 
     @property
     def links(self):
-        return list(self._links)
+        """The links made by attach() and not closed yet."""
+        return [link for link in self._links if not link.closed]
 
     def detach_all(self):
         links, self._links = self._links, []
         errors = []
         for link in links:  # every link is destroyed even if one fails
             try:
-                link.destroy()
+                link.close()
             except OSError as e:
                 errors.append(e)
         if errors:
@@ -279,8 +323,9 @@ class BoltObject:
         _, vsz, kind = MAPS[name]
         return percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
 
-    def drain(self, name, batch=8192):
-        """All entries of a per-CPU hash: (keys bytes, values bytes, n).
+    def read_all(self, name, batch=8192):
+        """All entries of a per-CPU hash, left in the map: (keys bytes,
+        values bytes, n).
 
         Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
         kernel's batch lookup (5.6+), falling back to key-by-key reads."""
@@ -303,7 +348,7 @@ class BoltObject:
             if err < 0 and -err != errno.ENOENT:  # ENOENT ends the walk
                 if first and -err in (errno.EINVAL, errno.EOPNOTSUPP,
                                       ENOTSUPP):  # kernel without batches
-                    return self._drain_slow(name)
+                    return self._read_all_slow(name)
                 raise _libbpf.LibbpfError("bpf_map_lookup_batch", -err)
             n = count.value
             keys += ctypes.string_at(kbuf, n * ksz)
@@ -314,7 +359,7 @@ class BoltObject:
             first = False
         return bytes(keys), bytes(values), len(keys) // ksz
 
-    def _drain_slow(self, name):
+    def _read_all_slow(self, name):
         ksz, stride = MAPS[name][0], self._value_stride(name)
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
@@ -352,9 +397,9 @@ class BoltObject:
             out.append(total)
         return out
 
-    def drain_u64_counts(self, name, key_format):
+    def read_u64_counts(self, name, key_format):
         """{key: count summed over CPUs} for a map with a u64 value."""
-        keys, values, n = self.drain(name)
+        keys, values, n = self.read_all(name)
         if not n:
             return {}
         (totals,) = self.sum_u64_values(values, 1)
@@ -389,7 +434,7 @@ class BoltObject:
         """The trace map summed over CPUs, walked in the kernel by
         drain_traces: (u64 words, five per trace: from, to, ft_end, count,
         mispreds; (lowest, highest, br_only) as in profile.TraceColumns),
-        or None on kernels without it (use drain() there).
+        or None on kernels without it (use read_all() there).
         The program and its output array are loaded only now, in a second
         object that shares the trace map, so recording holds no memory for
         them. Run only while nothing updates the map: each run resumes the

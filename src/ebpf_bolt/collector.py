@@ -35,7 +35,7 @@ DEFAULT_FREQUENCY = 4999
 DEFAULT_DURATION = 10.0     # seconds, for -p PID
 # Kernel memory budget of the sample map: max_entries x (value x possible
 # CPUs + element header). 64 MiB gives ~40,000 IP entries on a 192-CPU host
-# (8-byte values) and ~330,000 on a 16-CPU one; --max-entries overrides.
+# (8-byte values) and ~350,000 on a 16-CPU one; --max-entries overrides.
 MAP_BUDGET = 64 << 20
 MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
 # The largest hash map the kernel makes: htab_map_alloc (kernel/bpf/
@@ -384,7 +384,7 @@ def drain_ip_counts(obj):
     still pending in the CPUs' IP caches (each cached IP is in the map
     already, so no key is added here). Call it once the programs have
     stopped running."""
-    counts = obj.drain_u64_counts("ip_counts", "Q")
+    counts = obj.read_u64_counts("ip_counts", "Q")
     for cpu in range(obj.ncpus):
         for ip, count, credit in struct.iter_unpack(
                 IP_SLOT_FORMAT, obj.cpu_table("ip_cache", cpu)):
@@ -412,7 +412,7 @@ def drain_traces(obj, notice=None):
         w, bounds = drained
         return TraceColumns((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]),
                             bounds)
-    keys, values, n = obj.drain("trace_counts")
+    keys, values, n = obj.read_all("trace_counts")
     counts, mispreds = obj.sum_u64_values(values, 2) if n else ([], [])
     k = array("Q", keys)
     return TraceColumns((k[0::3], k[1::3], k[2::3], counts, mispreds))
@@ -803,7 +803,7 @@ class Recorder:
             columns = drain_traces(self.obj, self.notice)
             in_map = len(columns[0])
             traces, outside = translate_trace_columns(columns, self.space)
-        threads = (self.obj.drain_u64_counts("thread_samples", "I")
+        threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
         stats["outside_binary"] = outside
         profile = Profile(self.exe_path.removesuffix(" (deleted)"),

@@ -1,10 +1,19 @@
-"""ctypes mirrors of bpf/ebpf_bolt.h (checked against the object's BTF by
-tests/test_bpf_object.py, so the two cannot drift apart silently)."""
+"""ctypes mirrors of bpf/ebpf_bolt.h: its structs, and its #defines under
+their names without EB_ (tests/test_bpf_object.py checks the structs
+against the object's BTF and the constants against the header, so the two
+sides cannot drift apart silently)."""
 import ctypes
 
 MAX_BRANCHES = 64
 BR_ONLY = 0xFFFFFFFFFFFFFFFF
 BRANCH_MISPRED = 1
+# the replacement rule's cap on a cache way's credit
+CACHE_MAX_CREDIT = 8
+# an IP slot's pending count goes to the map when it reaches this
+IP_FLUSH_AT = 0x80000000
+# CPUs whose values drain_traces sums at most: more drain through the
+# kernel's batch lookup
+DRAIN_MAX_CPUS = 1024
 # Lowest kernel address on x86-64 and arm64 (48-bit VA); perf2bolt drops
 # branch entries at or above it when profiling user code.
 USER_ADDR_END = 0xFFFF800000000000
@@ -57,7 +66,7 @@ CACHE_BUDGET = 16 << 20
 
 def cache_sets(ncpus):
     sets = MAX_CACHE_SETS
-    while sets > 32 and sets * CACHE_WAYS * 48 * ncpus > CACHE_BUDGET:
+    while sets > 32 and sets * ctypes.sizeof(CacheSet) * ncpus > CACHE_BUDGET:
         sets //= 2
     return sets
 
@@ -68,12 +77,13 @@ def cache_sets(ncpus):
 # IP_CACHE_BUDGET bytes over all possible CPUs.
 MAX_IP_CACHE_SLOTS = 4096
 IP_CACHE_BUDGET = 8 << 20
+# IPs per run of replay_ips (in the tests' build only)
 REPLAY_IPS = 4096
 
 
 def ip_cache_slots(ncpus):
     slots = MAX_IP_CACHE_SLOTS
-    while slots > 64 and slots * 16 * ncpus > IP_CACHE_BUDGET:
+    while slots > 64 and slots * ctypes.sizeof(IpSlot) * ncpus > IP_CACHE_BUDGET:
         slots //= 2
     return slots
 

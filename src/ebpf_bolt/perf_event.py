@@ -24,11 +24,11 @@ PERF_SAMPLE_BRANCH_ANY = 1 << 3
 # bit positions in the attribute's flag word
 _BIT = {"inherit": 1, "exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
 
-PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_DISABLE = 0x2401   # _IO('$', 1), the generic ioctl encoding
 PERF_FLAG_PID_CGROUP = 1 << 2   # pid is a cgroup directory's fd
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
-# little-endian architectures whose ioctl numbers use the generic encoding
+# perf_event_open's syscall number on the architectures ebpf-bolt knows
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241}
 
 

@@ -9,20 +9,19 @@ written straight into the mmap of the replay_stacks array, so one run
 aggregates a whole batch with nothing copied per stack.
 """
 import ctypes
+import errno
 import mmap
 import os
-import time
 from array import array
 
 from . import _libbpf
 from .addrspace import AddressSpace
 from .bpf_object import BoltObject, possible_cpus
 from .collector import (check_privileges, default_max_entries,
-                        drain_ip_counts, runtime_traces, translated_traces)
+                        runtime_traces, translated_traces)
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, REPLAY_IPS, cache_sets,
-                     ip_cache_slots, USER_ADDR_END, Config, ReplayArgs,
-                     ReplayIpArgs, BranchStack)
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, USER_ADDR_END,
+                     BranchStack, Config, ReplayArgs, cache_sets)
 from .profile import Profile
 from .errors import UsageError
 
@@ -162,7 +161,7 @@ def pack_stacks(stacks):
 
 def run_on_cpu(obj, program, args, cpu):
     """BPF_PROG_RUN of a syscall program on `cpu` (the calling thread is
-    pinned there for the run); returns the run's wall time in ns."""
+    pinned there for the run); `args` holds its results after the run."""
     old = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {cpu})
@@ -170,14 +169,12 @@ def run_on_cpu(obj, program, args, cpu):
         raise UsageError(f"cannot run on CPU {cpu}: {e.strerror}",
                          f"choose one of CPUs {sorted(old)}") from None
     try:
-        t0 = time.perf_counter_ns()
         retval = obj.run_program(program, args)
-        elapsed = time.perf_counter_ns() - t0
     finally:
         os.sched_setaffinity(0, old)
-    if retval != 0:
-        raise _libbpf.LibbpfError(program, 22, "no stats map")
-    return elapsed
+    if retval != 0:  # the program found no map element to work in
+        raise _libbpf.LibbpfError(program, errno.EINVAL,
+                                  f"returned {retval}: a map lookup failed")
 
 
 class _MappedInput:
@@ -197,49 +194,13 @@ class _MappedInput:
         self.close()
 
 
-class IpReplayer(_MappedInput):
-    """A loaded object whose replay_ips program counts supplied IPs the way
-    sample_ip counts a sample's IP (IP cache, map, loss counters)."""
-
-    def __init__(self, max_entries, slots=None):
-        check_privileges()
-        ncpus = possible_cpus()
-        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
-                              {"ip_counts": max_entries,
-                               "ip_cache": slots or ip_cache_slots(ncpus),
-                               "replay_ip_buf": 1},
-                              # preallocated: thousands of inserts in one
-                              # run exhaust the on-demand allocator's caches
-                              programs=["replay_ips"], prealloc=True)
-        self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"),
-                              -(-REPLAY_IPS * 8 // mmap.PAGESIZE) * mmap.PAGESIZE,
-                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def feed(self, ips, cpu=0):
-        for i in range(0, len(ips), REPLAY_IPS):
-            chunk = array("Q", ips[i:i + REPLAY_IPS])
-            self._mem[:len(chunk) * 8] = chunk.tobytes()
-            args = ReplayIpArgs(count=len(chunk))
-            run_on_cpu(self.obj, "replay_ips", args, cpu)
-            if args.done != len(chunk):
-                raise _libbpf.LibbpfError("replay_ips", 22,
-                                          f"{args.done} of {len(chunk)} counted")
-
-    def counts(self):
-        return drain_ip_counts(self.obj)
-
-    def stats(self):
-        return self.obj.stats()
-
-
-
 class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks."""
 
-    def __init__(self, max_entries=None, user_addr_end=USER_ADDR_END,
-                 batch=BATCH, sets=None, path=None):
-        """path: another build of the BPF object (a benchmark's or test's
-        baseline); default the shipped one."""
+    def __init__(self, max_entries=None, sets=None, path=None):
+        """sets: trace cache sets per CPU (default: layout.cache_sets);
+        path: another build of the BPF object, e.g. the baseline of the
+        tests and benchmarks (default: the shipped one)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -248,8 +209,8 @@ class Replayer(_MappedInput):
         ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
-        self.batch = batch
-        self.obj = BoltObject(Config(user_addr_end=user_addr_end),
+        self.batch = batch = BATCH
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
                               {"trace_counts": self.max_entries,
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch},
@@ -270,10 +231,10 @@ class Replayer(_MappedInput):
 
     def run(self, count, cpu=0):
         """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
-        returns the run's ReplayArgs and its wall time in nanoseconds."""
+        returns the run's ReplayArgs."""
         args = ReplayArgs(first=0, count=count)
-        elapsed = run_on_cpu(self.obj, "replay_branches", args, cpu)
-        return args, elapsed
+        run_on_cpu(self.obj, "replay_branches", args, cpu)
+        return args
 
     def feed(self, stacks, cpu=0):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
@@ -282,9 +243,9 @@ class Replayer(_MappedInput):
             words, cut = pack_stacks(stacks[i:i + self.batch])
             self.cut += cut
             count = self.load(words)
-            args, _ = self.run(count, cpu)
+            args = self.run(count, cpu)
             if args.bad or args.done != count:
-                raise _libbpf.LibbpfError("replay_branches", 22,
+                raise _libbpf.LibbpfError("replay_branches", errno.EINVAL,
                                           f"{args.bad} malformed stacks")
 
     def runtime_traces(self):
@@ -305,7 +266,6 @@ class Replayer(_MappedInput):
         prof._elf = elf
         prof.info.update(load_base=load_base, map_entries=self.max_entries)
         return prof
-
 
 
 def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):

@@ -51,7 +51,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .elf import ElfFile
+from ebpf_bolt.elf import ElfFile
 
 DEFAULT_DEPTH = 32
 DEFAULT_PERIOD = 1009

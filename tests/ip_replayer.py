@@ -1,0 +1,52 @@
+"""IpReplayer: IPs counted through sample_ip's own code (count_ip: IP cache,
+map, loss counters) by replay_ips, a syscall program that only the tests'
+build of the object has (tests/bpf_builds.py TEST_PROGRAMS): perf_event
+programs cannot be run with BPF_PROG_RUN."""
+import ctypes
+import errno
+import mmap
+from array import array
+
+from ebpf_bolt import _libbpf
+from ebpf_bolt.bpf_object import BoltObject, possible_cpus
+from ebpf_bolt.collector import check_privileges, drain_ip_counts
+from ebpf_bolt.layout import (REPLAY_IPS, USER_ADDR_END, Config, ReplayIpArgs,
+                              ReplayIps, ip_cache_slots)
+from ebpf_bolt.replay import _MappedInput, run_on_cpu
+
+
+class IpReplayer(_MappedInput):
+    """A loaded test object whose replay_ips program counts supplied IPs
+    the way sample_ip counts a sample's IP."""
+
+    def __init__(self, path, max_entries, slots=None):
+        """path: the object built with TEST_PROGRAMS."""
+        check_privileges()
+        self._mem = None
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
+                              {"ip_counts": max_entries,
+                               "ip_cache": slots or ip_cache_slots(possible_cpus()),
+                               "replay_ip_buf": 1},
+                              # preallocated: thousands of inserts in one
+                              # run exhaust the on-demand allocator's caches
+                              programs=["replay_ips"], prealloc=True, path=path)
+        size = -(-ctypes.sizeof(ReplayIps) // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"), size,
+                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def feed(self, ips, cpu=0):
+        for i in range(0, len(ips), REPLAY_IPS):
+            chunk = array("Q", ips[i:i + REPLAY_IPS])
+            self._mem[:len(chunk) * chunk.itemsize] = chunk.tobytes()
+            args = ReplayIpArgs(count=len(chunk))
+            run_on_cpu(self.obj, "replay_ips", args, cpu)
+            if args.done != len(chunk):
+                raise _libbpf.LibbpfError("replay_ips", errno.EINVAL,
+                                          f"{args.done} of {len(chunk)} counted")
+
+    def counts(self):
+        return drain_ip_counts(self.obj)
+
+    def stats(self):
+        return self.obj.stats()
+
