@@ -80,7 +80,7 @@ def test_format_not_fitting_the_mode_is_refused_before_recording(tmp_path, capsy
     rc = main(["--format", "preagg-bf", "-o", str(out), "--", "sleep", "5"])
     assert rc == 2 and time.monotonic() - t0 < 3
     err = capsys.readouterr().err
-    assert "cannot hold a ip-mode profile" in err and "hint:" in err
+    assert "cannot hold IP samples" in err and "hint:" in err
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -1,6 +1,7 @@
 """Command line: ``ebpf-bolt [options] -p PID [duration]`` or
 ``ebpf-bolt [options] [duration] -- COMMAND [ARGS]``."""
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -10,7 +11,8 @@ import threading
 from . import __version__, bolt
 from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
 from .elf import ElfError, ElfFile
-from .errors import EbpfBoltError, UsageError
+from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
+                     UsageError)
 from .output import OutputFile
 from .writers import FORMATS, FORMATS_FOR
 
@@ -21,8 +23,21 @@ def _say(msg):
     print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
+def plural(n, noun, nouns=None):
+    """'1 sample', '2 samples', '1,000 samples': counts in messages."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's errors as UsageError: one line and a hint like every other
+    error, rather than argparse's usage text and exit."""
+
+    def error(self, message):
+        raise UsageError(message, f"see {self.prog} --help")
+
+
 def _parser():
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog=PROG,
         usage="%(prog)s [options] -p PID [duration]\n"
               "       %(prog)s [options] [duration] -- COMMAND [ARGS...]",
@@ -90,7 +105,7 @@ class _Progress:
         total = f"/{duration:g}" if duration else ""
         kept = stats["samples"] - stats["other_process"]
         sys.stderr.write(f"\r{PROG}: recording {elapsed:5.1f}{total} s, "
-                         f"{kept:,} samples ")
+                         f"{plural(kept, 'sample')} ")
         sys.stderr.flush()
         self.shown = True
 
@@ -110,15 +125,22 @@ def _on_stop_signal(signum, frame):
     Ctrl-C must not throw away what was recorded."""
     _signals_received.append(signum)
     if not _deferring:
-        raise KeyboardInterrupt
+        # the name says how the recording stopped, in the summary
+        name = signal.Signals(signum).name
+        raise KeyboardInterrupt(name + (" (Ctrl-C)" if signum == signal.SIGINT
+                                        else ""))
+
+
+_MODE_DATA = {"ip": "IP samples", "lbr": "branch stacks"}
 
 
 def _check_format(fmt):
     def check(mode):
         if fmt and fmt not in FORMATS_FOR[mode]:
             raise UsageError(
-                f"--format {fmt} cannot hold a {mode}-mode profile",
-                f"use {' or '.join(FORMATS_FOR[mode])} in {mode} mode")
+                f"--format {fmt} cannot hold {_MODE_DATA[mode]} (--mode {mode})",
+                f"use --format {' or '.join(FORMATS_FOR[mode])} for "
+                f"{_MODE_DATA[mode]}")
     return check
 
 
@@ -317,8 +339,9 @@ def record(args, command):
     inputs = ([f"/proc/{args.pid}/exe"] if args.pid is not None
               else [exe for exe in [shutil.which(command[0])] if exe])
     try:
-        # opened, hence checked, before recording
-        with OutputFile(args.output, inputs=inputs) as out:
+        # the output opened, hence checked, before recording; the recording
+        # closed on leaving, whatever happens
+        with rec, OutputFile(args.output, inputs=inputs) as out:
             rec.start(check_mode=_check_format(args.format))
             _say(f"recording {rec.target.describe()} "
                  f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
@@ -339,7 +362,6 @@ def record(args, command):
     finally:
         _deferring = False
         progress.clear()
-        rec.close()
     if rec.target.child:
         return wait_for_command(rec.target)
     return 0
@@ -360,7 +382,7 @@ def wait_for_command(target):
 
 
 def _replay_parser():
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog=f"{PROG} replay",
         description="Aggregate branch stacks given as text (perf script -F "
                     "brstack form, one sample per line, newest entry first) "
@@ -380,25 +402,84 @@ def _replay_parser():
     return p
 
 
+def _errno_text(err):
+    return f"{err.strerror or os.strerror(err.errno)} " \
+           f"({errno.errorcode.get(err.errno, err.errno)})"
+
+
+def _check_binary(path):
+    """--binary is read before the stacks are replayed: a file that is not
+    a readable 64-bit ELF executable is refused with what is wrong.
+    Returns its ElfFile."""
+    try:
+        return ElfFile(path)
+    except OSError as e:
+        raise UsageError(f"cannot read --binary {path}: {_errno_text(e)}",
+                         "give the profiled executable with --binary") from None
+    except ElfError as e:
+        raise UsageError(f"--binary {e}",
+                         "give the profiled executable (64-bit little-endian "
+                         "ELF) with --binary") from None
+
+
+def _check_cpus(cpus):
+    """--cpu values this process may run on (sched_setaffinity would
+    refuse the others, or overflow on a negative one)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for cpu in cpus or ():
+        if cpu not in allowed:
+            raise UsageError(f"--cpu {cpu}: not a CPU this process may run on",
+                             f"choose among CPUs {_cpu_list(allowed)}")
+
+
+def _cpu_list(cpus):
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs = []
+    for cpu in cpus:
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
+
+
 def replay_command(args):
+    from .bpf_object import possible_cpus
+    from .collector import check_fd_limit, check_max_entries
     from .replay import parse_stacks, replay
     try:
         load_base = int(args.load_base, 16)
     except ValueError:
         raise UsageError(f"invalid --load-base {args.load_base!r}",
                          "give a hexadecimal address, e.g. 0x555555554000")
-    if not os.path.isfile(args.binary):
-        raise UsageError(f"no such binary: {args.binary}", "check --binary")
+    if not 0 <= load_base < 1 << 64:
+        raise UsageError(f"invalid --load-base {args.load_base!r}: not a "
+                         "64-bit address",
+                         "give a hexadecimal address, e.g. 0x555555554000")
+    elf = _check_binary(args.binary)
+    _check_cpus(args.cpus)
+    check_fd_limit(0)   # no events, but the BPF object's fds
+    if args.max_entries is not None:
+        check_max_entries(args.max_entries, "trace_counts", possible_cpus(),
+                          prealloc=True)   # replay preallocates its map
     if args.stacks == "-":
-        stacks = parse_stacks(sys.stdin)
+        if sys.stdin is None:   # started with stdin closed
+            raise UsageError("no stacks file given and stdin is closed",
+                             "give the stacks file, or pipe perf script "
+                             "-F brstack into ebpf-bolt replay")
+        # bytes where stdin has them (a text stream put in its place, as
+        # a caller of main() may do, is read as text)
+        stacks = parse_stacks(getattr(sys.stdin, "buffer", sys.stdin))
     else:
         try:
-            with open(args.stacks) as f:
+            with open(args.stacks, "rb") as f:
                 stacks = parse_stacks(f)
         except OSError as e:
-            raise UsageError(f"cannot read {args.stacks}: {e.strerror}",
+            raise UsageError(f"cannot read {args.stacks}: {_errno_text(e)}",
                              "check the stacks file") from None
-    _binary_warnings(args.binary)
+    # what keeps BOLT from using a profile of it, before replaying
+    for message in bolt.binary_warnings(elf, args.binary):
+        _say("warning: " + message)
     # stdin too: it may be the file given as -o (replay ... < FILE -o FILE)
     inputs = [args.binary,
               args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
@@ -410,16 +491,6 @@ def replay_command(args):
                                args.output):
         _say(line)
     return 0
-
-
-def _binary_warnings(path):
-    """Say before replaying what keeps BOLT from using a profile of it."""
-    try:
-        elf = ElfFile(path)
-    except (OSError, ElfError):
-        return   # reported when the profile is made
-    for message in bolt.binary_warnings(elf, path):
-        _say("warning: " + message)
 
 
 def replay_summary(profile, fmt, nstacks, output=None):
@@ -467,6 +538,23 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 141
+    except Exception as e:
+        # a bug, not a bad input: still one line and an exit code, but a
+        # message of its own (the tests fail on it); EBPF_BOLT_DEBUG=1
+        # shows the traceback
+        if os.environ.get("EBPF_BOLT_DEBUG") == "1":
+            raise
+        detail = " ".join(str(e).split())
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+            # out of file descriptors wherever it happens (a ulimit -n of a
+            # few): the user's limit, not a bug
+            err = KernelUnsupported(f"too many open files ({detail})",
+                                    "raise the limit: ulimit -n 65536")
+        else:
+            err = InternalError(f"internal error: {type(e).__name__}: {detail}")
+        _say(f"error: {err}")
+        print(f"  hint: {err.hint}", file=sys.stderr)
+        return err.exit_code
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)

@@ -9,13 +9,15 @@ from array import array
 import fcntl
 import os
 import re
+import resource
 import struct
 import time
 
 from . import _libbpf, bolt
 from . import perf_event as pe
 from .addrspace import AddressSpace, executable_identity, read_maps
-from .bpf_object import BoltObject, map_kernel_bytes, possible_cpus, MAPS
+from .bpf_object import (BoltObject, map_kernel_bytes, possible_cpus,
+                         prealloc_needed, MAPS)
 from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
@@ -24,7 +26,7 @@ from .layout import (CACHE_SLOT_FORMAT, IP_SLOT_FORMAT, USER_ADDR_END, Config,
                      cache_sets, ip_cache_slots)
 from .profile import (Profile, TraceColumns, translate_samples,
                       translate_trace_columns)
-from .targets import CommandTarget, ProcessTarget
+from .targets import CommandTarget, ProcessTarget, _split_example
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
 # of the 100/250/1000 Hz of timer ticks and periodic work, so samples do not
@@ -36,6 +38,10 @@ DEFAULT_DURATION = 10.0     # seconds, for -p PID
 # (8-byte values) and ~350,000 on a 16-CPU one; --max-entries overrides.
 MAP_BUDGET = 64 << 20
 MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
+# The largest hash map the kernel makes: htab_map_alloc (kernel/bpf/
+# hashtab.c) rounds max_entries up to a power of two of buckets and refuses
+# (E2BIG) more than U32_MAX / sizeof(struct bucket) (16 bytes) of them.
+HASH_MAX_ENTRIES = 1 << 27
 MODES = ("auto", "lbr", "ip")
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -45,6 +51,146 @@ def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
     ksz, vsz, kind = MAPS[map_name]
     per_entry = map_kernel_bytes(ksz, vsz, 1, ncpus, kind)
     return max(MIN_ENTRIES, min(MAX_ENTRIES, budget // per_entry))
+
+
+def check_max_entries(entries, map_name, ncpus, prealloc):
+    """Refuse, before anything is loaded, a --max-entries the kernel would
+    refuse or that needs more memory than the machine has available."""
+    if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:
+        raise UsageError(f"invalid --max-entries {entries!r}",
+                         "give a positive number of map entries")
+    default = default_max_entries(map_name, ncpus)
+    hint = (f"lower --max-entries (the default here is {default:,}, what "
+            f"fits {MAP_BUDGET >> 20} MiB)")
+    if entries > HASH_MAX_ENTRIES:
+        raise UsageError(f"--max-entries {entries:,} is above the largest map "
+                         f"the kernel makes ({HASH_MAX_ENTRIES:,} entries)", hint)
+    ksz, vsz, kind = MAPS[map_name]
+    # a preallocated map takes all its memory at load; one filled on demand
+    # takes its bucket array (16 bytes per bucket, a power of two of them)
+    need = (map_kernel_bytes(ksz, vsz, entries, ncpus, kind) if prealloc
+            else 16 << max(entries - 1, 1).bit_length())
+    avail = memory_available()
+    # kernel memory is not swapped out: a map taking most of what is free
+    # would push other processes out or into the OOM killer
+    if avail is not None and need > avail // 2:
+        raise UsageError(f"--max-entries {entries:,} needs {need / 2**30:.2f} "
+                         f"GiB of kernel memory for the {map_name} map, more "
+                         f"than half the {avail / 2**30:.2f} GiB available "
+                         "(free memory, or the memory cgroup's limit)",
+                         hint)
+
+
+def memory_available():
+    """Bytes this process may still allocate: MemAvailable, or less where
+    a memory cgroup (a container's limit) allows less, since a BPF map's
+    memory is charged to the cgroup of the process that creates it. None
+    if neither is known."""
+    known = [b for b in (mem_available(), cgroup_memory_free()) if b is not None]
+    return min(known) if known else None
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None   # "max": no limit
+
+
+def _cgroup_v1_mount(controller):
+    """Where the cgroup v1 hierarchy of `controller` is mounted, if its
+    root is this namespace's root."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, (fstype, _, options) = left.split(), right.split()[:3]
+                if fstype == "cgroup" and controller in options.split(",") \
+                        and fields[3] == "/":
+                    return _unescape(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cgroup_memory_free():
+    """The least (limit - usage) over this process's memory cgroup and its
+    ancestors, v2 (memory.max) or v1 (memory.limit_in_bytes); None where
+    no limit applies or none can be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        if hid == "0" and ctrls == "":
+            mount, files = cgroup2_mount(), ("memory.max", "memory.current")
+        elif "memory" in ctrls.split(","):
+            mount = _cgroup_v1_mount("memory")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        if not mount or not path.startswith("/") or path.startswith("/.."):
+            continue
+        while True:
+            directory = os.path.join(mount, path.lstrip("/"))
+            limit = _read_int(os.path.join(directory, files[0]))
+            usage = _read_int(os.path.join(directory, files[1]))
+            if limit is not None and usage is not None and limit < 1 << 62:
+                found.append(max(limit - usage, 0))
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+    return min(found) if found else None
+
+
+def mem_available():
+    """MemAvailable of /proc/meminfo in bytes, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# File descriptors a recording takes besides one event per CPU: the BPF
+# object's maps, programs, BTF and libbpf's feature probes, the pidfd
+# (measured on Linux 6.18: below ~20 libbpf's probes fail; the rest is
+# margin).
+FDS_BESIDES_EVENTS = 32
+
+
+def check_fd_limit(ncpus):
+    """Make room for the recording's file descriptors under RLIMIT_NOFILE,
+    raising the soft limit up to the hard one if needed (as perf does); a
+    limit still too low is refused before anything is opened. Too few fds
+    made libbpf's feature probes fail, and the load then looked like a
+    kernel that refuses the object."""
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 3
+    need = in_use + ncpus + FDS_BESIDES_EVENTS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft < need:
+        raise KernelUnsupported(
+            f"too many open files: the limit (ulimit -n) is {soft}, "
+            f"ebpf-bolt needs about {need} (the BPF object"
+            + (f" and an event for each of {ncpus} CPUs)" if ncpus else ")"),
+            f"raise the limit: ulimit -n {max(need, 1024)}")
 
 
 def effective_caps():
@@ -199,13 +345,12 @@ def choose_event(mode, frequency, notice):
             raise _open_error(err, pe.CYCLES_BRSTACK, frequency)
         if mode == "lbr":
             raise NoBranchHardware(
-                "no branch-stack sampling on this machine (cycles event with "
-                f"a user branch stack: {os.strerror(err.errno)})"
-                + branch_hardware_note())
-        notice("no branch-stack sampling here "
-               f"({os.strerror(err.errno)}): recording IP samples; BOLT "
-               "gets no taken-branch or fall-through counts, only where "
-               "time is spent, so its block layout is less exact")
+                "no branch-stack sampling on this machine: "
+                + no_branch_reason(err) + branch_hardware_note())
+        notice("no branch-stack sampling here: " + no_branch_reason(err)
+               + "; recording IP samples: BOLT gets no taken-branch or "
+               "fall-through counts, only where time is spent, so its block "
+               "layout is less exact")
     for spec in (pe.CYCLES, pe.CPU_CLOCK):
         err = probe_event(spec, frequency)
         if err is None:
@@ -312,6 +457,19 @@ def pid_filter(pid):
         ns, tgid = own, pid
     # the kernel's dev_t packs major << 20 | minor, unlike st_dev
     return os.major(ns.st_dev) << 20 | os.minor(ns.st_dev), ns.st_ino, tgid
+
+
+def no_branch_reason(err):
+    """What the kernel's refusal of a cycles event with a branch stack
+    means (perf_event_open(2) and the PMU drivers' errors)."""
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    if err.errno == errno.ENOENT:
+        return (f"the kernel exposes no hardware cycles event ({name}): no "
+                "PMU, as in most VMs")
+    if err.errno == errno.EOPNOTSUPP:
+        return (f"the CPU's PMU records no branch stacks ({name}): no LBR "
+                "or BRBE, or the hypervisor hides it")
+    return f"the kernel refuses a cycles event with a user branch stack ({name}: {os.strerror(err.errno)})"
 
 
 def branch_hardware_note():
@@ -442,13 +600,18 @@ class Recorder:
                  count_threads=False, notice=None, verbose=False,
                  warn=None):
         if (pid is None) == (command is None):
-            raise UsageError("give either a PID or a command to profile")
+            raise UsageError("give either a PID or a command to profile",
+                             "pid=1234 or command=['./app', '-x']")
+        if isinstance(command, (str, bytes)):
+            raise UsageError(f"command given as a string: {command!r}",
+                             "give the command as a list of arguments, e.g. "
+                             f"command={_split_example(command)!r}")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}", "use auto, lbr or ip")
-        if max_entries is not None and not (isinstance(max_entries, int)
-                                            and max_entries > 0):
-            raise UsageError(f"invalid --max-entries {max_entries!r}",
-                             "give a positive number of map entries")
+        if max_entries is not None:
+            # the size is checked against the map of the mode in start();
+            # here what is wrong in every mode
+            check_max_entries(max_entries, "ip_counts", 1, prealloc=False)
         if pid is not None and duration is None:
             duration = DEFAULT_DURATION
         validate(frequency, duration)
@@ -467,23 +630,44 @@ class Recorder:
         self.scope = None   # which tasks and CPUs the events cover
         self.cgroup = None  # the cgroup the events follow, if they do
         self.cgroup_moved = None
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError("the Recorder is closed")
 
     # --- set-up ------------------------------------------------------------
     def start(self, check_mode=None):
         """Set everything up; sampling runs when this returns. check_mode,
         if given, is called with the resolved mode ("ip" or "lbr") before
         anything runs, to refuse early what cannot be written later."""
+        self._check_open()
+        if self.target is not None:
+            raise ValueError("the Recorder was started already")
+        check_fd_limit(len(online_cpus()))
         check_privileges()
         _libbpf.lib()  # fails early with the package name if missing
         if self.command is not None:
             self.target = CommandTarget(self.command)
         else:
-            self.target = ProcessTarget(self.pid)
+            self.target = ProcessTarget(self.pid, note=self.notice)
         try:
             self.mode, self.event = choose_event(self.mode_requested,
                                                  self.frequency, self.notice)
             if check_mode:
                 check_mode(self.mode)
+            if self.max_entries is not None:
+                check_max_entries(
+                    self.max_entries,
+                    "ip_counts" if self.mode == "ip" else "trace_counts",
+                    possible_cpus(),
+                    prealloc=self.mode == "lbr" or prealloc_needed())
             self._check_frequency()
             self._open_events()
             # attaching enables the events (libbpf issues the ioctl): for a
@@ -590,6 +774,16 @@ class Recorder:
             self.obj = BoltObject(cfg, sizes, programs=[program],
                                   prealloc=True if self.mode == "lbr" else None)
         except _libbpf.LibbpfError as e:
+            if e.errno in (errno.ENOMEM, errno.E2BIG) and self.max_entries:
+                raise UsageError(
+                    f"the kernel refused a {self.map_name} map of "
+                    f"{entries:,} entries ({e}): too large for it",
+                    "lower --max-entries") from None
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # not the kernel's version: each map and program is an fd
+                raise KernelUnsupported(
+                    f"too many open files to load the BPF object ({e})",
+                    "raise the limit: ulimit -n 65536") from None
             if e.errno in (errno.EPERM, errno.EACCES):
                 raise PermissionProblem(
                     f"the kernel refused to load the BPF program ({e}); "
@@ -617,8 +811,15 @@ class Recorder:
         except FileNotFoundError:
             raise TargetError(f"process {pid} exited before recording "
                               "started", "check that it is running") from None
+        except OSError as e:
+            raise TargetError(f"cannot read the executable or mappings of "
+                              f"process {pid}: {os.strerror(e.errno)} "
+                              f"({errno.errorcode.get(e.errno, e.errno)})",
+                              "run as root with CAP_SYS_PTRACE") from None
         except ElfError as e:
-            raise TargetError(f"cannot read the executable of {pid}: {e}")
+            raise TargetError(f"cannot read the executable of process {pid}: "
+                              f"{e}", "profile a 64-bit little-endian ELF "
+                              "program") from None
         if not found:
             raise TargetError(f"no executable mapping of {self.exe_path} "
                               f"in process {pid}")
@@ -662,6 +863,7 @@ class Recorder:
     def run(self, progress=None, tick=1.0):
         """Record until the duration passes, the target exits, or Ctrl-C /
         SIGTERM (KeyboardInterrupt). Records how it stopped."""
+        self._check_open()
         end = None if self.duration is None else self.t_start + self.duration
         try:
             while True:
@@ -677,13 +879,18 @@ class Recorder:
                 if progress:
                     progress(time.monotonic() - self.t_start, self.duration,
                              self.obj.stats())
-        except KeyboardInterrupt:
-            self.stopped_by = "interrupted"
+        except KeyboardInterrupt as e:
+            # the CLI's handler names the signal; Python's own SIGINT
+            # handler raises a bare KeyboardInterrupt
+            self.stopped_by = e.args[0] if e.args else "SIGINT (Ctrl-C)"
         self.t_stop = time.monotonic()
         self._disable()
 
     def finish(self):
         """Drain the maps and translate: the Profile of the binary."""
+        self._check_open()
+        if self.obj is None or not hasattr(self, "t_stop"):
+            raise ValueError("finish() needs start() and run() first")
         t0 = time.monotonic()
         if self.target.alive():
             try:  # late mappings (e.g. dlopen of nothing new) are harmless
@@ -728,6 +935,7 @@ class Recorder:
         return profile
 
     def close(self):
+        self._closed = True
         if self.obj is not None:
             self.obj.close()
             self.obj = None
@@ -749,17 +957,18 @@ def collect(pid=None, command=None, duration=None,
     ``profile.info["returncode"]``. A PID is recorded for `duration`
     seconds (default 10) or until it exits. `notice` and `warn` (default:
     `notice`) are called with messages as they arise; the warnings are also
-    in ``profile.info["warnings"]``."""
-    rec = Recorder(pid=pid, command=command, duration=duration,
-                   frequency=frequency, mode=mode, max_entries=max_entries,
-                   count_threads=count_threads, notice=notice,
-                   verbose=verbose, warn=warn)
-    try:
+    in ``profile.info["warnings"]``.
+
+    Raises the classes of :mod:`ebpf_bolt.errors` (all EbpfBoltError, each
+    with ``exit_code`` and ``hint``), e.g. UsageError for a command given as
+    a string instead of a list."""
+    with Recorder(pid=pid, command=command, duration=duration,
+                  frequency=frequency, mode=mode, max_entries=max_entries,
+                  count_threads=count_threads, notice=notice,
+                  verbose=verbose, warn=warn) as rec:
         rec.start()
         rec.run()
         profile = rec.finish()
-    finally:
-        rec.close()
     if command is not None:
         profile.info["returncode"] = rec.target.wait()
     return profile

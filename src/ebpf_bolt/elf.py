@@ -15,7 +15,14 @@ SHN_XINDEX = 0xFFFF
 
 
 class ElfError(ValueError):
-    pass
+    """The file is not an ELF this module can read; the message names the
+    file and what is wrong. Callers turn it into their own error class."""
+
+
+SHT_NOBITS = 8
+EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SYM_SIZE = 64, 56, 64, 24
+ELFCLASS = {1: "32-bit", 2: "64-bit"}
+ELFDATA = {1: "little-endian", 2: "big-endian"}
 
 
 @dataclass(frozen=True)
@@ -40,20 +47,36 @@ class Symbol:
 
 
 class ElfFile:
+    """Reading checks every table it uses against the file's size: a
+    truncated or malformed file raises ElfError, never struct.error or
+    IndexError."""
+
     def __init__(self, path):
         self.path = str(path)
         with open(path, "rb") as f:
             self._data = f.read()
         d = self._data
+        if not d:
+            raise ElfError(f"{path}: empty file, not an ELF executable")
         if d[:4] != b"\x7fELF":
-            raise ElfError(f"{path}: not an ELF file")
+            raise ElfError(f"{path}: not an ELF file (it starts with "
+                           f"{d[:4]!r}, not b'\\x7fELF')")
+        if len(d) < EHDR_SIZE:
+            raise ElfError(f"{path}: truncated ELF header ({len(d)} bytes, "
+                           f"a 64-bit header has {EHDR_SIZE})")
         if d[4] != 2 or d[5] != 1:
-            raise ElfError(f"{path}: only 64-bit little-endian ELF is supported")
+            raise ElfError(f"{path}: {ELFCLASS.get(d[4], f'class {d[4]}')} "
+                           f"{ELFDATA.get(d[5], f'data encoding {d[5]}')} ELF; "
+                           "only 64-bit little-endian ELF is supported")
         (self.type, self.machine, _, self.entry, phoff, shoff, _, _, phentsize,
          phnum, shentsize, shnum, shstrndx) = struct.unpack_from(
             "<HHIQQQIHHHHHH", d, 16)
+        if self.type not in (ET_EXEC, ET_DYN):
+            raise ElfError(f"{path}: ELF type {self.type} is not an executable "
+                           "or shared object (an object file or core dump?)")
         self.segments = []
         self._notes = []
+        self._table(phoff, phnum, phentsize, PHDR_SIZE, "program header")
         for i in range(phnum):
             (p_type, p_flags, p_offset, p_vaddr, _, p_filesz, p_memsz,
              _) = struct.unpack_from("<IIQQQQQQ", d, phoff + i * phentsize)
@@ -61,12 +84,48 @@ class ElfFile:
                 self.segments.append(Segment(p_vaddr, p_memsz, p_offset,
                                              p_filesz, p_flags))
             elif p_type == PT_NOTE:
+                self._within(p_offset, p_filesz, f"note segment {i}")
                 self._notes.append((p_offset, p_filesz))
+        self._table(shoff, shnum, shentsize, SHDR_SIZE, "section header")
         self._sections = []
         for i in range(shnum):
             self._sections.append(struct.unpack_from(
                 "<IIQQQQIIQQ", d, shoff + i * shentsize))
+        for i, sec in enumerate(self._sections):
+            if sec[1] in (SHT_SYMTAB, SHT_DYNSYM):
+                self._check_symtab(i, sec)
         self._symbols = None
+
+    def _within(self, offset, size, what):
+        if offset + size > len(self._data):
+            raise ElfError(f"{self.path}: {what} (bytes {offset:#x}-"
+                           f"{offset + size:#x}) runs past the end of the "
+                           f"file ({len(self._data):#x} bytes): truncated?")
+
+    def _table(self, offset, count, entsize, minimum, what):
+        if count == 0:
+            return
+        if entsize < minimum:
+            raise ElfError(f"{self.path}: {what} entries of {entsize} bytes, "
+                           f"fewer than the {minimum} of 64-bit ELF")
+        self._within(offset, count * entsize, f"the {what} table")
+
+    def _check_symtab(self, index, sec):
+        """A symbol table, and the string table it names, lie inside the
+        file and have whole entries."""
+        _, _, _, _, off, size, link, _, _, entsize = sec
+        if entsize and entsize < SYM_SIZE:
+            raise ElfError(f"{self.path}: section {index}: symbols of "
+                           f"{entsize} bytes, fewer than {SYM_SIZE}")
+        self._within(off, size, f"symbol table (section {index})")
+        if link >= len(self._sections) or link == 0:
+            raise ElfError(f"{self.path}: symbol table (section {index}) names "
+                           f"string table section {link}, which does not exist")
+        strtab = self._sections[link]
+        if strtab[1] == SHT_NOBITS:
+            raise ElfError(f"{self.path}: string table (section {link}) has "
+                           "no data in the file")
+        self._within(strtab[4], strtab[5], f"string table (section {link})")
 
     @property
     def is_pie(self):
@@ -89,6 +148,8 @@ class ElfFile:
             while pos + 12 <= off + size:
                 namesz, descsz, ntype = struct.unpack_from("<III", self._data, pos)
                 name_end = pos + 12 + (namesz + 3) // 4 * 4
+                if name_end + descsz > off + size:
+                    break  # a note cut short: no build id to trust
                 desc = self._data[name_end:name_end + descsz]
                 if ntype == NT_GNU_BUILD_ID and self._data[pos + 12:pos + 15] == b"GNU":
                     return desc.hex()
@@ -112,12 +173,18 @@ class ElfFile:
         seen, out = set(), []
         for (_, _, _, _, off, size, link, _, _, entsize) in tables:
             strtab = self._strtab(link)
-            for pos in range(off, off + size, entsize or 24):
+            entsize = entsize or SYM_SIZE
+            # whole entries only (checked in __init__ to lie in the file)
+            for pos in range(off, off + size - entsize + 1, entsize):
                 name_off, info, _, shndx, value, sym_size = struct.unpack_from(
                     "<IBBHQQ", self._data, pos)
                 if (info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC) or shndx == 0:
                     continue
-                end = strtab.index(b"\0", name_off)
+                end = strtab.find(b"\0", name_off)
+                if end < 0:
+                    raise ElfError(f"{self.path}: a symbol's name (string "
+                                   f"table offset {name_off:#x}) is not inside "
+                                   "its string table")
                 name = strtab[name_off:end].decode(errors="replace")
                 if not name or (name, value) in seen:
                     continue

@@ -1,7 +1,9 @@
 """The exceptions ebpf-bolt raises, each with a hint and its own exit code.
 
-The CLI prints ``ebpf-bolt: <message>`` and ``  hint: <hint>`` and exits with
-``exit_code``; scripts using :func:`ebpf_bolt.collect` catch the classes.
+The CLI prints ``ebpf-bolt: error: <message>`` and ``  hint: <hint>`` and
+exits with ``exit_code``; scripts using :func:`ebpf_bolt.collect` catch the
+classes. Every class below is a row of the README's error table (a test
+keeps the two in step).
 """
 
 
@@ -16,8 +18,10 @@ class EbpfBoltError(Exception):
 
 
 class UsageError(EbpfBoltError):
-    """Invalid option value (frequency, duration, format, ...)."""
+    """Invalid option value (frequency, duration, format, ...) or input
+    (replay's stacks, --binary)."""
     exit_code = 2
+    hint = "see ebpf-bolt --help"
 
 
 class PermissionProblem(EbpfBoltError):
@@ -36,19 +40,30 @@ class ParanoidRefusal(PermissionProblem):
 class TargetError(EbpfBoltError):
     """The process to profile does not exist or cannot be started."""
     exit_code = 5
+    hint = "check the PID (ps -e, pgrep NAME) or the command"
 
 
 class CommandNotFound(TargetError):
+    """The command (or the interpreter its #! line names) does not exist."""
     exit_code = 127  # what a shell returns for a command it cannot find
     hint = "check the command name and PATH"
+
+
+class CommandNotExecutable(TargetError):
+    """The command exists but cannot be executed (no execute permission, a
+    directory, not an executable format)."""
+    exit_code = 126  # what a shell returns for a command found but not run
+    hint = "check the file's execute permission (chmod +x) and that it is a program"
 
 
 class OutputError(EbpfBoltError):
     """The profile cannot be written (permissions, read-only, no space)."""
     exit_code = 6
+    hint = "write the profile elsewhere with -o FILE"
 
 
 class LibbpfMissing(EbpfBoltError):
+    """libbpf.so.1 (>= 1.0) cannot be loaded."""
     exit_code = 7
     hint = ("install libbpf >= 1.0: 'apt install libbpf1' (Debian/Ubuntu) or "
             "'dnf install libbpf' (Fedora)")
@@ -57,9 +72,11 @@ class LibbpfMissing(EbpfBoltError):
 class KernelUnsupported(EbpfBoltError):
     """The kernel lacks BTF, BPF or the requested perf event."""
     exit_code = 8
+    hint = "run with -v to see libbpf's messages"
 
 
 class NoBranchHardware(KernelUnsupported):
+    """--mode lbr where no branch-stack sampling is exposed."""
     exit_code = 9
     hint = ("branch stacks need Intel LBR (Haswell or later), AMD Zen 4 "
             "LbrExtV2 or ARM BRBE exposed to this machine; in a VM enable "
@@ -70,3 +87,12 @@ class NoBranchHardware(KernelUnsupported):
 class BpfError(EbpfBoltError):
     """libbpf or the kernel refused an operation; message names the call."""
     exit_code = 10
+    hint = "run with -v to see libbpf's log"
+
+
+class InternalError(EbpfBoltError):
+    """A bug: an exception no other class describes. The CLI's last resort,
+    so that no traceback reaches the user; its message says it is a bug."""
+    exit_code = 70  # EX_SOFTWARE of sysexits.h
+    hint = ("this is a bug in ebpf-bolt: please report it with the command "
+            "line and this message")

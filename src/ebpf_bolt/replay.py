@@ -31,28 +31,114 @@ BATCH = 4096  # stacks per run: 6 MiB of replay_stacks
 _ZEROS = array("Q", bytes(STACK_BYTES))
 
 
+ENTRY_HINT = ("entries look like 0x401136/0x401120/P/-/-/0 (perf script -F "
+              "brstack): FROM/TO/M|P|-, hexadecimal addresses of up to 64 bits")
+MAX_LINE = 1 << 20  # bytes; a 64-entry perf brstack line is a few KiB
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_FIELDS = ("from address", "to address", "prediction flag")
+
+
+class EntryError(ValueError):
+    """A malformed branch entry; the message names the field."""
+
+
+def _address(text, field):
+    """A hexadecimal address of at most 64 bits (0x optional, as perf
+    writes it with one). int(text, 16) alone would take '-5', '1_0' and
+    ' 5', and numbers wider than any register."""
+    what = f"field {field + 1} ({_FIELDS[field]})"
+    if not text:
+        raise EntryError(f"{what} is empty")
+    if text[0] in "+-":
+        raise EntryError(f"{what} {_clip(text)} is signed; addresses are "
+                         "unsigned")
+    digits = text[2:] if text[:2] in ("0x", "0X") else text
+    if not digits or not _HEX_DIGITS.issuperset(digits):
+        raise EntryError(f"{what} {_clip(text)} is not a hexadecimal address")
+    value = int(digits, 16)
+    if value >> 64:
+        raise EntryError(f"{what} {_clip(text)} is wider than 64 bits")
+    return value
+
+
+def _clip(text, width=40):
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
 def parse_entry(token):
     """One `perf script -F brstack` entry: 0xFROM/0xTO/M|P|-/... ->
-    (from, to, mispredicted)."""
+    (from, to, mispredicted). Fields after the third are not read (perf
+    adds in_tx/abort/cycles and a branch type); EntryError names the
+    field that is wrong."""
     parts = token.split("/")
     if len(parts) < 3:
-        raise ValueError(f"not a branch entry: {token!r}")
-    return int(parts[0], 16), int(parts[1], 16), parts[2] == "M"
+        raise EntryError(f"{_clip(token)} has {len(parts)} field"
+                         f"{'s' if len(parts) != 1 else ''}; a branch entry "
+                         "has at least 3 (FROM/TO/M|P|-)")
+    frm, to = _address(parts[0], 0), _address(parts[1], 1)
+    if parts[2] not in ("M", "P", "-"):
+        raise EntryError(f"field 3 (prediction flag) {_clip(parts[2])} is "
+                         "not M, P or -")
+    return frm, to, parts[2] == "M"
+
+
+def _lines(source):
+    """Lines of text from a binary or text file (bounded in length, so
+    a file with no newline is not read whole into one string) or from any
+    iterable of str or bytes lines."""
+    readline = getattr(source, "readline", None)
+    if readline is None:
+        yield from source
+        return
+    while True:
+        line = readline(MAX_LINE + 1)
+        if not line:
+            return
+        yield line
+
+
+def _decode(line, n):
+    if isinstance(line, str):
+        text = line
+    else:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"line {n}: not UTF-8 text (byte "
+                             f"{line[e.start]:#04x} at column {e.start + 1}): "
+                             "binary data, not perf script output",
+                             "give the text perf script -F brstack "
+                             "writes") from None
+    if len(text) > MAX_LINE and not text.endswith("\n"):
+        raise UsageError(f"line {n} is longer than {MAX_LINE >> 20} MiB: not "
+                         "perf script -F brstack output",
+                         "give the text perf script -F brstack writes")
+    nul = text.find("\0")
+    if nul >= 0:
+        raise UsageError(f"line {n}: NUL byte at column {nul + 1}: binary "
+                         "data, not perf script output",
+                         "give the text perf script -F brstack writes")
+    return text
 
 
 def parse_stacks(lines):
     """Branch stacks from text, one sample per line, newest entry first.
-    Blank lines and lines starting with '#' are skipped."""
+    Blank lines and lines starting with '#' are skipped. `lines`: a file
+    (binary or text) or an iterable of str or bytes lines. Any malformed
+    line raises UsageError naming its line, entry and field."""
     stacks = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
+    for n, line in enumerate(_lines(lines), 1):
+        line = _decode(line, n).strip()
         if not line or line.startswith("#"):
             continue
-        try:
-            stacks.append([parse_entry(tok) for tok in line.split()])
-        except ValueError as e:
-            raise UsageError(f"line {n}: {e}",
-                             "entries look like 0x401136/0x401120/P/-/-/0") from None
+        stack = []
+        for k, tok in enumerate(line.split(), 1):
+            try:
+                stack.append(parse_entry(tok))
+            except EntryError as e:
+                raise UsageError(f"line {n}, entry {k}: {e}",
+                                 ENTRY_HINT) from None
+        stacks.append(stack)
     return stacks
 
 

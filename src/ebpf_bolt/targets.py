@@ -8,10 +8,13 @@ import ctypes
 import errno
 import os
 import select
-import shutil
 import signal
 
-from .errors import CommandNotFound, TargetError
+from .errors import (CommandNotExecutable, CommandNotFound, TargetError,
+                     UsageError)
+
+PF_KTHREAD = 0x00200000   # include/linux/sched.h: the task is a kernel thread
+PID_T_MAX = 2**31 - 1     # pid_t is a signed 32-bit int
 
 
 def _pidfd(pid):
@@ -22,10 +25,27 @@ def _pidfd(pid):
 
 
 class Target:
+    """A handle on the target process: close() releases its pidfd. Use it
+    as a context manager; after close, waiting for the target's exit raises
+    ValueError (wait() of a command stays usable: reaping the child is not
+    tied to the handle)."""
     pid = None
     child = False
+    _fd = None
+    _closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} of {self.pid} is closed")
 
     def alive(self):
+        self._check_open()
         if self.child:
             return self.returncode is None and self._reap(os.WNOHANG) is None
         try:
@@ -38,6 +58,7 @@ class Target:
     def wait_exit(self, timeout):
         """Sleep up to `timeout` seconds or until the target exits (or a
         signal arrives); returns True if it has exited."""
+        self._check_open()
         if self._fd is not None:
             ready, _, _ = select.select([self._fd], [], [], timeout)
             return bool(ready) and not self.alive()
@@ -45,16 +66,45 @@ class Target:
         return not self.alive()
 
     def close(self):
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
 
+def pid_max():
+    """The largest PID the kernel gives, plus one (kernel.pid_max)."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return PID_T_MAX
+
+
+def _status_field(pid, name):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    return None
+
+
 class ProcessTarget(Target):
-    def __init__(self, pid):
+    """A running process. A thread id is resolved to its process (`note`
+    says so): -p records every thread of a process anyway, and a TID is
+    what top -H and ps -L show, so the user means that process."""
+
+    def __init__(self, pid, note=None):
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise UsageError(f"invalid PID {pid!r}",
+                             "give the process ID as an int")
         if pid <= 0:
             raise TargetError(f"invalid PID {pid}", "give a positive process ID")
-        self.pid = pid
+        limit = pid_max()
+        if pid >= limit or pid > PID_T_MAX:
+            raise TargetError(f"invalid PID {pid}: above the largest PID the "
+                              f"kernel gives ({limit - 1}, kernel.pid_max)",
+                              "check the PID (ps -e, pgrep NAME)")
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -62,12 +112,104 @@ class ProcessTarget(Target):
                               "check the PID (ps -e, pgrep NAME)") from None
         except PermissionError:
             pass  # exists; privileges are checked separately
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            comm = _status_field(pid, "Name")
+            tgid = int(_status_field(pid, "Tgid"))
+        except (OSError, TypeError, ValueError, IndexError):
+            raise TargetError(f"process {pid} has exited", "check the PID") \
+                from None
+        if int(stat[6]) & PF_KTHREAD:  # field 9, flags
+            raise TargetError(f"PID {pid} ({comm}) is a kernel thread: it runs "
+                              "no user-space code to profile",
+                              "give the PID of a user-space process "
+                              "(ps -e, pgrep NAME)")
+        if tgid != pid:
+            if note:
+                note(f"{pid} is a thread of process {tgid} ({comm}): "
+                     f"recording process {tgid}, all its threads")
+            pid = tgid
+        self.pid = pid
         if not self.alive():
             raise TargetError(f"process {pid} has exited", "check the PID")
+        check_readable(pid)
         self._fd = _pidfd(pid)
 
     def describe(self):
         return f"process {self.pid}"
+
+
+def check_readable(pid):
+    """ebpf-bolt reads the target's executable and mappings: the kernel
+    allows that only to a process that may ptrace it (ptrace_may_access:
+    CAP_SYS_PTRACE, or the same user and a dumpable target). Found before
+    recording rather than after it."""
+    for what in ("exe", "maps"):
+        try:
+            if what == "exe":
+                os.readlink(f"/proc/{pid}/exe")
+            else:
+                with open(f"/proc/{pid}/maps") as f:
+                    f.read(1)
+        except FileNotFoundError:
+            raise TargetError(f"process {pid} has exited",
+                              "check the PID") from None
+        except OSError as e:
+            raise TargetError(
+                f"cannot read /proc/{pid}/{what} of process {pid}: "
+                f"{os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})",
+                "the kernel shows a process's executable only to a process "
+                "that may ptrace it: run as root with CAP_SYS_PTRACE, or as "
+                "its user if it is dumpable") from None
+
+
+def _split_example(text):
+    text = os.fsdecode(text)
+    return text.split() or ["./app"]
+
+
+def exec_error(name, code):
+    """The error for an exec that failed with errno `code`, by the shell's
+    rule: 127 not found (ENOENT also when the #! interpreter is missing),
+    126 found but not executable."""
+    what = f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    if code == errno.ENOENT:
+        return CommandNotFound(f"command not found: {name} ({what}: the file "
+                               "or the interpreter its #! line names)")
+    if code in (errno.EACCES, errno.EPERM, errno.EISDIR):
+        return CommandNotExecutable(f"cannot run {name}: {what}")
+    if code == errno.ENOEXEC:
+        return CommandNotExecutable(
+            f"cannot run {name}: {what}: not an executable this kernel "
+            "runs, and no #! line", "add a #! line (e.g. #!/bin/sh) or "
+            f"run it through its interpreter: -- sh {name}")
+    return TargetError(f"cannot run {name}: {what}")
+
+
+def find_command(name):
+    """The path execv will run for `name`, as a shell finds it: a name
+    with a slash as it is, else the first executable file of that name on
+    PATH. A name that exists but cannot be run raises CommandNotExecutable
+    (exit 126, like a shell), one that does not CommandNotFound (127)."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in
+                      os.environ.get("PATH", os.defpath).split(os.pathsep)]
+    unrunnable = None
+    for path in candidates:
+        if os.path.isdir(path):
+            if "/" in name:   # a PATH search skips directories
+                unrunnable = unrunnable or (path, errno.EISDIR)
+        elif os.path.exists(path):
+            if os.access(path, os.X_OK):
+                return path
+            unrunnable = unrunnable or (path, errno.EACCES)
+    if unrunnable:
+        path, code = unrunnable
+        raise exec_error(name if "/" in name else f"{name} ({path})", code)
+    raise CommandNotFound(f"command not found: {name}")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -85,14 +227,19 @@ class CommandTarget(Target):
     child = True
 
     def __init__(self, argv):
+        if isinstance(argv, (str, bytes)):
+            # list(str) would run its first character; splitting it would
+            # guess at quoting: ask for the argv list, as subprocess does
+            # without a shell
+            raise UsageError(f"command given as a string: {argv!r}",
+                             "give the command as a list of arguments, e.g. "
+                             f"command={_split_example(argv)!r}")
         if not argv:
             raise TargetError("no command given", "put the command after --")
-        self.argv = list(argv)
+        self.argv = [os.fsdecode(a) for a in argv]
         self.returncode = None
         self._traced = False
-        exe = shutil.which(self.argv[0])
-        if exe is None:
-            raise CommandNotFound(f"command not found: {self.argv[0]}")
+        exe = find_command(self.argv[0])
         gate_r, gate_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -147,11 +294,7 @@ class CommandTarget(Target):
         self._err = None
         if data:
             self._reap(0)
-            code = int(data)
-            if code in (errno.ENOENT, errno.EACCES, errno.ENOEXEC):
-                raise CommandNotFound(f"cannot run {self.argv[0]}: "
-                                      f"{os.strerror(code)}")
-            raise TargetError(f"cannot run {self.argv[0]}: {os.strerror(code)}")
+            raise exec_error(self.argv[0], int(data))
 
     def resume(self):
         """Let the command run on after its post-exec stop."""
