@@ -206,8 +206,8 @@ class Summary:
         m = find(r"^ebpf-bolt: samples: ([\d,]+) of the process, ([\d,]+) in "
                  r"the binary")
         self.process_samples, self.in_binary = _num(m.group(1)), _num(m.group(2))
-        m = find(r"^ebpf-bolt: wrote (\S+) profile to (.+) \(([\d,]+) bytes, "
-                 r"([\d,]+) lines\)(?:; ([\d,]+) samples outside function "
+        m = find(r"^ebpf-bolt: wrote (\S+) profile to (.+) \(([\d,]+) bytes?, "
+                 r"([\d,]+) lines?\)(?:; ([\d,]+) samples? outside function "
                  r"symbols left out)?$")
         self.format, self.where = m.group(1), m.group(2)
         self.bytes, self.lines = _num(m.group(3)), _num(m.group(4))

@@ -155,3 +155,16 @@ def test_recording_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
     assert 0 < lost < kept
     assert float(m.group(2)) == pytest.approx(100 * lost / kept, abs=0.05)
     assert int(m.group(3)) > 32
+
+
+def test_counts_of_one_read_as_one(workload_pie):
+    """'1 sample', '1 line', '1 branch stack', '1 entry': never '1 samples'."""
+    prof = recorded(str(workload_pie), samples=3, other_process=1)
+    text = "\n".join(cli.summary_lines(prof, "fdata", "p.fdata", "x\n"))
+    assert "1 sample of tasks" in text
+    assert "(2 bytes, 1 line)" in text
+    prof = recorded(str(workload_pie), mode="lbr", samples=1,
+                    branch_entries=1, traces_outside_binary=0)
+    text = "\n".join(cli.replay_summary(prof, "preagg", 1))
+    assert "replayed 1 branch stack: 1 entry," in text
+    assert not re.search(r"\b1 (samples|lines|branch stacks|entries)\b", text)

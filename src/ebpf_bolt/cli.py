@@ -159,7 +159,8 @@ def summary_lines(profile, fmt, output, text):
         lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
                      f"binary ({share:.1f}%), {st['outside_binary']:,} in other "
                      f"objects, {st['kernel_ip']:,} in the kernel; "
-                     f"{i['distinct_addresses']:,} distinct addresses")
+                     + plural(i["distinct_addresses"], "distinct address",
+                              "distinct addresses"))
     else:
         lines.append(f"samples: {kept:,} of the process with "
                      f"{st['branch_entries']:,} branch entries; "
@@ -189,8 +190,8 @@ def summary_lines(profile, fmt, output, text):
         # what the events' scope cost: samples of tasks that are not the
         # target (on the same CPUs, in the cgroup, or the command's child
         # processes, which inherit its event)
-        lines.append(f"other processes: {st['other_process']:,} samples of "
-                     "tasks that are not the target, skipped in the kernel")
+        lines.append(f"other processes: {plural(st['other_process'], 'sample')}"
+                     " of tasks that are not the target, skipped in the kernel")
     if i.get("threads"):
         lines.append(f"threads sampled: {len(i['threads'])} ("
                      + ", ".join(f"{t}:{c}" for t, c in
@@ -198,10 +199,11 @@ def summary_lines(profile, fmt, output, text):
     where = output if output not in (None, "-") else "stdout"
     extra = ""
     if fmt == "fdata" and st.get("outside_functions"):
-        extra = (f"; {st['outside_functions']:,} samples outside function "
-                 "symbols left out")
-    lines.append(f"wrote {fmt} profile to {where} ({len(text):,} bytes, "
-                 f"{text.count(chr(10)):,} lines){extra}")
+        extra = (f"; {plural(st['outside_functions'], 'sample')} outside "
+                 "function symbols left out")
+    lines.append(f"wrote {fmt} profile to {where} ("
+                 f"{plural(len(text), 'byte')}, "
+                 f"{plural(text.count(chr(10)), 'line')}){extra}")
     lines += loss_warnings(profile, fmt)
     lines.append(_apply_line(profile, fmt, output))
     return lines
@@ -227,10 +229,6 @@ def _more_entries(entries, lost_share):
     return 1 << max(int(need) - 1, 1).bit_length()
 
 
-def _count(n, noun):
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
 def _share(part, whole):
     return f"{100.0 * part / whole:.1f}%" if whole else "all"
 
@@ -250,13 +248,13 @@ def loss_warnings(profile, fmt):
             if entries:
                 more += (f" (now {entries:,}), e.g. --max-entries "
                          f"{_more_entries(entries, share)}")
-            out.append(f"{_count(lost, 'sample')} ({_share(lost, kept)}) "
+            out.append(f"{plural(lost, 'sample')} ({_share(lost, kept)}) "
                        f"lost: the IP map was full; {more}")
         if fmt == "fdata" and st.get("outside_functions") and \
                 profile.total():
             left, total = st["outside_functions"], profile.total()
             if left * 100 >= total:   # a few in PLT stubs are usual
-                out.append(f"{_count(left, 'sample')} of the binary "
+                out.append(f"{plural(left, 'sample')} of the binary "
                            f"({_share(left, total)}) "
                            "fall outside its function symbols and are not "
                            "in the fdata; --format preagg keeps their "
@@ -271,16 +269,16 @@ def loss_warnings(profile, fmt):
                          f"{_more_entries(entries, share)}")
             cause = (f"the trace map was full ({st['map_full']:,} refused "
                      f"inserts); {more}" if st["map_full"] else
-                     f"{_count(st['update_failed'], 'trace map update')} "
+                     f"{plural(st['update_failed'], 'trace map update')} "
                      "failed (no free element or a busy lock)")
             out.append(f"{lost:,} of {counted:,} trace counts "
                        f"({_share(lost, counted)}) lost: {cause}")
         if st["stack_cut"]:
-            out.append(f"{_count(st['stack_cut'], 'branch stack')} deeper "
+            out.append(f"{plural(st['stack_cut'], 'branch stack')} deeper "
                        "than 64 entries: their entries beyond the newest 64 "
                        "are not counted")
         if st["branch_read_failed"]:
-            out.append(f"{_count(st['branch_read_failed'], 'sample')} "
+            out.append(f"{plural(st['branch_read_failed'], 'sample')} "
                        f"({_share(st['branch_read_failed'], st['samples'])}) "
                        "had no readable branch stack and are not counted")
         left = st.get("traces_outside_binary")
@@ -292,19 +290,19 @@ def loss_warnings(profile, fmt):
     if other > kept and str(profile.info.get("scope")).startswith("per task"):
         # a command's event is inherited by the processes it starts: most
         # samples there means a wrapper (a shell, time, make) was recorded
-        out.append(f"{_count(other, 'sample')} ({_share(other, st['samples'])}"
+        out.append(f"{plural(other, 'sample')} ({_share(other, st['samples'])}"
                    f") are of processes the command started, not of "
                    f"{profile.binary}: record the program doing the work "
                    "(run it directly, or -p PID)")
     if st["update_failed"] and profile.kind == "basic":
-        out.append(f"{_count(st['update_failed'], 'sample')} lost: the "
+        out.append(f"{plural(st['update_failed'], 'sample')} lost: the "
                    "kernel refused IP map updates (no free element or a "
                    "busy lock)")
     if st["scratch_failed"]:
-        out.append(f"{_count(st['scratch_failed'], 'sample')} lost: no "
+        out.append(f"{plural(st['scratch_failed'], 'sample')} lost: no "
                    "per-CPU scratch space for their branch stacks")
     if st["thread_map_full"]:
-        out.append(f"{_count(st['thread_map_full'], 'sample')} missing from "
+        out.append(f"{plural(st['thread_map_full'], 'sample')} missing from "
                    "the thread counts (--threads): the thread map was full")
     return ["warning: " + line for line in out]
 
@@ -495,8 +493,9 @@ def replay_command(args):
 
 def replay_summary(profile, fmt, nstacks, output=None):
     st = profile.stats
-    lines = [f"replayed {nstacks:,} branch stacks: {st['branch_entries']:,} "
-             f"entries, {st['kernel_branches']:,} kernel entries dropped, "
+    lines = [f"replayed {plural(nstacks, 'branch stack')}: "
+             f"{plural(st['branch_entries'], 'entry', 'entries')}, "
+             f"{st['kernel_branches']:,} kernel entries dropped, "
              f"{st['stack_cut']:,} stacks cut to 64 entries, "
              f"{st['empty_stacks']:,} with no user entry"]
     lines.append(f"traces: {len(profile.traces):,} distinct, "
