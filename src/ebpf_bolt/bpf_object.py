@@ -12,6 +12,7 @@ from array import array
 from importlib import resources
 from operator import add
 
+from .handle import Handle
 from . import _libbpf
 from .errors import BpfError
 from .layout import (COUNTERS, DRAIN_MAX_CPUS, BranchStack, CacheSet,
@@ -98,7 +99,7 @@ BPF_EXIST = 2
 ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
-class Link:
+class Link(Handle):
     """A program attached to a perf event; owns the event's fd, which
     libbpf closes when the link is destroyed (close())."""
 
@@ -122,14 +123,8 @@ class Link:
             ptr, self._ptr = self._ptr, None
             _libbpf.lib().bpf_link__destroy(ptr)  # closes perf_fd too
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class BoltObject:
+class BoltObject(Handle):
     def __init__(self, config=None, map_entries=None, programs=None, path=None,
                  prealloc=None, shared=None):
         """Open and load the object.
@@ -497,9 +492,3 @@ class BoltObject:
             if getattr(self, "_obj", None):
                 obj, self._obj = self._obj, None
                 self._lib.bpf_object__close(obj)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

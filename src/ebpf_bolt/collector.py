@@ -13,6 +13,7 @@ import resource
 import struct
 import time
 
+from .handle import Handle
 from . import _libbpf, bolt
 from . import perf_event as pe
 from .addrspace import AddressSpace, executable_identity, read_maps
@@ -589,7 +590,7 @@ def max_rate_warning(before, after):
             "has fewer samples than asked for; lower -f")
 
 
-class Recorder:
+class Recorder(Handle):
     """One recording. Call start(), run(), then finish() for the Profile;
     close() releases everything (also on errors)."""
 
@@ -631,12 +632,6 @@ class Recorder:
         self.cgroup = None  # the cgroup the events follow, if they do
         self.cgroup_moved = None
         self._closed = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _check_open(self):
         if self._closed:

@@ -35,6 +35,7 @@ import secrets
 import stat
 import sys
 
+from .handle import Handle
 from .errors import OutputError
 
 TMP_PREFIX = ".ebpf-bolt-"   # hidden temporary names in the output directory
@@ -158,7 +159,7 @@ def _same_file(a, b):
 _REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-class OutputFile:
+class OutputFile(Handle):
     """The file `path` (None or "-": stdout), written whole by commit() or
     not at all. `inputs` are paths of files the output must not be (after
     resolving links and hard links); missing ones are skipped. `reserve`
@@ -237,10 +238,6 @@ class OutputFile:
     def __enter__(self):
         self._check_open()
         return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def _check_open(self):
         if self._closed:

@@ -14,6 +14,7 @@ import mmap
 import os
 from array import array
 
+from .handle import Handle
 from . import _libbpf
 from .addrspace import AddressSpace
 from .bpf_object import BoltObject, possible_cpus
@@ -177,7 +178,7 @@ def run_on_cpu(obj, program, args, cpu):
                                   f"returned {retval}: a map lookup failed")
 
 
-class _MappedInput:
+class _MappedInput(Handle):
     """A loaded object (self.obj) fed through an mmapped array (self._mem):
     both released by close()."""
 
@@ -186,12 +187,6 @@ class _MappedInput:
             self._mem.close()
             self._mem = None
         self.obj.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Replayer(_MappedInput):

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 
+from .handle import Handle
 from .errors import (CommandNotExecutable, CommandNotFound, TargetError,
                      UsageError)
 
@@ -24,7 +25,7 @@ def _pidfd(pid):
         return None  # kernels < 5.3: fall back to polling /proc
 
 
-class Target:
+class Target(Handle):
     """A handle on the target process: close() releases its pidfd. Use it
     as a context manager; after close, waiting for the target's exit raises
     ValueError (wait() of a command stays usable: reaping the child is not
@@ -33,12 +34,6 @@ class Target:
     child = False
     _fd = None
     _closed = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _check_open(self):
         if self._closed:
