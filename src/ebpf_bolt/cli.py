@@ -222,11 +222,15 @@ def _apply_line(profile, fmt, output):
     return "apply it: " + command
 
 
-def _more_entries(entries, lost_share):
-    """A --max-entries to suggest: room for what was stored and refused,
-    doubled, as a power of two."""
+def _raise_entries(entries, lost_share):
+    """The fix for a full map, with a --max-entries to suggest where the
+    size is known: room for what was stored and refused, doubled, as a
+    power of two."""
+    if not entries:
+        return "raise --max-entries"
     need = entries / max(1.0 - lost_share, 0.05) * 2
-    return 1 << max(int(need) - 1, 1).bit_length()
+    return (f"raise --max-entries (now {entries:,}), e.g. --max-entries "
+            f"{1 << max(int(need) - 1, 1).bit_length()}")
 
 
 def _share(part, whole):
@@ -239,15 +243,11 @@ def loss_warnings(profile, fmt):
     the exit status stays 0: what was kept is exact."""
     st, out = profile.stats, []
     entries = profile.info.get("map_entries")
-    more = "raise --max-entries"
     if profile.kind == "basic":
         kept = st["samples"] - st["other_process"]
         lost = st["map_full"]
         if lost:
-            share = lost / kept if kept else 1.0
-            if entries:
-                more += (f" (now {entries:,}), e.g. --max-entries "
-                         f"{_more_entries(entries, share)}")
+            more = _raise_entries(entries, lost / kept if kept else 1.0)
             out.append(f"{plural(lost, 'sample')} ({_share(lost, kept)}) "
                        f"lost: the IP map was full; {more}")
         if fmt == "fdata" and st.get("outside_functions") and \
@@ -263,10 +263,7 @@ def loss_warnings(profile, fmt):
         counted = st["traces"]
         lost = st["traces_lost"]
         if lost:
-            share = lost / counted if counted else 1.0
-            if entries:
-                more += (f" (now {entries:,}), e.g. --max-entries "
-                         f"{_more_entries(entries, share)}")
+            more = _raise_entries(entries, lost / counted if counted else 1.0)
             cause = (f"the trace map was full ({st['map_full']:,} refused "
                      f"inserts); {more}" if st["map_full"] else
                      f"{plural(st['update_failed'], 'trace map update')} "
