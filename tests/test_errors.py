@@ -746,6 +746,34 @@ def test_replay_binary_not_a_readable_elf(root, via, kind, capsys,
     assert snapshot(stacks, binary) == before
 
 
+@covers(errors.UsageError)
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_replay_binary_not_a_regular_file(kind, ebpf_bolt_cmd, tmp_path,
+                                          memory_cgroup):
+    """A device or FIFO as --binary is refused, not read: /dev/zero was
+    read until the machine ran out of memory. Run in a memory cgroup of
+    256 MiB, so that a broken check is killed there, not the machine."""
+    binary = Path(kind) if kind.startswith("/") else tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(binary)
+        # a writer, so that opening the FIFO does not block
+        writer = subprocess.Popen(["sh", "-c", f'exec yes > "{binary}"'])
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_bytes(GOOD_LINE)
+    try:
+        p = subprocess.run(memory_cgroup(256 << 20) + [
+            ebpf_bolt_cmd, "replay", "--binary", str(binary), str(stacks),
+            "-o", str(tmp_path / "out.preagg")],
+            capture_output=True, text=True, timeout=60)
+    finally:
+        if kind == "fifo":
+            writer.kill()
+            writer.wait()
+    assert_error(Result(p.returncode, p.stderr, 0), errors.UsageError,
+                 tmp_path, output="out.preagg", says=["not a regular file"])
+
+
 # --- 12. replay options: --cpu, --max-entries ---------------------------------
 
 def _replay_per_entry_bytes():

@@ -422,6 +422,87 @@ def test_pid_executable_as_output(via, capsys, ebpf_bolt_cmd, tmp_path):
         proc.wait()
 
 
+def test_script_interpreter_as_output(ebpf_bolt_cmd, tmp_path):
+    """A #! script runs its interpreter: that is the executable recorded,
+    and it is known only after the exec. Refused there, while the command
+    is held: nothing of the script runs."""
+    d = tmp_path / "cmd"
+    d.mkdir()
+    shell = Path(shutil.copy2("/bin/dash", d / "mysh"))
+    ran = tmp_path / "ran"
+    script = d / "s.sh"
+    script.write_text(f"#!{shell}\ntouch {ran}\n")
+    script.chmod(0o755)
+    before = keep(shell, script)
+    p = subprocess.run([ebpf_bolt_cmd, "-o", shell, "--", script],
+                       capture_output=True, text=True, timeout=60)
+    assert_refused_input(Result(p.returncode, p.stderr, 0), before)
+    assert not ran.exists(), "the command ran after the refusal"
+
+
+def test_program_execd_while_recorded_as_output(ebpf_bolt_cmd, tmp_path):
+    """A wrapper that execs the program: the output is checked again, at
+    the end, against what the process runs then."""
+    d = tmp_path / "cmd"
+    d.mkdir()
+    sleep = Path(shutil.copy2(shutil.which("sleep"), d / "mysleep"))
+    wrapper = d / "wrap.sh"
+    wrapper.write_text(f"#!/bin/sh\nexec {sleep} 3\n")
+    wrapper.chmod(0o755)
+    before = keep(sleep)
+    p = subprocess.run([ebpf_bolt_cmd, "-o", sleep, "1", "--", wrapper],
+                       capture_output=True, text=True, timeout=60)
+    assert_refused_input(Result(p.returncode, p.stderr, 0), before)
+
+
+def test_stdin_pipe_as_output(ebpf_bolt_cmd, binary, stacks):
+    """-o /dev/stdin with the stacks piped in: the profile must not go into
+    its own input (a profile over 64 KiB then hung for good)."""
+    p = subprocess.Popen(["sh", "-c", f'cat "$1" | "$2" replay --binary "$3" '
+                          "-o /dev/stdin", "sh", stacks, ebpf_bolt_cmd, binary],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:   # a hung pipeline (the bug) is killed whole
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert_error(Result(p.returncode, err, 0), errors.OutputError, None,
+                 says=["is the same file as the input"])
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1",
+                                  "/proc/self/fd/1"])
+def test_fd_link_writes_through_the_fd(name, ebpf_bolt_cmd, binary, stacks,
+                                       expected, tmp_path):
+    """-o /dev/stdout when fd 1 is a file opened for appending: the profile
+    is appended, as a shell's `> /dev/stdout` would; the file's earlier
+    lines stay (it was replaced by the profile alone)."""
+    log = tmp_path / "log.txt"
+    log.write_text("first line of my log\n")
+    p = subprocess.run(["sh", "-c", '"$1" replay --binary "$2" "$3" -o "$4" '
+                        '>> "$5"', "sh", ebpf_bolt_cmd, binary, stacks, name,
+                        log], capture_output=True, text=True, timeout=60)
+    assert_ok(Result(p.returncode, p.stderr, 0))
+    head, _, rest = log.read_text().partition("\n")
+    assert head == "first line of my log", p.stderr
+    assert same_profile(rest, expected)
+
+
+@pytest.mark.parametrize("how,says", [(">/dev/full", "no space"),
+                                      (">&-", "stdout is closed")])
+def test_stdout_errors_are_output_errors(how, says, ebpf_bolt_cmd, binary,
+                                         stacks):
+    """The default output, stdout, full or closed: exit 6 with one line,
+    not an internal error."""
+    p = subprocess.run(["sh", "-c", f'"$1" replay --binary "$2" "$3" {how}',
+                        "sh", ebpf_bolt_cmd, binary, stacks],
+                       capture_output=True, text=True, timeout=60)
+    assert_error(Result(p.returncode, p.stderr, 0), errors.OutputError, None,
+                 says=[says])
+
+
 # --- nothing left behind ---------------------------------------------------------
 
 def test_sigkill_leaves_nothing(ebpf_bolt_cmd, tmp_path):

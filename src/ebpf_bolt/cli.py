@@ -337,7 +337,8 @@ def record(args, command):
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
         with rec, OutputFile(args.output, inputs=inputs) as out:
-            rec.start(check_mode=_check_format(args.format))
+            rec.start(check_mode=_check_format(args.format),
+                      check_binary=lambda exe: out.check_inputs([exe]))
             _say(f"recording {rec.target.describe()} "
                  f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
                  f"events {rec.scope})"
@@ -349,6 +350,9 @@ def record(args, command):
             profile = rec.finish()
             fmt = args.format or profile.default_format
             text = profile.render(fmt)
+            # what the process runs now, if it exec'd another program
+            if rec.target.alive():
+                out.check_inputs([f"/proc/{rec.target.pid}/exe"])
             out.commit(text)
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)

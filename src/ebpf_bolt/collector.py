@@ -638,10 +638,14 @@ class Recorder(Handle):
             raise ValueError("the Recorder is closed")
 
     # --- set-up ------------------------------------------------------------
-    def start(self, check_mode=None):
+    def start(self, check_mode=None, check_binary=None):
         """Set everything up; sampling runs when this returns. check_mode,
         if given, is called with the resolved mode ("ip" or "lbr") before
-        anything runs, to refuse early what cannot be written later."""
+        anything runs, to refuse early what cannot be written later.
+        check_binary, if given, is called with a path of the executable
+        recorded once it is known: for a command, after its exec (a #!
+        script's interpreter, say) while it is still held, so that raising
+        there ends it before it runs."""
         self._check_open()
         if self.target is not None:
             raise ValueError("the Recorder was started already")
@@ -671,12 +675,11 @@ class Recorder(Handle):
             self._load_and_attach()
             if self.target.child:
                 self.target.start()
-                try:
-                    self._read_target()
-                finally:
-                    self.target.resume()
-            else:
-                self._read_target()
+            self._read_target()   # a command is still held at its exec
+            if check_binary:
+                check_binary(f"/proc/{self.target.pid}/exe")
+            if self.target.child:
+                self.target.resume()
         except BaseException:
             if self.target.child and self.target.returncode is None:
                 self.target.abandon()

@@ -1,6 +1,8 @@
 """Just enough ELF (64-bit, little-endian) to translate and symbolize
 addresses: file type, loadable segments, function symbols and build id."""
 import bisect
+import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -54,6 +56,9 @@ class ElfFile:
     def __init__(self, path):
         self.path = str(path)
         with open(path, "rb") as f:
+            # a device or FIFO would be read without end (/dev/zero)
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ElfError(f"{path}: not a regular file")
             self._data = f.read()
         d = self._data
         if not d:

@@ -31,6 +31,7 @@ redirection, cp or perf do (``0644`` under the usual umask 022).
 import ctypes
 import errno
 import os
+import re
 import secrets
 import stat
 import sys
@@ -156,6 +157,30 @@ def _same_file(a, b):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_FD_LINK = re.compile(r"/proc/(?:self|thread-self|(\d+))(?:/task/\d+)?"
+                      r"/fd/(\d+)")
+
+
+def _own_fd(path):
+    """The fd number if `path` names one of this process's file
+    descriptors through /proc (/dev/stdout, /dev/fd/N, /proc/self/fd/N),
+    else None. Its links are followed one by one: resolving them all would
+    give the file the fd has open, or a name such as 'pipe:[1234]'."""
+    p = os.path.abspath(path)
+    for _ in range(40):   # the kernel's own limit of links in a path
+        head = os.path.realpath(os.path.dirname(p))
+        p = os.path.join(head, os.path.basename(p))
+        m = _FD_LINK.fullmatch(p)
+        if m:
+            if m.group(1) is None or int(m.group(1)) == os.getpid():
+                return int(m.group(2))
+            return None   # another process's fd: its file, as named
+        if not os.path.islink(p):
+            return None
+        p = os.path.join(head, os.readlink(p))
+    return None
+
+
 _REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
@@ -169,36 +194,53 @@ class OutputFile(Handle):
     def __init__(self, path, inputs=(), reserve=RESERVE, tmpfile=True):
         self.path = path
         self.target = None     # the file replaced: links resolved
-        self.direct = False    # written in place: a character device or FIFO
+        self.direct = False    # written in place: a device, FIFO or fd
+        self._inputs = []
         self._fd = self._dirfd = self._tmpname = None
         self._closed = False
         if path in (None, "-"):
+            if sys.stdout is None:   # started with fd 1 closed
+                raise OutputError("stdout is closed",
+                                  "give the profile a file with -o FILE")
             return
         self.path = os.fspath(path)
         try:
-            self._open(list(inputs), reserve, tmpfile)
+            self._open(reserve, tmpfile)
+            self.check_inputs(inputs)
         except BaseException as e:
             self.close()
             if isinstance(e, OSError):
                 raise output_error(self.path, e) from None
             raise
 
-    def _open(self, inputs, reserve, tmpfile):
+    def _open(self, reserve, tmpfile):
         path = self.path
         if not path:   # realpath("") would be the working directory
             raise OutputError("empty output file name",
                               "give a file name with -o")
+        fd = _own_fd(path)
+        if fd is not None:
+            # /dev/stdout, /dev/fd/N, /proc/self/fd/N: this process's fd N,
+            # written at its offset as a shell does (`> /dev/stdout`).
+            # Replacing the file it resolves to would destroy a log that
+            # fd 1 appends to.
+            self.direct = True
+            try:
+                self._fd = os.dup(fd)
+            except OSError:
+                raise OutputError(f"output {path}: file descriptor {fd} is "
+                                  "not open", "give a file name with -o")
+            return
         if path.endswith("/") or os.path.isdir(path):
             raise OutputError(f"output {path} is a directory",
                               "give a file name with -o")
         try:
-            st = os.stat(path)   # through links, /dev/stdout's too
+            st = os.stat(path)   # through links
         except FileNotFoundError:
             st = None            # a new file, or a dangling link's target
         if st is not None and (stat.S_ISCHR(st.st_mode)
                                or stat.S_ISFIFO(st.st_mode)):
             self.direct = True
-            # opened by the given name: /dev/stdout reopens what fd 1 is;
             # O_NOCTTY: a terminal given as -o must not become ours
             self._fd = os.open(path, os.O_WRONLY | os.O_NOCTTY
                                | os.O_CLOEXEC)
@@ -211,18 +253,6 @@ class OutputFile(Handle):
             raise OutputError(f"output {path} is {what}",
                               "give a file name, a character device or a "
                               "FIFO with -o")
-        if st is not None:
-            for name in inputs:
-                try:
-                    ist = os.stat(name)
-                except OSError:
-                    continue   # what does not exist cannot be overwritten
-                if _same_file(ist, st):
-                    raise OutputError(
-                        f"output {path} is the same file as the input "
-                        f"{os.path.realpath(name)}",
-                        "write the profile to another file with -o: an "
-                        "input is never overwritten")
         self._dirfd = os.open(os.path.dirname(self.target),
                               os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fd, self._tmpname = open_temporary(self._dirfd, tmpfile)
@@ -235,6 +265,43 @@ class OutputFile(Handle):
                 if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
                     raise
 
+    def _written(self):
+        """What the profile will overwrite or write into: the stat of the
+        fd written directly, or of the existing file replaced (None for a
+        new file)."""
+        if self.direct:
+            return os.fstat(self._fd)
+        try:
+            return os.stat(self.target)
+        except FileNotFoundError:
+            return None
+
+    def check_inputs(self, inputs):
+        """Refuse (OutputError) when the output is one of `inputs` (paths;
+        links and hard links resolved, missing ones skipped): an input is
+        never overwritten, nor written into (a pipe that is also stdin).
+        They are checked again at commit, with those found later (the
+        program a command execs), since the files may change meanwhile."""
+        self._check_open()
+        if self.path in (None, "-"):
+            return
+        self._inputs.extend(inputs)
+        written = self._written()
+        # a device is no file to harm: -o /dev/null with stdin /dev/null
+        if written is None or stat.S_ISCHR(written.st_mode):
+            return
+        for name in self._inputs:
+            try:
+                ist = os.stat(name)
+            except OSError:
+                continue   # what does not exist cannot be overwritten
+            if _same_file(ist, written):
+                raise OutputError(
+                    f"output {self.path} is the same file as the input "
+                    f"{os.path.realpath(name)}",
+                    "write the profile to another file with -o: an "
+                    "input is never overwritten")
+
     def __enter__(self):
         self._check_open()
         return self
@@ -246,18 +313,19 @@ class OutputFile(Handle):
     def commit(self, data):
         """Write `data` (str or bytes) and put it in place; then closed."""
         self._check_open()
-        if self.path in (None, "-"):
-            if isinstance(data, str):
-                sys.stdout.write(data)
-            else:
-                sys.stdout.flush()
-                sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-            self.close()
-            return
-        if isinstance(data, str):
-            data = data.encode()
         try:
+            if self.path in (None, "-"):
+                if isinstance(data, str):
+                    sys.stdout.write(data)
+                else:
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+                self.close()
+                return
+            self.check_inputs(())
+            if isinstance(data, str):
+                data = data.encode()
             _write_all(self._fd, data)
             if not self.direct:
                 os.fsync(self._fd)
@@ -268,7 +336,12 @@ class OutputFile(Handle):
                 self._tmpname = None
         except OSError as e:
             self.close()
-            raise output_error(self.path, e) from None
+            if e.errno == errno.EPIPE:
+                raise   # the reader went away: main() exits as a shell would
+            raise output_error(self.path or "stdout", e) from None
+        except BaseException:
+            self.close()
+            raise
         self.close()
 
     def close(self):

@@ -298,7 +298,8 @@ class CommandTarget(Target):
             _libc.ptrace(PTRACE_DETACH, self.pid, None, None)
 
     def abandon(self):
-        """Setup failed before exec: make the held child go away."""
+        """Set-up failed before the command ran (before its exec, or held
+        at it): make the child go away."""
         for name in ("_gate", "_err"):
             fd = getattr(self, name)
             if fd is not None:
