@@ -6,6 +6,7 @@ status 0, since the profile is written all the same.
 Checked on figures (a Profile with chosen counters), and once end to end:
 a replay that overflows --max-entries.
 """
+import os
 import re
 
 import pytest
@@ -168,3 +169,47 @@ def test_counts_of_one_read_as_one(workload_pie):
     text = "\n".join(cli.replay_summary(prof, "preagg", 1))
     assert "replayed 1 branch stack: 1 entry," in text
     assert not re.search(r"\b1 (samples|lines|branch stacks|entries)\b", text)
+
+
+def apply_line(lines):
+    (line,) = [x for x in lines if x.startswith("apply it: ")]
+    return line
+
+
+@pytest.mark.parametrize("kind", ["/dev/null", "fifo", "/dev/stdout",
+                                  "/dev/fd/N", "/proc/self/fd/N"])
+def test_apply_line_for_output_that_holds_no_profile(workload_pie, tmp_path,
+                                                     kind):
+    """-o naming a device, a FIFO or one of the process's descriptors: the
+    name holds no profile afterwards, so the apply command has FILE, as
+    for stdout (it had -data /dev/null, -data fifo, -p /dev/stdout)."""
+    fd = os.open(tmp_path / "behind-the-fd", os.O_WRONLY | os.O_CREAT)
+    try:
+        output = {"/dev/null": "/dev/null", "/dev/stdout": "/dev/stdout",
+                  "fifo": str(tmp_path / "fifo"), "/dev/fd/N": f"/dev/fd/{fd}",
+                  "/proc/self/fd/N": f"/proc/self/fd/{fd}"}[kind]
+        if kind == "fifo":
+            os.mkfifo(output)
+        for mode, fmt in (("ip", "fdata"), ("lbr", "preagg")):
+            prof = recorded(str(workload_pie), mode=mode, samples=100,
+                            traces=100)
+            line = apply_line(cli.summary_lines(prof, fmt, output, "x\n"))
+            assert line.startswith("apply it: save it with -o FILE, then: "), \
+                line
+            assert output not in line and "behind-the-fd" not in line, line
+            assert re.search(r"(-data|-p) FILE\b", line), line
+    finally:
+        os.close(fd)
+
+
+def test_apply_line_names_a_regular_file(workload_pie, tmp_path):
+    """A regular file, also through a symlink, is named as given."""
+    out = tmp_path / "p.fdata"
+    out.write_text("x\n")
+    link = tmp_path / "link.fdata"
+    link.symlink_to(out)
+    for path in (out, link):
+        prof = recorded(str(workload_pie), samples=100)
+        line = apply_line(cli.summary_lines(prof, "fdata", str(path), "x\n"))
+        assert line.startswith("apply it: ") and "save it" not in line, line
+        assert f"-data {path} " in line, line

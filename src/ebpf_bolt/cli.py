@@ -3,8 +3,10 @@
 import argparse
 import errno
 import os
+import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 
@@ -209,15 +211,51 @@ def summary_lines(profile, fmt, output, text):
     return lines
 
 
+_FD_LINK = re.compile(r"/proc/\d+(/task/\d+)?/fd/\d+")
+
+
+def _is_fd_link(path):
+    """True where `path` resolves through a link to a file descriptor of
+    the process (/dev/stdout, /dev/fd/N, /proc/self/fd/N): a name whose
+    meaning is this process's, not one the profile can be found by."""
+    path = os.path.abspath(path)
+    for _ in range(40):   # the kernel's limit of links followed
+        path = os.path.join(os.path.realpath(os.path.dirname(path)),
+                            os.path.basename(path))
+        if _FD_LINK.fullmatch(path):
+            return True
+        try:
+            target = os.readlink(path)
+        except OSError:   # not a link (or gone): the end of the chain
+            return False
+        path = os.path.join(os.path.dirname(path), target)
+    return False
+
+
+def _holds_profile(output):
+    """True where the path given as -o is a regular file after the write,
+    one the apply command can name; False for stdout, a character device
+    (/dev/null), a FIFO and a link to a file descriptor (/dev/stdout)."""
+    if output in (None, "-") or _is_fd_link(output):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(output).st_mode)
+    except OSError:
+        return False
+
+
 def _apply_line(profile, fmt, output):
-    """The apply command for BOLT, or (stripped binary) why there is none."""
-    path = output if output not in (None, "-") else "FILE"
+    """The apply command for BOLT, or (stripped binary) why there is none.
+    An output that holds no profile afterwards (see _holds_profile) gets
+    FILE and the advice to save it there, as stdout does."""
+    named = _holds_profile(output)
+    path = output if named else "FILE"
     command = bolt.apply_command(profile.binary, path, fmt, profile.kind,
                                  elf=profile.elf)
     if command is None:
         return "warning: " + bolt.stripped_advice(
             profile.elf, path, fmt, profile.kind, binary=profile.binary)
-    if output in (None, "-"):
+    if not named:
         return "apply it: save it with -o FILE, then: " + command
     return "apply it: " + command
 
