@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1236,3 +1237,67 @@ def test_replay_with_too_few_file_descriptors(root, via, capsys, ebpf_bolt_cmd,
     assert_error(res, errors.KernelUnsupported, outdir,
                  says=["too many open files", "is 15"])
     assert snapshot(stacks, replay_binary) == before
+
+
+# --- Ctrl-C before there is a profile -------------------------------------------
+
+def _interrupted(cmd, ready, sig=None):
+    """Run `cmd` (stdin a pipe left open), wait until `ready()` holds, send
+    SIGINT; its Result."""
+    p = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready(p) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready(p), "never got ready"
+        time.sleep(0.3)   # into the blocking read or open
+        t0 = time.monotonic()
+        p.send_signal(sig or signal.SIGINT)
+        _, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return Result(p.returncode, err, time.monotonic() - t0)
+
+
+def _started(p):
+    """The Python of `p` runs main(): the CLI's SIGINT handler is set."""
+    try:
+        status = Path(f"/proc/{p.pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(re.search(r"SigCgt:\s*(\w+)", status).group(1), 16)
+    return bool(caught & (1 << (signal.SIGINT - 1))) and \
+        bool(caught & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.root
+def test_ctrl_c_during_replay(root, ebpf_bolt_cmd, outdir, replay_binary):
+    """Replay records nothing: its Ctrl-C (here while it reads stacks from
+    a pipe still open) says the replay was interrupted and no profile
+    written, not 'before recording started'."""
+    res = _interrupted([ebpf_bolt_cmd, "replay", "--binary", replay_binary,
+                        "-o", outdir / "out.preagg"], _started)
+    assert res.rc == 130, res
+    assert "Traceback" not in res.stderr, res
+    assert res.stderr.splitlines() == [
+        "ebpf-bolt: replay interrupted by SIGINT (Ctrl-C): no profile "
+        "written"], res
+    assert not list(outdir.iterdir()), res
+
+
+@pytest.mark.root
+def test_ctrl_c_before_recording(root, ebpf_bolt_cmd, tmp_path):
+    """A recording whose output is a FIFO waits for the FIFO's reader
+    before recording: Ctrl-C there is before recording started."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    res = _interrupted([ebpf_bolt_cmd, "-o", fifo, "--", "/bin/true"],
+                       _started)
+    assert res.rc == 130, res
+    assert "Traceback" not in res.stderr, res
+    assert res.stderr.splitlines() == [
+        "ebpf-bolt: interrupted by SIGINT (Ctrl-C) before recording "
+        "started: no profile written"], res

@@ -571,8 +571,16 @@ def main(argv=None):
         if e.hint:
             print(f"  hint: {e.hint}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        _say("interrupted before recording started")
+    except KeyboardInterrupt as e:
+        # a recording stopped by a signal ends normally (its profile is
+        # written): here it had not started, or it was a replay, which
+        # records nothing and writes its profile only at the end
+        how = f" by {e.args[0]}" if e.args else ""
+        if own[:1] == ["replay"]:
+            _say(f"replay interrupted{how}: no profile written")
+        else:
+            _say(f"interrupted{how} before recording started: no profile "
+                 "written")
         return 130
     except BrokenPipeError:
         return 141
