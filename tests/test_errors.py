@@ -871,6 +871,11 @@ def test_replay_bad_option(root, via, opt, value, says, capsys, ebpf_bolt_cmd,
         # the limit named, and the option that fixes it
         assert "lower --max-entries" in hint, res
         assert "kernel version" not in res.stderr and "5.7" not in res.stderr
+        assert_defaults_of_this_machine(hint)
+        from ebpf_bolt.bpf_object import possible_cpus
+        from ebpf_bolt.collector import default_max_entries
+        default = default_max_entries("trace_counts", possible_cpus())
+        assert f"{default:,}" in hint, res
     assert time.monotonic() - t0 < 10, "a huge map was allocated"
     assert snapshot(stacks, replay_binary) == before
 
@@ -1026,7 +1031,21 @@ def test_record_max_entries(root, via, value, says, capsys, ebpf_bolt_cmd,
     assert "kernel version" not in res.stderr and "5.7" not in res.stderr
     if int(value) > 0:
         assert "lower --max-entries" in hint, res
+        assert_defaults_of_this_machine(hint)
     assert os.path.exists(f"/proc/{sleeper}"), "the target was harmed"
+
+
+def assert_defaults_of_this_machine(hint):
+    """A figure in a --max-entries hint is a default map size for this
+    machine's possible CPUs (one hint said 932,067, the default for 1)."""
+    from ebpf_bolt.bpf_object import possible_cpus
+    from ebpf_bolt.collector import MAP_BUDGET, default_max_entries
+    defaults = {f"{default_max_entries(m, possible_cpus()):,}"
+                for m in ("ip_counts", "trace_counts")}
+    assert len(defaults) == 2, defaults
+    for figure in re.findall(r"\d+(?:,\d{3})*", hint):
+        assert figure in defaults | {str(MAP_BUDGET >> 20),
+                                     str(possible_cpus())}, hint
 
 
 @covers(errors.UsageError)

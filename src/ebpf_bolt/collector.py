@@ -54,18 +54,30 @@ def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
     return max(MIN_ENTRIES, min(MAX_ENTRIES, budget // per_entry))
 
 
-def check_max_entries(entries, map_name, ncpus, prealloc):
+_MAP_WHAT = {"ip_counts": "IP map", "trace_counts": "trace map"}
+
+
+def check_max_entries(entries, map_name=None, ncpus=None, prealloc=False):
     """Refuse, before anything is loaded, a --max-entries the kernel would
-    refuse or that needs more memory than the machine has available."""
+    refuse or that needs more memory than the machine has available.
+    Without `map_name` (the mode not yet known) only what is wrong for any
+    map: not a positive int, or above the largest map the kernel makes."""
     if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:
         raise UsageError(f"invalid --max-entries {entries!r}",
                          "give a positive number of map entries")
-    default = default_max_entries(map_name, ncpus)
-    hint = (f"lower --max-entries (the default here is {default:,}, what "
-            f"fits {MAP_BUDGET >> 20} MiB)")
+    if map_name is None:
+        hint = ("lower --max-entries (by default the map takes what fits "
+                f"{MAP_BUDGET >> 20} MiB of kernel memory)")
+    else:
+        default = default_max_entries(map_name, ncpus)
+        hint = (f"lower --max-entries (the {_MAP_WHAT.get(map_name, map_name)}"
+                f"'s default here, with {ncpus} possible CPUs, is "
+                f"{default:,}: what fits {MAP_BUDGET >> 20} MiB)")
     if entries > HASH_MAX_ENTRIES:
         raise UsageError(f"--max-entries {entries:,} is above the largest map "
                          f"the kernel makes ({HASH_MAX_ENTRIES:,} entries)", hint)
+    if map_name is None:
+        return
     ksz, vsz, kind = MAPS[map_name]
     # a preallocated map takes all its memory at load; one filled on demand
     # takes its bucket array (16 bytes per bucket, a power of two of them)
@@ -610,9 +622,9 @@ class Recorder(Handle):
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}", "use auto, lbr or ip")
         if max_entries is not None:
-            # the size is checked against the map of the mode in start();
-            # here what is wrong in every mode
-            check_max_entries(max_entries, "ip_counts", 1, prealloc=False)
+            # the size is checked against the map of the mode, and the
+            # memory it takes, in start(); here what is wrong in every mode
+            check_max_entries(max_entries)
         if pid is not None and duration is None:
             duration = DEFAULT_DURATION
         validate(frequency, duration)
