@@ -51,7 +51,7 @@ def warnings_of(lines):
     ({"samples": 1000}, []),
     ({"samples": 1000, "map_full": 700},
      ["700 samples (70.0%) lost: the IP map was full; raise --max-entries "
-      "(now 1,024), e.g. --max-entries 8192"]),
+      "(now 1,024), e.g. --max-entries 4096"]),
     ({"samples": 1000, "update_failed": 1},
      ["1 sample lost: the kernel refused IP map updates"]),
     ({"samples": 1000, "thread_map_full": 5},
@@ -79,7 +79,7 @@ def test_recording_ip_losses(workload_pie, stats, expected):
     ({"samples": 100, "traces": 3000, "traces_lost": 2100, "map_full": 2100},
      ["2,100 of 3,000 trace counts (70.0%) lost: the trace map was full "
       "(2,100 refused inserts); raise --max-entries (now 1,024), e.g. "
-      "--max-entries 8192"]),
+      "--max-entries 4096"]),
     ({"samples": 100, "traces": 3000, "traces_lost": 3, "update_failed": 2},
      ["3 of 3,000 trace counts (0.1%) lost: 2 trace map updates failed"]),
     ({"samples": 100, "traces": 3000, "stack_cut": 1},
@@ -95,6 +95,28 @@ def test_recording_branch_losses(workload_pie, stats, expected):
     assert len(got) == len(expected), got
     for line, start in zip(got, expected):
         assert line.startswith("warning: " + start), line
+
+
+@pytest.mark.parametrize("entries,refused,suggested", [
+    (1024, 700, 4096),       # 1,724 x 1.25 = 2,155
+    (1024, 1976, 4096),      # the README's example: 3,000 x 1.25 = 3,750
+    (1024, 1, 2048),
+    (64, 158_702, 262_144),  # 158,766 needed: 4096 was suggested
+    (4096, 154_670, 262_144),
+    (1 << 26, 1 << 26, 1 << 27),   # capped: the largest map the kernel makes
+])
+def test_raise_entries_suggests_room_for_every_refused_insert(
+        entries, refused, suggested):
+    """The map's size plus the inserts it refused is room for every key
+    of the run (each refused insert is at most one new key): the hint
+    suggests the power of two at or above that, with a quarter more, up to
+    the largest map check_max_entries accepts."""
+    from ebpf_bolt.collector import HASH_MAX_ENTRIES
+    got = cli._raise_entries(entries, refused)
+    assert got == (f"raise --max-entries (now {entries:,}), e.g. "
+                   f"--max-entries {suggested}"), got
+    assert suggested >= min(entries + refused, HASH_MAX_ENTRIES)
+    assert cli._raise_entries(None, refused) == "raise --max-entries"
 
 
 def test_replay_outside_binary(workload_pie):
@@ -155,7 +177,7 @@ def test_recording_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
     lost = int(m.group(1).replace(",", ""))
     assert 0 < lost < kept
     assert float(m.group(2)) == pytest.approx(100 * lost / kept, abs=0.05)
-    assert int(m.group(3)) > 32
+    assert int(m.group(3)) >= 32 + lost   # room for every refused insert
 
 
 def test_counts_of_one_read_as_one(workload_pie):

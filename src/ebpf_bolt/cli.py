@@ -11,7 +11,8 @@ import sys
 import threading
 
 from . import __version__, bolt
-from .collector import DEFAULT_DURATION, DEFAULT_FREQUENCY, MODES, Recorder
+from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, HASH_MAX_ENTRIES,
+                        MODES, Recorder)
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
@@ -260,15 +261,18 @@ def _apply_line(profile, fmt, output):
     return "apply it: " + command
 
 
-def _raise_entries(entries, lost_share):
+def _raise_entries(entries, refused):
     """The fix for a full map, with a --max-entries to suggest where the
-    size is known: room for what was stored and refused, doubled, as a
-    power of two."""
+    size is known. Each of the `refused` inserts (the map_full counter)
+    was at most one key the map lacked room for, so the map's size plus
+    them holds the whole run: that with a quarter more, as a power of two,
+    up to the largest map the kernel makes."""
     if not entries:
         return "raise --max-entries"
-    need = entries / max(1.0 - lost_share, 0.05) * 2
+    need = (entries + refused) * 5 // 4
+    suggested = min(1 << max(need - 1, 1).bit_length(), HASH_MAX_ENTRIES)
     return (f"raise --max-entries (now {entries:,}), e.g. --max-entries "
-            f"{1 << max(int(need) - 1, 1).bit_length()}")
+            f"{suggested}")
 
 
 def _share(part, whole):
@@ -285,7 +289,7 @@ def loss_warnings(profile, fmt):
         kept = st["samples"] - st["other_process"]
         lost = st["map_full"]
         if lost:
-            more = _raise_entries(entries, lost / kept if kept else 1.0)
+            more = _raise_entries(entries, st["map_full"])
             out.append(f"{plural(lost, 'sample')} ({_share(lost, kept)}) "
                        f"lost: the IP map was full; {more}")
         if fmt == "fdata" and st.get("outside_functions") and \
@@ -301,7 +305,7 @@ def loss_warnings(profile, fmt):
         counted = st["traces"]
         lost = st["traces_lost"]
         if lost:
-            more = _raise_entries(entries, lost / counted if counted else 1.0)
+            more = _raise_entries(entries, st["map_full"])
             cause = (f"the trace map was full ({st['map_full']:,} refused "
                      f"inserts); {more}" if st["map_full"] else
                      f"{plural(st['update_failed'], 'trace map update')} "
