@@ -321,11 +321,8 @@ def test_paranoid_refuses_cpu_wide_event(root, via, capsys, ebpf_bolt_cmd,
 @covers(errors.TargetError)
 @pytest.mark.root
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("which", ["exited", "zero", "negative"])
-def test_pid_that_does_not_exist(root, via, which, capsys, ebpf_bolt_cmd,
-                                 outdir):
-    pid = {"exited": exited_pid, "zero": lambda: 0,
-           "negative": lambda: -5}[which]()
+def test_pid_that_does_not_exist(root, via, capsys, ebpf_bolt_cmd, outdir):
+    pid = exited_pid()
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", "-p", pid, "1"])
     err, _ = assert_error(res, errors.TargetError, outdir)
@@ -400,14 +397,22 @@ def test_no_space_left(root, via, capsys, ebpf_bolt_cmd, full_tmpfs, sleeper):
 @covers(errors.UsageError)
 @pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("opt,value", [("-F", "0"), ("-f", "-5"),
-                                       ("-F", "abc"), ("-F", "above")])
+                                       ("-F", "abc"), ("-f", "1e9"),
+                                       ("-f", "1.5"), ("-F", "above")])
 def test_invalid_frequency(via, opt, value, capsys, ebpf_bolt_cmd, outdir,
                            sleeper):
+    limit = MAX_RATE.read_text().strip()
     if value == "above":   # one above this kernel's limit, whatever it is
-        value = str(int(MAX_RATE.read_text()) + 1)
+        value = str(int(limit) + 1)
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", opt, value, "-p", sleeper, "1"])
-    assert_error(res, errors.UsageError, outdir, says=["frequency", value])
+    err, hint = assert_error(res, errors.UsageError, outdir,
+                             says=["frequency", value])
+    # what a valid one is: a whole number (1e9 was told "a positive
+    # number"), up to the kernel's limit
+    assert limit in err + hint, res
+    if value != str(int(limit) + 1):
+        assert "whole number" in hint, res
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -902,31 +907,42 @@ def _pid_max():
 @covers(errors.TargetError)
 @pytest.mark.root
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("which", ["pid_max", "2^31", "2^64", "kernel-thread"])
-def test_pid_that_cannot_be_a_target(root, via, which, capsys, ebpf_bolt_cmd,
-                                     outdir):
-    says = []
-    if which == "kernel-thread":
-        pid, comm = _kernel_thread()
-        says = ["kernel thread", comm, "no user-space code"]
-    else:
-        pid = {"pid_max": _pid_max(), "2^31": 2**31, "2^64": 2**64}[which]
-        says = ["above the largest PID", str(_pid_max() - 1)]
+def test_kernel_thread_is_no_target(root, via, capsys, ebpf_bolt_cmd, outdir):
+    pid, comm = _kernel_thread()
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", "-p", pid, "1"])
     err, _ = assert_error(res, errors.TargetError, outdir,
-                          says=says + [str(pid)])
+                          says=["kernel thread", comm, "no user-space code",
+                                str(pid)])
     assert "exited" not in err, res
     assert res.elapsed < 5, f"not found before recording: {res}"
 
 
+def _pid_value_words(value):
+    """What the error line of `-p VALUE` must say beyond the value."""
+    if value in ("0", "-5"):
+        return ["PIDs start at 1"]
+    if value.isdigit():
+        return [f"PIDs go up to {_pid_max() - 1}",
+                f"kernel.pid_max is {_pid_max()}"]
+    return ["whole number"]
+
+
 @covers(errors.UsageError)
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("value", ["abc", "1.5", "", "0x10"])
-def test_pid_not_a_number(via, value, capsys, ebpf_bolt_cmd, outdir):
+@pytest.mark.parametrize("value", ["abc", "1.5", "", "0x10", "0", "-5",
+                                   "pid_max", "2^31", "2^64"])
+def test_pid_value_invalid(via, value, capsys, ebpf_bolt_cmd, outdir):
+    """A value that is no PID is an invalid option value, whichever way it
+    is wrong (0 and -5 were TargetErrors, 0x10 a UsageError)."""
+    value = {"pid_max": str(_pid_max()), "2^31": str(2**31),
+             "2^64": str(2**64)}.get(value, value)
     res = run_via(via, capsys, ebpf_bolt_cmd,
                   ["-o", outdir / "out.fdata", "-p", value, "1"])
-    assert_error(res, errors.UsageError, outdir, says=["-p/--pid", value])
+    err, _ = assert_error(res, errors.UsageError, outdir,
+                          says=["invalid -p/--pid", value]
+                          + _pid_value_words(value))
+    assert res.elapsed < 5, f"not found before recording: {res}"
 
 
 NO_PTRACE = ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]
@@ -1127,6 +1143,19 @@ def test_collect_refuses_a_command_string(command):
     assert "string" in str(e.value)
     assert "command=['./app', '-x']" in e.value.hint
     assert e.value.exit_code == errors.UsageError.exit_code
+
+
+@covers(errors.UsageError)
+@pytest.mark.parametrize("which", ["zero", "negative", "pid_max", "2^64"])
+def test_collect_refuses_an_invalid_pid(which):
+    """As -p does, before anything is set up."""
+    from ebpf_bolt import collect
+    pid = {"zero": 0, "negative": -5, "pid_max": _pid_max(),
+           "2^64": 2**64}[which]
+    with pytest.raises(errors.UsageError) as e:
+        collect(pid=pid, duration=1)
+    assert str(e.value).startswith(f"invalid PID {pid}: "), e.value
+    assert e.value.hint
 
 
 # --- 17. the kernel's and libbpf's refusals -------------------------------------

@@ -17,6 +17,8 @@ from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
 from .output import OutputFile
+from .perf_event import max_sample_rate
+from .targets import PID_HINT, check_pid
 from .writers import FORMATS, FORMATS_FOR
 
 PROG = "ebpf-bolt"
@@ -47,7 +49,7 @@ def _parser():
         description="Collect a profile for the LLVM BOLT optimizer with eBPF: "
                     "branch stacks where the CPU records them, else IP samples, "
                     "aggregated in the kernel.")
-    p.add_argument("-p", "--pid", type=int, help="profile this process (all "
+    p.add_argument("-p", "--pid", help="profile this process (all "
                    "its threads, including ones it creates while recorded)")
     p.add_argument("duration", nargs="?", help="seconds to record (default "
                    f"{DEFAULT_DURATION:g} for -p; a command is recorded until it "
@@ -83,16 +85,32 @@ def _split_command(argv):
     return argv, None
 
 
-def _parse_number(text, kind, conv):
+def _parse_number(text, kind, conv, hint):
     try:
         value = conv(text)
     except (TypeError, ValueError):
-        raise UsageError(f"invalid {kind} {text!r}",
-                         f"give a positive number for the {kind}") from None
+        raise UsageError(f"invalid {kind} {text!r}", hint) from None
     if not value > 0 or value != value or value == float("inf"):
-        raise UsageError(f"invalid {kind} {text!r}",
-                         f"give a positive number for the {kind}")
+        raise UsageError(f"invalid {kind} {text!r}", hint)
     return value
+
+
+def _frequency_hint():
+    limit = max_sample_rate()
+    return ("give a whole number of samples per second" +
+            (f", 1 to {limit} (kernel.perf_event_max_sample_rate)"
+             if limit else ""))
+
+
+def _parse_pid(text):
+    """-p's value as a PID: a whole number in the kernel's range, else a
+    UsageError (as any invalid option value)."""
+    if not re.fullmatch(r"-?[0-9]+", text.strip()):
+        raise UsageError(f"invalid -p/--pid {text!r}: not a whole number",
+                         PID_HINT)
+    pid = int(text)
+    check_pid(pid, "-p/--pid")
+    return pid
 
 
 class _Progress:
@@ -354,8 +372,11 @@ def record(args, command):
         raise UsageError("give -p PID or a command, not both",
                          "use -p PID to attach to a running process, or "
                          "-- COMMAND to start one")
-    frequency = _parse_number(args.frequency, "frequency", int)
-    duration = (_parse_number(args.duration, "duration", float)
+    pid = _parse_pid(args.pid) if args.pid is not None else None
+    frequency = _parse_number(args.frequency, "frequency", int,
+                              _frequency_hint())
+    duration = (_parse_number(args.duration, "duration", float,
+                              "give a positive number of seconds")
                 if args.duration is not None else None)
     progress = _Progress(sys.stderr.isatty())
 
@@ -367,13 +388,13 @@ def record(args, command):
         progress.clear()
         _say("warning: " + message)
 
-    rec = Recorder(pid=args.pid, command=command, duration=duration,
+    rec = Recorder(pid=pid, command=command, duration=duration,
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
                    notice=notice, verbose=args.verbose, warn=warning)
     # what is recorded must not become the profile: the command's program
     # as it will be run, or what /proc/PID/exe points to
-    inputs = ([f"/proc/{args.pid}/exe"] if args.pid is not None
+    inputs = ([f"/proc/{pid}/exe"] if pid is not None
               else [exe for exe in [shutil.which(command[0])] if exe])
     try:
         # the output opened, hence checked, before recording; the recording

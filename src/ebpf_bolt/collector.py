@@ -27,7 +27,8 @@ from .layout import (CACHE_SLOT_FORMAT, IP_SLOT_FORMAT, USER_ADDR_END, Config,
                      cache_sets, ip_cache_slots)
 from .profile import (Profile, TraceColumns, translate_samples,
                       translate_trace_columns)
-from .targets import CommandTarget, ProcessTarget, _split_example
+from .targets import (CommandTarget, ProcessTarget, _split_example,
+                      check_pid)
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
 # of the 100/250/1000 Hz of timer ticks and periodic work, so samples do not
@@ -621,6 +622,8 @@ class Recorder(Handle):
                              f"command={_split_example(command)!r}")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}", "use auto, lbr or ip")
+        if pid is not None:
+            check_pid(pid)
         if max_entries is not None:
             # the size is checked against the map of the mode, and the
             # memory it takes, in start(); here what is wrong in every mode

@@ -68,12 +68,34 @@ class Target(Handle):
 
 
 def pid_max():
-    """The largest PID the kernel gives, plus one (kernel.pid_max)."""
+    """The largest PID the kernel gives, plus one (kernel.pid_max); None
+    where it cannot be read."""
     try:
         with open("/proc/sys/kernel/pid_max") as f:
             return int(f.read())
     except (OSError, ValueError):
-        return PID_T_MAX
+        return None
+
+
+PID_HINT = "give the ID of a running process (ps -e, pgrep NAME)"
+
+
+def check_pid(pid, name="PID"):
+    """Refuse a value that cannot be a process ID, as an invalid value
+    (UsageError): below 1, or above the largest PID the kernel gives.
+    `name` is how the message calls it (the CLI: -p/--pid)."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise UsageError(f"invalid {name} {pid!r}: not a whole number",
+                         PID_HINT)
+    if pid <= 0:
+        raise UsageError(f"invalid {name} {pid}: PIDs start at 1", PID_HINT)
+    limit = pid_max()
+    if limit is not None and pid >= limit:
+        raise UsageError(f"invalid {name} {pid}: PIDs go up to {limit - 1}: "
+                         f"kernel.pid_max is {limit}", PID_HINT)
+    if pid > PID_T_MAX:
+        raise UsageError(f"invalid {name} {pid}: PIDs go up to {PID_T_MAX} "
+                         "(pid_t is a signed 32-bit int)", PID_HINT)
 
 
 def _status_field(pid, name):
@@ -90,16 +112,7 @@ class ProcessTarget(Target):
     what top -H and ps -L show, so the user means that process."""
 
     def __init__(self, pid, note=None):
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise UsageError(f"invalid PID {pid!r}",
-                             "give the process ID as an int")
-        if pid <= 0:
-            raise TargetError(f"invalid PID {pid}", "give a positive process ID")
-        limit = pid_max()
-        if pid >= limit or pid > PID_T_MAX:
-            raise TargetError(f"invalid PID {pid}: above the largest PID the "
-                              f"kernel gives ({limit - 1}, kernel.pid_max)",
-                              "check the PID (ps -e, pgrep NAME)")
+        check_pid(pid)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
