@@ -683,6 +683,17 @@ def _break_symtab_link(data):
     raise AssertionError("no .dynsym in /bin/true")
 
 
+def _set_shstrndx(data, index):
+    data[62:64] = index.to_bytes(2, "little")
+
+
+def _name_table_past_the_end(data):
+    """The section name table's offset beyond the end of the file."""
+    shstrndx = int.from_bytes(data[62:64], "little")
+    off = _section_headers(data)[shstrndx]
+    data[off + 24:off + 32] = (len(data) + 4096).to_bytes(8, "little")
+
+
 def _make_binary(kind, d):
     """The --binary of case `kind` inside directory `d`, and the words its
     error line must hold."""
@@ -709,6 +720,12 @@ def _make_binary(kind, d):
     if kind == "bad-symtab-link":
         _patched_elf(b, _break_symtab_link)
         return b, ["string table section 999"]
+    if kind == "bad-shstrndx":   # was read as stripped: no names, no .symtab
+        _patched_elf(b, lambda x: _set_shstrndx(x, 999))
+        return b, ["section name table", "section 999", "does not exist"]
+    if kind == "name-table-past-end":
+        _patched_elf(b, _name_table_past_the_end)
+        return b, ["section name table", "past the end"]
     if kind == "text":
         b.write_text("#!/bin/sh\necho not an ELF\n")
         return b, ["not an ELF file"]
@@ -729,6 +746,7 @@ def _make_binary(kind, d):
 
 BAD_BINARIES = ["truncated-header", "truncated-phdrs", "truncated-sections",
                 "32-bit", "big-endian", "object-file", "bad-symtab-link",
+                "bad-shstrndx", "name-table-past-end",
                 "text", "empty", "directory", "missing", "unreadable"]
 
 

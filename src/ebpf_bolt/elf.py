@@ -99,6 +99,7 @@ class ElfFile:
         for i, sec in enumerate(self._sections):
             if sec[1] in (SHT_SYMTAB, SHT_DYNSYM):
                 self._check_symtab(i, sec)
+        self._shstrndx = self._name_table(shstrndx)
         self._symbols = None
 
     def _within(self, offset, size, what):
@@ -131,6 +132,27 @@ class ElfFile:
             raise ElfError(f"{self.path}: string table (section {link}) has "
                            "no data in the file")
         self._within(strtab[4], strtab[5], f"string table (section {link})")
+
+    def _name_table(self, shstrndx):
+        """The index of the section name table (e_shstrndx), checked to be
+        a section whose bytes lie in the file; None for SHN_UNDEF (no
+        names). An index past the sections is a malformed file, not one
+        without .symtab."""
+        if shstrndx == SHN_XINDEX and self._sections:
+            shstrndx = self._sections[0][6]   # too big: in section 0's link
+        if shstrndx == 0:
+            return None
+        if shstrndx >= len(self._sections):
+            raise ElfError(f"{self.path}: the section name table is section "
+                           f"{shstrndx}, which does not exist (the file has "
+                           f"{len(self._sections)} sections)")
+        sec = self._sections[shstrndx]
+        if sec[1] == SHT_NOBITS:
+            raise ElfError(f"{self.path}: the section name table (section "
+                           f"{shstrndx}) has no data in the file")
+        self._within(sec[4], sec[5], f"the section name table (section "
+                                     f"{shstrndx})")
+        return shstrndx
 
     @property
     def is_pie(self):
@@ -201,14 +223,11 @@ class ElfFile:
     # --- what BOLT needs of the file (RewriteInstance::readSpecialSections
     # in LLVM's bolt/lib/Rewrite: it looks sections up by name) -------------
     def section_names(self):
-        """Names of the sections, in file order ([] where the section name
-        table is missing or out of bounds)."""
-        (shstrndx,) = struct.unpack_from("<H", self._data, 62)
-        if shstrndx == SHN_XINDEX and self._sections:
-            shstrndx = self._sections[0][6]   # too big: in section 0's link
-        if not 0 < shstrndx < len(self._sections):
+        """Names of the sections, in file order ([] where the file has no
+        section name table, e_shstrndx SHN_UNDEF)."""
+        if self._shstrndx is None:
             return []
-        _, _, _, _, off, size, *_ = self._sections[shstrndx]
+        _, _, _, _, off, size, *_ = self._sections[self._shstrndx]
         table = self._data[off:off + size]
         names = []
         for sh_name, *_ in self._sections:
