@@ -465,14 +465,18 @@ def test_libbpf_missing(root, via, capsys, ebpf_bolt_cmd, outdir):
 # --- 9. -p and a command, or neither ------------------------------------------
 
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("which", ["both", "neither"])
+@pytest.mark.parametrize("which", ["both", "neither", "nothing-after-dashes"])
 def test_pid_and_command_both_or_neither(via, which, capsys, ebpf_bolt_cmd,
                                          outdir, sleeper):
     args = ["-o", outdir / "out.fdata"]
     if which == "both":
         args += ["-p", sleeper, "--", "/bin/true"]
+    elif which == "nothing-after-dashes":
+        args += ["--"]
     res = run_via(via, capsys, ebpf_bolt_cmd, args)
-    assert_error(res, errors.UsageError, outdir)
+    _, hint = assert_error(res, errors.UsageError, outdir)
+    if which != "both":   # the CLI's words, not collect()'s argument
+        assert "-- COMMAND" in hint and "command=" not in hint, res
 
 
 # --- every exit code is its own -----------------------------------------------
@@ -1161,6 +1165,18 @@ def test_collect_refuses_a_command_string(command):
     assert "string" in str(e.value)
     assert "command=['./app', '-x']" in e.value.hint
     assert e.value.exit_code == errors.UsageError.exit_code
+
+
+@covers(errors.UsageError)
+@pytest.mark.parametrize("command", [[], ()])
+def test_collect_refuses_an_empty_command(command):
+    """The hint speaks of the argument, not of the CLI's --."""
+    from ebpf_bolt import collect
+    with pytest.raises(errors.UsageError) as e:
+        collect(command=command, duration=1)
+    assert "no command" in str(e.value)
+    assert "command=['./app', '-x']" in e.value.hint
+    assert "--" not in e.value.hint
 
 
 @covers(errors.UsageError)

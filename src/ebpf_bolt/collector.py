@@ -620,6 +620,10 @@ class Recorder(Handle):
             raise UsageError(f"command given as a string: {command!r}",
                              "give the command as a list of arguments, e.g. "
                              f"command={_split_example(command)!r}")
+        if command is not None and not command:
+            raise UsageError("no command given: command is empty",
+                             "give the program and its arguments as a list, "
+                             "e.g. command=['./app', '-x']")
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}", "use auto, lbr or ip")
         if pid is not None:

@@ -243,7 +243,9 @@ class CommandTarget(Target):
                              "give the command as a list of arguments, e.g. "
                              f"command={_split_example(argv)!r}")
         if not argv:
-            raise TargetError("no command given", "put the command after --")
+            raise UsageError("no command given: the argv list is empty",
+                             "give the program and its arguments, e.g. "
+                             "['./app', '-x']")
         self.argv = [os.fsdecode(a) for a in argv]
         self.returncode = None
         self._traced = False
