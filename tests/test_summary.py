@@ -60,7 +60,11 @@ def warnings_of(lines):
     # usual, from 1% of the 100 in the binary on they are said
     ({"samples": 1000, "outside_functions": 0}, []),
     ({"samples": 1000, "outside_functions": 1},
-     ["1 sample of the binary (1.0%) fall outside its function symbols"]),
+     ["1 sample of the binary (1.0%) falls outside its function symbols "
+      "and is not in the fdata; --format preagg keeps its address"]),
+    ({"samples": 1000, "outside_functions": 5},
+     ["5 samples of the binary (5.0%) fall outside its function symbols "
+      "and are not in the fdata; --format preagg keeps their addresses"]),
     # a command's children share its inherited event: a wrapper recorded
     ({"samples": 1000, "other_process": 500}, []),
     ({"samples": 1000, "other_process": 990},

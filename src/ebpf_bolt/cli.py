@@ -314,11 +314,13 @@ def loss_warnings(profile, fmt):
                 profile.total():
             left, total = st["outside_functions"], profile.total()
             if left * 100 >= total:   # a few in PLT stubs are usual
+                falls, is_, its = (("falls", "is", "its address")
+                                   if left == 1 else
+                                   ("fall", "are", "their addresses"))
                 out.append(f"{plural(left, 'sample')} of the binary "
-                           f"({_share(left, total)}) "
-                           "fall outside its function symbols and are not "
-                           "in the fdata; --format preagg keeps their "
-                           "addresses")
+                           f"({_share(left, total)}) {falls} outside its "
+                           f"function symbols and {is_} not in the fdata; "
+                           f"--format preagg keeps {its}")
     else:
         counted = st["traces"]
         lost = st["traces_lost"]
