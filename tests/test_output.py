@@ -503,6 +503,147 @@ def test_stdout_errors_are_output_errors(how, says, ebpf_bolt_cmd, binary,
                  says=[says])
 
 
+def sh(script, *args, timeout=60):
+    """`script` run by sh with $1... = args, in its own session, killed
+    whole if it hangs (a hang is the bug some of these tests look for)."""
+    p = subprocess.Popen(["sh", "-c", script, "sh", *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return p.returncode, out, err
+
+
+def test_stdout_reader_gone_is_141(ebpf_bolt_cmd, binary, stacks, expected):
+    """A reader that stops early: exit 141 as a shell's programs give, and
+    no claim that the profile was written. The profile is over 64 KiB:
+    sys.stdout.write stopped short on the pipe, silently, and exited 0."""
+    p = subprocess.Popen([ebpf_bolt_cmd, "replay", "--binary", binary,
+                          stacks], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        assert len(p.stdout.read(10)) == 10
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        rc = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert rc == 141, err
+    assert "wrote preagg profile" not in err, err
+
+
+def test_nonblocking_stdout_gets_everything(ebpf_bolt_cmd, binary, stacks,
+                                            expected):
+    """stdout a pipe set non-blocking by the reader's side, read slowly:
+    the whole profile arrives (a write stopped short after 64 KiB)."""
+    code = ("import fcntl, os, subprocess, sys, time\n"
+            "r, w = os.pipe()\n"
+            "fcntl.fcntl(w, fcntl.F_SETFL, os.O_NONBLOCK)\n"
+            "p = subprocess.Popen(sys.argv[1:], stdout=w, "
+            "stderr=subprocess.DEVNULL)\n"
+            "os.close(w)\n"
+            "time.sleep(1)\n"
+            "data = b''\n"
+            "while chunk := os.read(r, 65536):\n"
+            "    data += chunk\n"
+            "sys.stdout.write(str(p.wait()) + '\\n' + data.decode())\n")
+    p = subprocess.run([sys.executable, "-c", code, ebpf_bolt_cmd, "replay",
+                        "--binary", binary, stacks], capture_output=True,
+                       text=True, timeout=60)
+    rc, _, text = p.stdout.partition("\n")
+    assert rc == "0", p
+    assert same_profile(text, expected)
+
+
+def test_read_only_fd_device_is_reopened(ebpf_bolt_cmd, binary, stacks):
+    """-o /dev/stdin with stdin /dev/null (read-only): written to the
+    device, as before fds were written through."""
+    rc, _, err = sh('"$1" replay --binary "$2" "$3" -o /dev/stdin '
+                    '</dev/null', ebpf_bolt_cmd, binary, stacks)
+    assert_ok(Result(rc, err, 0))
+
+
+def test_fd_link_after_dotdot(ebpf_bolt_cmd, binary, stacks, expected,
+                              tmp_path):
+    """A link, then '..': the link is followed before the '..' (the kernel's
+    way), which still names fd 1; text normalisation lost the log."""
+    d = tmp_path / "dd"
+    d.mkdir()
+    (d / "l").symlink_to("/proc/self/fd")
+    log = tmp_path / "log.txt"
+    log.write_text("first line of my log\n")
+    rc, _, err = sh('cd "$5" && "$1" replay --binary "$2" "$3" '
+                    '-o dd/l/../fd/1 >> "$4"', ebpf_bolt_cmd, binary, stacks,
+                    log, tmp_path)
+    assert_ok(Result(rc, err, 0))
+    head, _, rest = log.read_text().partition("\n")
+    assert head == "first line of my log", err
+    assert same_profile(rest, expected)
+
+
+@pytest.mark.parametrize("name,says", [
+    ("/dev/fd/4294967297", "is not open"),
+    ("other", "another process's file descriptor")])
+def test_fd_links_refused(name, says, ebpf_bolt_cmd, binary, stacks,
+                          tmp_path):
+    other = subprocess.Popen(["sleep", "30"],
+                             stdout=open(tmp_path / "olog.txt", "a"))
+    try:
+        if name == "other":
+            name = f"/proc/{other.pid}/fd/1"
+        rc, _, err = sh('"$1" replay --binary "$2" "$3" -o "$4"',
+                        ebpf_bolt_cmd, binary, stacks, name)
+    finally:
+        other.kill()
+        other.wait()
+    assert_error(Result(rc, err, 0), errors.OutputError, None, says=[says])
+
+
+def test_stdout_appending_to_the_binary(ebpf_bolt_cmd, binary, stacks):
+    """`ebpf-bolt replay --binary app ... >> app`: stdout is an input too."""
+    before = keep(binary)
+    rc, _, err = sh('"$1" replay --binary "$2" "$3" >> "$2"', ebpf_bolt_cmd,
+                    binary, stacks)
+    assert_refused_input(Result(rc, err, 0), before)
+
+
+def test_env_interpreter_as_output(ebpf_bolt_cmd, tmp_path):
+    """#!/usr/bin/env INTERPRETER: what env runs is an input too."""
+    d = tmp_path / "cmd"
+    d.mkdir()
+    shell = Path(shutil.copy2("/bin/dash", d / "mysh"))
+    script = d / "s.sh"
+    script.write_text(f"#!/usr/bin/env {shell}\ntrue\n")
+    script.chmod(0o755)
+    before = keep(shell, script)
+    rc, _, err = sh('"$1" -o "$2" -- "$3"', ebpf_bolt_cmd, shell, script)
+    assert_refused_input(Result(rc, err, 0), before)
+
+
+def test_fifo_given_as_binary_and_as_stacks(ebpf_bolt_cmd, binary, stacks,
+                                            tmp_path):
+    """A FIFO as --binary is refused without opening it (its open waits for
+    a writer); the FIFO the stacks came from as -o is refused before its
+    open waits for a reader."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    rc, _, err = sh('"$1" replay --binary "$2" "$3"', ebpf_bolt_cmd, fifo,
+                    stacks, timeout=20)
+    assert_error(Result(rc, err, 0), errors.UsageError, None,
+                 says=["not a regular file"])
+    rc, _, err = sh('cat "$3" > "$4" & "$1" replay --binary "$2" "$4" '
+                    '-o "$4"', ebpf_bolt_cmd, binary, stacks, fifo,
+                    timeout=20)
+    assert_error(Result(rc, err, 0), errors.OutputError, None,
+                 says=["is the same file as the input"])
+
+
 # --- nothing left behind ---------------------------------------------------------
 
 def test_sigkill_leaves_nothing(ebpf_bolt_cmd, tmp_path):

@@ -17,6 +17,7 @@ from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
 from .output import OutputFile
+from .targets import interpreters
 from .perf_event import max_sample_rate
 from .targets import PID_HINT, check_pid
 from .writers import FORMATS, FORMATS_FOR
@@ -294,7 +295,15 @@ def _raise_entries(entries, refused):
 
 
 def _share(part, whole):
-    return f"{100.0 * part / whole:.1f}%" if whole else "all"
+    """A percentage that reads 100% only for all, and 0% only for none."""
+    if not whole:
+        return "all"
+    share = 100.0 * part / whole
+    if part < whole and share >= 99.95:
+        return f"{min(share, 99.99):.2f}%"
+    if part and share < 0.05:
+        return "<0.1%"
+    return f"{share:.1f}%"
 
 
 def loss_warnings(profile, fmt):
@@ -397,7 +406,7 @@ def record(args, command):
     # what is recorded must not become the profile: the command's program
     # as it will be run, or what /proc/PID/exe points to
     inputs = ([f"/proc/{pid}/exe"] if pid is not None
-              else [exe for exe in [shutil.which(command[0])] if exe])
+              else _command_inputs(command))
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
@@ -415,9 +424,11 @@ def record(args, command):
             profile = rec.finish()
             fmt = args.format or profile.default_format
             text = profile.render(fmt)
-            # what the process runs now, if it exec'd another program
-            if rec.target.alive():
-                out.check_inputs([f"/proc/{rec.target.pid}/exe"])
+            # the executable recorded, and what the process runs now if it
+            # exec'd another program since
+            out.check_inputs([profile.binary] + (
+                [f"/proc/{rec.target.pid}/exe"] if rec.target.alive()
+                else []))
             out.commit(text)
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
@@ -429,6 +440,13 @@ def record(args, command):
     if rec.target.child:
         return wait_for_command(rec.target)
     return 0
+
+
+def _command_inputs(command):
+    """The command's program as it will be run, and the interpreters a #!
+    script runs (the executable recorded is the last of them)."""
+    exe = shutil.which(command[0])
+    return [exe] + interpreters(exe) if exe else []
 
 
 def wait_for_command(target):

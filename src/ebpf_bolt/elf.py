@@ -55,8 +55,12 @@ class ElfFile:
 
     def __init__(self, path):
         self.path = str(path)
+        # a device would be read without end (/dev/zero), a FIFO's open
+        # waits for a writer: looked at before opening, and again after
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # open says EISDIR
+            raise ElfError(f"{path}: not a regular file")
         with open(path, "rb") as f:
-            # a device or FIFO would be read without end (/dev/zero)
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ElfError(f"{path}: not a regular file")
             self._data = f.read()

@@ -30,9 +30,11 @@ redirection, cp or perf do (``0644`` under the usual umask 022).
 """
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import secrets
+import select
 import stat
 import sys
 
@@ -148,9 +150,14 @@ def _umask():
 
 
 def _write_all(fd, data):
+    """All of `data`, also to a pipe another program set non-blocking (a
+    short write or EAGAIN then waits for the reader, not lose the rest)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 def _same_file(a, b):
@@ -166,19 +173,39 @@ def _own_fd(path):
     descriptors through /proc (/dev/stdout, /dev/fd/N, /proc/self/fd/N),
     else None. Its links are followed one by one: resolving them all would
     give the file the fd has open, or a name such as 'pipe:[1234]'."""
-    p = os.path.abspath(path)
+    # not abspath: it drops "x/.." as text, before x's link is followed
+    p = os.path.join(os.getcwd(), path)
+    try:   # our pid as /proc shows it (another PID namespace's /proc)
+        own = os.readlink("/proc/self")
+    except OSError:
+        own = str(os.getpid())
     for _ in range(40):   # the kernel's own limit of links in a path
         head = os.path.realpath(os.path.dirname(p))
         p = os.path.join(head, os.path.basename(p))
         m = _FD_LINK.fullmatch(p)
         if m:
-            if m.group(1) is None or int(m.group(1)) == os.getpid():
-                return int(m.group(2))
-            return None   # another process's fd: its file, as named
+            if m.group(1) not in (None, own):
+                raise OutputError(
+                    f"output {path} is another process's file descriptor",
+                    "give a file name with -o")
+            return int(m.group(2))
         if not os.path.islink(p):
             return None
         p = os.path.join(head, os.readlink(p))
     return None
+
+
+# what -o must never name whatever the command: the Python running us
+_ALWAYS_INPUTS = ["/proc/self/exe"]
+
+
+def _stdout_fd():
+    """fd 1 when sys.stdout writes there, else None (a stream put in its
+    place has no descriptor)."""
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 _REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -202,11 +229,14 @@ class OutputFile(Handle):
             if sys.stdout is None:   # started with fd 1 closed
                 raise OutputError("stdout is closed",
                                   "give the profile a file with -o FILE")
+            self._inputs = list(inputs)
+            self.check_inputs(())   # `ebpf-bolt ... >> BINARY`
             return
         self.path = os.fspath(path)
+        self._inputs = list(inputs) + _ALWAYS_INPUTS
         try:
             self._open(reserve, tmpfile)
-            self.check_inputs(inputs)
+            self.check_inputs(())
         except BaseException as e:
             self.close()
             if isinstance(e, OSError):
@@ -226,10 +256,23 @@ class OutputFile(Handle):
             # fd 1 appends to.
             self.direct = True
             try:
-                self._fd = os.dup(fd)
-            except OSError:
+                mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            except (OSError, OverflowError):
                 raise OutputError(f"output {path}: file descriptor {fd} is "
                                   "not open", "give a file name with -o")
+            if mode != os.O_RDONLY:
+                self._fd = os.dup(fd)
+                return
+            # open for reading only (-o /dev/stdin < /dev/null): a device or
+            # FIFO is opened anew for writing; a file is not ours to write
+            st = os.fstat(fd)
+            if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                raise OutputError(f"output {path}: file descriptor {fd} is "
+                                  "open for reading only",
+                                  "give a file name with -o")
+            self._check_against_inputs(st)
+            self._fd = os.open(path, os.O_WRONLY | os.O_NOCTTY
+                               | os.O_CLOEXEC)
             return
         if path.endswith("/") or os.path.isdir(path):
             raise OutputError(f"output {path} is a directory",
@@ -241,6 +284,9 @@ class OutputFile(Handle):
         if st is not None and (stat.S_ISCHR(st.st_mode)
                                or stat.S_ISFIFO(st.st_mode)):
             self.direct = True
+            # before the open: a FIFO's open waits for a reader, and the
+            # FIFO may be the input just read
+            self._check_against_inputs(st)
             # O_NOCTTY: a terminal given as -o must not become ours
             self._fd = os.open(path, os.O_WRONLY | os.O_NOCTTY
                                | os.O_CLOEXEC)
@@ -268,7 +314,10 @@ class OutputFile(Handle):
     def _written(self):
         """What the profile will overwrite or write into: the stat of the
         fd written directly, or of the existing file replaced (None for a
-        new file)."""
+        new file, or stdout without a file descriptor of its own)."""
+        if self.path in (None, "-"):
+            fd = _stdout_fd()
+            return None if fd is None else os.fstat(fd)
         if self.direct:
             return os.fstat(self._fd)
         try:
@@ -283,10 +332,10 @@ class OutputFile(Handle):
         They are checked again at commit, with those found later (the
         program a command execs), since the files may change meanwhile."""
         self._check_open()
-        if self.path in (None, "-"):
-            return
         self._inputs.extend(inputs)
-        written = self._written()
+        self._check_against_inputs(self._written())
+
+    def _check_against_inputs(self, written):
         # a device is no file to harm: -o /dev/null with stdin /dev/null
         if written is None or stat.S_ISCHR(written.st_mode):
             return
@@ -296,8 +345,10 @@ class OutputFile(Handle):
             except OSError:
                 continue   # what does not exist cannot be overwritten
             if _same_file(ist, written):
+                shown = ("stdout" if self.path in (None, "-")
+                         else self.path)
                 raise OutputError(
-                    f"output {self.path} is the same file as the input "
+                    f"output {shown} is the same file as the input "
                     f"{os.path.realpath(name)}",
                     "write the profile to another file with -o: an "
                     "input is never overwritten")
@@ -314,16 +365,19 @@ class OutputFile(Handle):
         """Write `data` (str or bytes) and put it in place; then closed."""
         self._check_open()
         try:
+            self.check_inputs(())
             if self.path in (None, "-"):
-                if isinstance(data, str):
-                    sys.stdout.write(data)
-                else:
+                fd = _stdout_fd()
+                if fd is None:   # a stream in its place (a caller's, tests')
+                    sys.stdout.write(data if isinstance(data, str)
+                                     else data.decode())
                     sys.stdout.flush()
-                    sys.stdout.buffer.write(data)
-                sys.stdout.flush()
+                else:   # sys.stdout.write may stop short on a pipe, silently
+                    sys.stdout.flush()
+                    _write_all(fd, data.encode() if isinstance(data, str)
+                               else data)
                 self.close()
                 return
-            self.check_inputs(())
             if isinstance(data, str):
                 data = data.encode()
             _write_all(self._fd, data)

@@ -8,6 +8,7 @@ import ctypes
 import errno
 import os
 import select
+import shutil
 import signal
 
 from .handle import Handle
@@ -350,3 +351,32 @@ class CommandTarget(Target):
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def interpreters(path, depth=4):
+    """The programs a #! script at `path` runs: its interpreter, that
+    one's own if it is a script too (the kernel follows 4 levels), and for
+    `#!/usr/bin/env NAME` the NAME that env finds on PATH. The executable
+    ebpf-bolt records is the last; -o must be none of them."""
+    found = []
+    for _ in range(depth):
+        try:
+            with open(path, "rb") as f:
+                line = f.readline(256)
+        except OSError:
+            break
+        if not line.startswith(b"#!"):
+            break
+        words = line[2:].split()
+        if not words:
+            break
+        path = os.fsdecode(words[0])
+        found.append(path)
+        if os.path.basename(path) == "env":
+            names = [os.fsdecode(w) for w in words[1:]
+                     if not w.startswith(b"-")]
+            where = shutil.which(names[0]) if names else None
+            if where:
+                found.append(where)
+                path = where
+    return found
