@@ -3,16 +3,20 @@
  * ebpf-bolt kernel side: aggregate samples into per-CPU maps in the kernel,
  * so that user space reads one summary at the end instead of every sample.
  *
- * Only UAPI types and stable helpers are used (no kernel structs, no CO-RE
- * relocations), so one object per CPU architecture runs on any kernel new
- * enough for the helpers each program calls (README), with or without
- * kernel BTF.
+ * Samples are keyed by object and file offset (ebpf_bolt.h), translated
+ * here from each process's own table of mappings, so that every process
+ * running an object adds to the same keys. The few kernel structures read
+ * (the task, its mappings, their files) are declared below with only the
+ * fields used, and read through BTF (CO-RE) relocations: libbpf finds each
+ * field in the running kernel's BTF, so one object loads unchanged on any
+ * kernel new enough for its helpers (README), whatever its layout.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 #include "ebpf_bolt.h"
 
@@ -20,6 +24,37 @@
  * target) */
 #define E2BIG 7
 #define EEXIST 17
+
+/* ---- Kernel structures, as far as they are read (CO-RE) ---------------- */
+#define __core __attribute__((preserve_access_index))
+/* one load or store, neither split nor merged by the compiler */
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
+typedef struct { int counter; } atomic_t;
+
+struct super_block { __u32 s_dev; } __core;
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+	__u32 i_generation;
+} __core;
+struct file { struct inode *f_inode; } __core;
+struct vm_area_struct {
+	unsigned long vm_start;
+	unsigned long vm_end;
+	unsigned long vm_pgoff;
+	struct file *vm_file;
+} __core;
+struct mm_struct { unsigned long start_code; } __core;
+struct signal_struct { atomic_t live; } __core;
+struct task_struct {
+	int pid;
+	int tgid;
+	struct mm_struct *mm;
+	struct signal_struct *signal;
+} __core;
+struct vm_unmapped_area_info { unsigned long length; } __core;
 
 const volatile struct eb_config cfg = {
 	.user_addr_end = 0xffff800000000000ULL,
@@ -106,36 +141,358 @@ static __always_inline void count_failure(struct eb_stats *st, int err,
 		st->counter[EB_UPDATE_FAILED]++;
 }
 
-/* The filters every sample goes through: 1 when the sample is another
- * process's (counted, then skipped), 0 to keep it. */
-static __always_inline int skip_sample(struct eb_stats *st)
+/* ---- Which processes are recorded, and their mappings ------------------ */
+
+/*
+ * procs: the recorded processes, keyed by global tgid, each with its table
+ * of mappings (struct eb_proc). The sched tracepoints below keep it exact:
+ * a process created by a recorded one is inserted at fork, before it can
+ * run (trace_sched_process_fork fires before wake_up_new_task), with a
+ * copy of its creator's table (the child starts with the same mappings);
+ * exec empties the table; the group's exit deletes the entry. Sized from
+ * user space; preallocated, as samples insert into it in -a mode.
+ * Key 0 (the idle task's, which never samples user code) is replay's
+ * pseudo-process, whose ranges user space writes.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eb_proc);
+} procs SEC(".maps");
+
+/* Object numbers by file identity, and each number's file (for user
+ * space, which reads objects_info through mmap). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EB_MAX_OBJECTS);
+	__type(key, struct eb_object_key);
+	__type(value, __u32);
+} object_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, EB_MAX_OBJECTS);
+	__type(key, __u32);
+	__type(value, struct eb_object);
+} objects_info SEC(".maps");
+
+/* (object << 32 | tgid) of each process that had samples in an object:
+ * how many processes ran it, for the summary. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u8);
+} object_procs SEC(".maps");
+
+__u32 objects_given;   /* object numbers handed out (the last one) */
+__u32 target_seen;     /* 1 once the target's tgid is in procs */
+
+/* all zero: a process with no ranges yet (in .bss: .rodata holds cfg only) */
+static struct eb_proc empty_proc;
+
+/* A new number for the file `key` maps, or the one it has: 0 when the
+ * table is full (the address then counts as outside every object). */
+static __always_inline __u32 object_id(const struct eb_object_key *key,
+				       __u32 tgid, __u64 start, __u64 end,
+				       struct eb_stats *st)
+{
+	__u32 *known = bpf_map_lookup_elem(&object_ids, key);
+	struct eb_object *info;
+	__u32 id;
+
+	if (known)
+		return *known;
+	id = __sync_fetch_and_add(&objects_given, 1) + 1;
+	info = bpf_map_lookup_elem(&objects_info, &id);
+	if (!info) {  /* past the table's end */
+		if (st)
+			st->counter[EB_OBJECTS_FULL]++;
+		return 0;
+	}
+	info->key = *key;
+	info->tgid = tgid;
+	info->start = start;
+	info->end = end;
+	if (bpf_map_update_elem(&object_ids, key, &id, BPF_NOEXIST)) {
+		/* numbered meanwhile by another CPU (or the table is full) */
+		info->state = 2;
+		known = bpf_map_lookup_elem(&object_ids, key);
+		return known ? *known : 0;
+	}
+	info->state = 1;
+	return id;
+}
+
+struct fill_ctx {
+	struct eb_range range;
+	struct eb_stats *st;
+	__u32 tgid;
+	__u32 found;
+};
+
+/* bpf_find_vma's callback: the mapping that holds the address, as a
+ * range of its object. */
+static long fill_range(struct task_struct *task, struct vm_area_struct *vma,
+		       struct fill_ctx *fc)
+{
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	__u64 start = BPF_CORE_READ(vma, vm_start);
+	__u64 end = BPF_CORE_READ(vma, vm_end);
+	__u64 pgoff = BPF_CORE_READ(vma, vm_pgoff);
+
+	fc->range.start = start;
+	fc->range.end = end;
+	fc->range.delta = start - (pgoff << cfg.page_shift);
+	fc->range.object = 0;
+	if (file) {
+		struct eb_object_key key = {};
+		struct inode *inode = BPF_CORE_READ(file, f_inode);
+
+		key.ino = BPF_CORE_READ(inode, i_ino);
+		key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		key.generation = BPF_CORE_READ(inode, i_generation);
+		fc->range.object = object_id(&key, fc->tgid, start, end, fc->st);
+	}
+	fc->found = 1;
+	return 0;
+}
+
+/* Put a range into the process's table, in the slot whose turn it is.
+ * end is written last and cleared first, so that another CPU reading the
+ * table (a thread of the same process) never matches a half-written
+ * range: it misses and looks the address up itself. */
+static __always_inline void store_range(struct eb_proc *p,
+					const struct eb_range *r)
+{
+	__u32 slot = __sync_fetch_and_add(&p->next, 1) % EB_PROC_RANGES;
+	struct eb_range *dst = &p->range[slot];
+
+	WRITE_ONCE(dst->end, 0);
+	dst->start = r->start;
+	dst->delta = r->delta;
+	dst->object = r->object;
+	dst->sampled = 0;
+	WRITE_ONCE(dst->end, r->end);
+}
+
+/* Look `addr` up in the kernel's mappings of the current task and store
+ * the range that holds it: ~6.5 us from the sampling interrupt here (the
+ * mmap lock is released through irq_work), ~0.5 us from a tracepoint.
+ * Returns 0 when no mapping was found (or bpf_find_vma was busy). */
+static __always_inline int fill_from_vma(struct eb_proc *p, __u64 addr,
+					 __u32 tgid, struct eb_stats *st)
+{
+	struct fill_ctx fc = { .st = st, .tgid = tgid };
+
+	bpf_find_vma(bpf_get_current_task_btf(), addr, fill_range, &fc, 0);
+	if (!fc.found)
+		return 0;
+	store_range(p, &fc.range);
+	return 1;
+}
+
+/*
+ * An address as the maps key it (ebpf_bolt.h), from the process's ranges:
+ * 0 outside every object, EB_ADDR_UNRESOLVED where no range covers it.
+ * The first address found in a range notes (object, tgid) in object_procs.
+ * A global function, checked once by the verifier: the branch worker calls
+ * it for each end of each of up to 64 branches.
+ */
+__noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
+{
+	__u32 i;
+
+	if (!p)
+		return EB_ADDR_UNRESOLVED;
+	for (i = 0; i < EB_PROC_RANGES; i++) {
+		struct eb_range *r = &p->range[i];
+
+		if (addr >= r->start && addr < READ_ONCE(r->end)) {
+			__u64 pair = (__u64)r->object << 32 | tgid;
+			__u8 one = 1;
+
+			if (!r->object)
+				return 0;
+			if (!r->sampled) {
+				r->sampled = 1;
+				bpf_map_update_elem(&object_procs, &pair, &one,
+						    BPF_NOEXIST);
+			}
+			return (__u64)r->object << EB_OBJECT_SHIFT |
+			       ((addr - r->delta) & EB_OFFSET_MASK);
+		}
+	}
+	return EB_ADDR_UNRESOLVED;
+}
+
+/* translate_addr, looking the mapping up once if no range covers it
+ * (only live samples may: replay's addresses are not this task's). */
+static __always_inline __u64 resolve_addr(struct eb_proc *p, __u64 addr,
+					  __u32 tgid, int *may_fill,
+					  struct eb_stats *st)
+{
+	__u64 key = translate_addr(p, addr, tgid);
+
+	if (key == EB_ADDR_UNRESOLVED && *may_fill) {
+		/* one lookup per sample: a second one finds the irq_work of
+		 * the first still pending (-EBUSY) */
+		*may_fill = 0;
+		st->counter[EB_VMA_LOOKUPS]++;
+		if (fill_from_vma(p, addr, tgid, st))
+			key = translate_addr(p, addr, tgid);
+	}
+	if (key == EB_ADDR_UNRESOLVED)
+		st->counter[EB_UNRESOLVED]++;
+	return key;
+}
+
+/* 1 when the current task belongs to the process ebpf-bolt was asked to
+ * record (cfg.target_tgid, an id in ebpf-bolt's PID namespace). */
+static __always_inline int is_target(void)
+{
+	struct bpf_pidns_info ns;
+
+	if (!cfg.target_tgid || target_seen)
+		return 0;
+	if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino, &ns,
+					sizeof(ns)))
+		return 0;
+	return ns.tgid == cfg.target_tgid;
+}
+
+/* The current process's entry, created for the target (the first time
+ * any program meets it: a sample, fork or exec) and, with -a, for any
+ * process; NULL when it is not recorded. */
+static __always_inline struct eb_proc *current_proc(__u32 tgid,
+						    struct eb_stats *st)
+{
+	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+
+	if (p)
+		return p;
+	if (!cfg.all_processes && !is_target())
+		return NULL;
+	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST) &&
+	    st)
+		st->counter[EB_PROCS_FULL]++;
+	if (!cfg.all_processes)
+		target_seen = 1;
+	return bpf_map_lookup_elem(&procs, &tgid);
+}
+
+/* The filters every sample goes through: the recorded process's entry,
+ * or NULL for another process's sample (counted, then skipped). */
+static __always_inline struct eb_proc *sample_proc(struct eb_stats *st,
+						   __u32 *tgid)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct eb_proc *p;
 
 	st->counter[EB_SAMPLES]++;
-	if (cfg.pidns_ino) {
-		/* ebpf-bolt runs in a PID namespace (a container): the target
-		 * is recognised by its id in its own namespace. A task of
-		 * another namespace gets no ids (the helper fails): it is
-		 * another process. */
-		struct bpf_pidns_info ns;
-
-		if (bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino,
-						&ns, sizeof(ns))) {
-			st->counter[EB_OTHER_PROCESS]++;
-			return 1;
-		}
-		pid_tgid = (__u64)ns.tgid << 32 | ns.pid;
-	}
-	if (cfg.target_tgid && (__u32)(pid_tgid >> 32) != cfg.target_tgid) {
+	*tgid = pid_tgid >> 32;
+	p = current_proc(*tgid, st);
+	if (!p) {
 		st->counter[EB_OTHER_PROCESS]++;
-		return 1;
+		return NULL;
 	}
 	if (cfg.count_threads) {
 		__u32 tid = (__u32)pid_tgid;
 
 		count_failure(st, add_count(&thread_samples, &tid, 1),
 			      EB_THREAD_MAP_FULL);
+	}
+	return p;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 creator = bpf_get_current_pid_tgid() >> 32;
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	struct eb_proc *p;
+
+	if (tgid == creator)  /* a thread: same process */
+		return 0;
+	p = current_proc(creator, get_stats());
+	if (p) {
+		struct eb_proc *copy;
+		__u32 i;
+
+		if (bpf_map_update_elem(&procs, &tgid, p, BPF_ANY)) {
+			struct eb_stats *st = get_stats();
+
+			if (st)
+				st->counter[EB_PROCS_FULL]++;
+			return 0;
+		}
+		/* the child has sampled none of the ranges yet */
+		copy = bpf_map_lookup_elem(&procs, &tgid);
+		for (i = 0; copy && i < EB_PROC_RANGES; i++)
+			copy->range[i].sampled = 0;
+	} else {
+		/* a process id freed by a recorded process and reused by an
+		 * unrecorded one must not stay recorded */
+		bpf_map_delete_elem(&procs, &tgid);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct eb_proc *p = current_proc(tgid, get_stats());
+	__u64 start_code;
+	__u32 i;
+
+	if (!p)
+		return 0;
+	/* a new image: none of the old ranges holds (cleared in place: an
+	 * update would free the element under a sample reading it) */
+	for (i = 0; i < EB_PROC_RANGES; i++)
+		WRITE_ONCE(p->range[i].end, 0);
+	/* the executable's code, found here once (cheap in process context)
+	 * rather than from its first sample */
+	start_code = BPF_CORE_READ(task, mm, start_code);
+	if (start_code)
+		fill_from_vma(p, start_code, tgid, get_stats());
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* the tracepoint fires per thread, after the thread left signal->live
+	 * (on 6.16+ it also passes group_dead, computed from the same count) */
+	if (BPF_CORE_READ(task, signal, live.counter) == 0)
+		bpf_map_delete_elem(&procs, &tgid);
+	return 0;
+}
+
+/* A new mapping without MAP_FIXED: ranges it overlaps were unmapped, and
+ * their addresses may now hold another object. */
+SEC("tp_btf/vm_unmapped_area")
+int BPF_PROG(on_unmapped_area, unsigned long addr,
+	     struct vm_unmapped_area_info *info)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, i;
+	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	__u64 end;
+
+	if (!p || addr >= cfg.user_addr_end)  /* an error code, or not ours */
+		return 0;
+	end = addr + BPF_CORE_READ(info, length);
+	for (i = 0; i < EB_PROC_RANGES; i++) {
+		struct eb_range *r = &p->range[i];
+
+		if (r->start < end && addr < r->end)
+			WRITE_ONCE(r->end, 0);
 	}
 	return 0;
 }
@@ -209,16 +566,14 @@ static __always_inline __u32 ip_slot(__u64 ip)
 	return (__u32)((ip * 0x9E3779B97F4A7C15ULL) >> 40) & cfg.ip_cache_mask;
 }
 
+/* Count one sample at `ip`, an address as the maps key it (object and
+ * offset, never 0). */
 static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct eb_ip_slot *table, *slot;
 	int err;
 
-	if (ip >= cfg.user_addr_end) {
-		st->counter[EB_KERNEL_IP]++;
-		return;
-	}
 	table = cache_table(&ip_cache, cpu);
 	if (!table) {  /* no table for this CPU: straight to the map */
 		count_failure(st, add_count(&ip_counts, &ip, 1), EB_MAP_FULL);
@@ -249,20 +604,40 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 	slot->credit = 1;
 }
 
-/* Basic (IP) sampling: the interrupted user-space instruction pointer. */
+/* Basic (IP) sampling: the interrupted user-space instruction pointer,
+ * counted at its object and offset. */
 SEC("perf_event")
 int sample_ip(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
+	__u64 ip = PT_REGS_IP(&ctx->regs), key;
+	struct eb_proc *p;
+	int may_fill = 1;
+	__u32 tgid;
 
-	if (!st || skip_sample(st))
+	if (!st)
 		return 0;
-	count_ip(PT_REGS_IP(&ctx->regs), st);
+	p = sample_proc(st, &tgid);
+	if (!p)
+		return 0;
+	if (ip >= cfg.user_addr_end) {
+		st->counter[EB_KERNEL_IP]++;
+		return 0;
+	}
+	key = resolve_addr(p, ip, tgid, &may_fill, st);
+	if (key == EB_ADDR_UNRESOLVED)
+		return 0;  /* counted by resolve_addr */
+	if (!key) {
+		st->counter[EB_ANON_IP]++;
+		return 0;
+	}
+	count_ip(key, st);
 	return 0;
 }
 
 #ifdef EB_TEST_PROGRAMS
-/* IPs the caller supplies, counted as sample_ip counts a sample's IP: how
+/* IP keys the caller supplies (object and offset), counted as sample_ip
+ * counts a sample's translated IP: how
  * the tests check the IP cache exactly (perf_event programs cannot be run
  * with BPF_PROG_RUN). Built only into the tests' object (tests/bpf_builds.py,
  * -DEB_TEST_PROGRAMS): the shipped object has no use for it. */
@@ -443,7 +818,9 @@ miss:
  * perf2bolt's rules (bolt-profile-formats.md, section 2): entries are
  * newest first; entry i gives the trace (from_i, to_i, from of the next
  * newer kept entry), the newest gets EB_BR_ONLY; entries with a kernel
- * from or to are dropped before pairing.
+ * from or to are dropped before pairing. Addresses are translated to
+ * object and offset through the process's ranges (`p`) first; user space
+ * splits the traces by object when it drains them.
  *
  * A global (not static, not inlined) function: the verifier checks it once,
  * on its own, with its arguments unknown. Inlined into replay's bpf_loop
@@ -453,13 +830,15 @@ miss:
  * need Linux 5.12; only the branch programs call it.
  */
 __noinline int aggregate_stack(struct eb_branch_stack *stack,
-			       struct eb_stats *st)
+			       struct eb_stats *st, struct eb_proc *p,
+			       __u32 tgid, int may_fill)
 {
 	__u32 i, nr, cpu = bpf_get_smp_processor_id();
 	struct eb_cache_set *table;
 	__u64 newer_from = EB_BR_ONLY;
+	int kept = 0;
 
-	if (!stack || !st)  /* the verifier sees possibly-NULL arguments */
+	if (!stack || !st || !p)  /* the verifier sees possibly-NULL arguments */
 		return 0;
 	nr = stack->nr;
 	table = cache_table(&trace_cache, cpu);
@@ -476,17 +855,28 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			st->counter[EB_KERNEL_BRANCHES]++;
 			continue;
 		}
-		t.from = b->from;
-		t.to = b->to;
+		/* an address no object holds, or none could be found for,
+		 * is 0: outside every object's profile */
+		t.from = resolve_addr(p, b->from, tgid, &may_fill, st);
+		t.to = resolve_addr(p, b->to, tgid, &may_fill, st);
+		if (t.from == EB_ADDR_UNRESOLVED)
+			t.from = 0;
+		if (t.to == EB_ADDR_UNRESOLVED)
+			t.to = 0;
 		t.ft_end = newer_from;
-		newer_from = b->from;
+		newer_from = t.from;
+		kept = 1;
+		if (!t.from && !t.to) {  /* nothing of any object */
+			st->counter[EB_TRACES_OUTSIDE]++;
+			continue;
+		}
 		mis = b->flags & EB_BRANCH_MISPRED;
 		if (table)
 			count_trace(table, &t, mis, st);
 		else
 			add_trace(&t, 1, mis, st);
 	}
-	if (newer_from == EB_BR_ONLY)  /* no user-space entry kept */
+	if (!kept)  /* no user-space entry kept */
 		st->counter[EB_EMPTY_STACKS]++;
 	return 0;
 }
@@ -503,10 +893,14 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 	struct eb_branch_stack *s;
-	__u32 zero = 0;
+	struct eb_proc *p;
+	__u32 zero = 0, tgid;
 	long size, total;
 
-	if (!st || skip_sample(st))
+	if (!st)
+		return 0;
+	p = sample_proc(st, &tgid);
+	if (!p)
 		return 0;
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s) {
@@ -523,7 +917,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
 	s->nr = (__u32)size / sizeof(struct eb_branch);
-	aggregate_stack(s, st);
+	aggregate_stack(s, st, p, tgid, 1);
 	return 0;
 }
 
@@ -543,6 +937,7 @@ struct {
  * loop works on a copy of the arguments and writes results back once. */
 struct replay_state {
 	struct eb_stats *st;
+	struct eb_proc *proc;  /* procs[0]: the ranges user space gave */
 	__u32 first;
 	__u32 done;
 	__u32 bad;
@@ -557,7 +952,7 @@ static long replay_one(__u32 index, void *data)
 	if (!stack || stack->nr > EB_MAX_BRANCHES)
 		goto bad;
 	rs->st->counter[EB_SAMPLES]++;
-	aggregate_stack(stack, rs->st);
+	aggregate_stack(stack, rs->st, rs->proc, 0, 0);
 	rs->done++;
 	return 0;
 bad:
@@ -572,8 +967,10 @@ int replay_branches(struct eb_replay_args *args)
 		.st = get_stats(),
 		.first = args->first,
 	};
+	__u32 zero = 0;
 
-	if (!rs.st)
+	rs.proc = bpf_map_lookup_elem(&procs, &zero);
+	if (!rs.st || !rs.proc)
 		return 1;
 	bpf_loop(args->count, replay_one, &rs, 0);
 	args->done = rs.done;

@@ -16,9 +16,71 @@
 /* BOLT's "no fall-through known" end of a trace (DataAggregator's BR_ONLY). */
 #define EB_BR_ONLY 0xffffffffffffffffULL
 
+/*
+ * Addresses as the maps key them: an object (an ELF file, numbered by the
+ * program in the order it meets them, 1 to EB_MAX_OBJECTS - 1) and a file
+ * offset in it, so one process or a thousand running the object add to
+ * the same keys, whatever their load addresses:
+ *   key = object << EB_OBJECT_SHIFT | file offset.
+ * 0 is an address outside every object (anonymous memory, a JIT);
+ * EB_BR_ONLY keeps its meaning (its object field, 0xffff, is never given).
+ */
+#define EB_OBJECT_SHIFT 48
+#define EB_OFFSET_MASK 0xffffffffffffULL  /* (1 << EB_OBJECT_SHIFT) - 1 */
+#define EB_MAX_OBJECTS 4096
+/* translate_addr's result for an address no range of the process covers
+ * yet (bit 63: no object number reaches it) */
+#define EB_ADDR_UNRESOLVED 0x8000000000000000ULL
+
+/* One executable mapping of a process: [start, end) holds the file
+ * offsets start - delta onwards of `object` (0: no file). end == 0: free. */
+struct eb_range {
+	__u64 start;
+	__u64 end;
+	__u64 delta;           /* vm_start - vm_pgoff * page size */
+	__u32 object;
+	__u32 sampled;         /* 1 once a sample of this process fell in it
+	                        * (its (object, process) pair is noted) */
+};
+
+/* Ranges kept per process: its hot objects (executable, libc, ld.so and
+ * a few libraries); more get evicted in turn and looked up again. */
+#define EB_PROC_RANGES 16
+
+/* A recorded process (procs map, keyed by global tgid). */
+struct eb_proc {
+	__u32 next;            /* the range slot a new range takes next */
+	__u32 reserved;
+	struct eb_range range[EB_PROC_RANGES];
+};
+
+/* An object's file identity, as the kernel holds it: the inode number,
+ * the super block's dev_t (MAJOR << 20 | MINOR, unlike stat's st_dev) and
+ * the inode generation (a replaced file that reuses a freed inode number
+ * gets another one). */
+struct eb_object_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 generation;
+};
+
+/* objects_info[id]: what user space needs to find object `id`'s file:
+ * a process that mapped it and where, to open
+ * /proc/TGID/map_files/START-END. state: 0 not written yet, 1 valid,
+ * 2 a number lost to a race (another CPU numbered the file first). */
+struct eb_object {
+	struct eb_object_key key;
+	__u32 tgid;
+	__u32 state;
+	__u64 start;
+	__u64 end;
+};
+
 /* Options, written into .rodata before the object is loaded. */
 struct eb_config {
-	__u32 target_tgid;     /* process to keep; 0 keeps every process */
+	__u32 target_tgid;     /* process whose tree is recorded, as
+	                        * ebpf-bolt's PID namespace numbers it
+	                        * (pidns_dev, pidns_ino); 0: none */
 	__u32 count_threads;   /* 1: also count samples per thread id */
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
 	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
@@ -27,6 +89,8 @@ struct eb_config {
 	__u64 pidns_ino;       /* ids are in (the target's own); ino 0: the
 	                        * root namespace's ids */
 	__u32 ip_cache_mask;   /* IP cache slots - 1 (a power of two - 1) */
+	__u32 all_processes;   /* 1: record every process (-a) */
+	__u32 page_shift;      /* log2 of the page size: vm_pgoff's unit */
 	__u32 reserved;
 };
 
@@ -45,6 +109,14 @@ enum eb_counter {
 	EB_KERNEL_BRANCHES,    /* entries dropped: kernel from or to */
 	EB_EMPTY_STACKS,       /* samples with no user branch left */
 	EB_TRACES_LOST,        /* trace counts not stored: trace map full */
+	EB_ANON_IP,            /* IP samples in memory that maps no file
+	                        * (JIT code, the vdso): no object to credit */
+	EB_UNRESOLVED,         /* user addresses no range covered and no
+	                        * lookup could resolve (bpf_find_vma busy) */
+	EB_VMA_LOOKUPS,        /* bpf_find_vma calls made from samples */
+	EB_PROCS_FULL,         /* processes not recorded: procs map full */
+	EB_OBJECTS_FULL,       /* objects not told apart: object table full */
+	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
 	EB_NR_COUNTERS
 };
 

@@ -100,6 +100,7 @@ _PROTOTYPES = {
     "bpf_program__fd": ([_pp], c_int, _INT),
     "bpf_program__set_autoload": ([_pp, c_bool], c_int, _INT),
     "bpf_program__attach_perf_event": ([_pp, c_int], _pp, _PTR),
+    "bpf_program__attach": ([_pp], _pp, _PTR),
     "bpf_link__destroy": ([_pp], c_int, _INT),
     "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int, _INT),
     "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, ctypes.c_uint64],

@@ -15,9 +15,10 @@ from operator import add
 from .handle import Handle
 from . import _libbpf
 from .errors import BpfError
-from .layout import (COUNTERS, DRAIN_MAX_CPUS, BranchStack, CacheSet,
-                     Config, DrainArgs, IpSlot, ReplayIps, Stats, Trace,
-                     TraceCounts, TraceRecord)
+from .layout import (COUNTERS, DRAIN_MAX_CPUS, MAX_OBJECTS, BranchStack,
+                     CacheSet, Config, DrainArgs, IpSlot, ObjectInfo,
+                     ObjectKey, Proc, ReplayIps, Stats, Trace, TraceCounts,
+                     TraceRecord)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -27,7 +28,10 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 # trace_cache of 1 set is as good as none.
 # CPU_TABLE: an array with one element per possible CPU, each element a
 # table of `entries` values (the size given is the table's length).
+# HASH is a per-CPU hash; PLAIN_HASH a hash shared by all CPUs, always
+# preallocated (samples insert into it from the interrupt).
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
+PLAIN_HASH = "plain_hash"
 _U32, _U64 = ctypes.sizeof(ctypes.c_uint32), ctypes.sizeof(ctypes.c_uint64)
 MAPS = {"ip_counts": (_U64, _U64, HASH),
         "thread_samples": (_U32, _U64, HASH),
@@ -36,7 +40,15 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
         "ip_cache": (_U32, ctypes.sizeof(IpSlot), CPU_TABLE),
         "replay_stacks": (_U32, ctypes.sizeof(BranchStack), ARRAY),
         "drain_out": (_U32, ctypes.sizeof(TraceRecord), ARRAY),
-        "replay_ip_buf": (_U32, ctypes.sizeof(ReplayIps), ARRAY)}
+        "replay_ip_buf": (_U32, ctypes.sizeof(ReplayIps), ARRAY),
+        "procs": (_U32, ctypes.sizeof(Proc), PLAIN_HASH),
+        "object_ids": (ctypes.sizeof(ObjectKey), _U32, PLAIN_HASH),
+        "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
+        "object_procs": (_U64, 1, PLAIN_HASH)}
+# Maps whose size the object fixes: never resized from user space.
+FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
+# Tracepoint programs that keep the procs map exact while recording.
+TRACKERS = ("on_fork", "on_exec", "on_exit", "on_unmapped_area")
 # Maps only the tests' build of the object has (-DEB_TEST_PROGRAMS,
 # tests/bpf_builds.py): skipped where the object lacks them.
 TEST_ONLY_MAPS = frozenset({"replay_ip_buf"})
@@ -68,6 +80,8 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
         return max_entries * value
     if kind in (PERCPU_ARRAY, CPU_TABLE):
         return max_entries * value * ncpus
+    if kind == PLAIN_HASH:
+        return max_entries * (48 + (key_size + 7) // 8 * 8 + value)
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return max_entries * (value * ncpus + elem)
 
@@ -144,6 +158,7 @@ class BoltObject(Handle):
         lib = _libbpf.lib()
         self._lib = lib
         self._links = []
+        self._tp_links = []
         self.path = path or object_path()
         if not os.path.exists(self.path):
             raise BpfError(f"BPF object missing: {self.path}",
@@ -170,7 +185,8 @@ class BoltObject(Handle):
             for name, (_, vsz, kind) in MAPS.items():
                 if name not in present:  # a test-only map (_check_layout)
                     continue
-                entries = (map_entries or {}).get(name, 1)
+                entries = (map_entries or {}).get(
+                    name, FIXED_ENTRIES.get(name, 1))
                 self.map_entries[name] = entries
                 if name in (shared or {}):
                     lib.bpf_map__reuse_fd(self._map(name), shared[name])
@@ -178,7 +194,7 @@ class BoltObject(Handle):
                 if kind == CPU_TABLE:
                     lib.bpf_map__set_max_entries(self._map(name), self.ncpus)
                     lib.bpf_map__set_value_size(self._map(name), entries * vsz)
-                else:
+                elif name not in FIXED_ENTRIES:
                     lib.bpf_map__set_max_entries(self._map(name), entries)
                 if kind == HASH and not self.prealloc:
                     lib.bpf_map__set_map_flags(self._map(name),
@@ -280,6 +296,11 @@ class BoltObject(Handle):
         self._links.append(link)
         return link
 
+    def attach_tracepoint(self, program):
+        """Attach a tp_btf program where its section says."""
+        ptr = self._lib.bpf_program__attach(self._prog(program))
+        self._tp_links.append(ptr)
+
     @property
     def links(self):
         """The links made by attach() and not closed yet."""
@@ -287,6 +308,9 @@ class BoltObject(Handle):
 
     def detach_all(self):
         links, self._links = self._links, []
+        tp_links, self._tp_links = self._tp_links, []
+        for ptr in tp_links:
+            self._lib.bpf_link__destroy(ptr)
         errors = []
         for link in links:  # every link is destroyed even if one fails
             try:
@@ -316,7 +340,8 @@ class BoltObject(Handle):
         """Bytes the kernel returns per key: one 8-byte-aligned value per
         possible CPU for per-CPU maps."""
         _, vsz, kind = MAPS[name]
-        return percpu_value_size(vsz) * (1 if kind == ARRAY else self.ncpus)
+        return percpu_value_size(vsz) * (self.ncpus if kind in (
+            HASH, PERCPU_ARRAY) else 1)
 
     def read_all(self, name, batch=8192):
         """All entries of a per-CPU hash, left in the map: (keys bytes,

@@ -171,16 +171,22 @@ def summary_lines(profile, fmt, output, text):
     kept = st["samples"] - st["other_process"]
     in_binary = profile.total()
     lines = []
-    pie = f"PIE, load bias {i['load_bias']:#x}" if i["is_pie"] else "non-PIE"
-    lines.append(f"recorded {profile.binary} ({pie}) pid {i['pid']} for "
+    pie = "PIE" if i["is_pie"] else "non-PIE"
+    who = (f"pid {i['pid']} and the processes it started" if i['pid']
+           else "every process")
+    lines.append(f"recorded {profile.binary} ({pie}, "
+                 f"{plural(i.get('processes', 0), 'process', 'processes')}"
+                 f" with samples in it) in {who} for "
                  f"{i['duration']:.2f} s, stopped by {i['stopped_by']}; "
                  f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz"
                  + (f", events {i['scope']})" if i.get("scope") else ")"))
     if profile.kind == "basic":
         share = 100.0 * in_binary / kept if kept else 0.0
-        lines.append(f"samples: {kept:,} of the process, {in_binary:,} in the "
-                     f"binary ({share:.1f}%), {st['outside_binary']:,} in other "
-                     f"objects, {st['kernel_ip']:,} in the kernel; "
+        lines.append(f"samples: {kept:,} of the recorded processes, "
+                     f"{in_binary:,} in the binary ({share:.1f}%), "
+                     f"{st['outside_binary']:,} in other objects, "
+                     f"{st['anon_ip']:,} in memory mapping no file, "
+                     f"{st['kernel_ip']:,} in the kernel; "
                      + plural(i["distinct_addresses"], "distinct address",
                               "distinct addresses"))
     else:
@@ -208,6 +214,15 @@ def summary_lines(profile, fmt, output, text):
     lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB ({how}; "
                  f"{i['map_entries']:,} map entries x {i['ncpus']} possible "
                  f"CPUs); drain and translation {i['drain_seconds']:.3f} s")
+    user = i.get("user_samples") or 0
+    if user and i.get("object_samples", 0) * 2 < user and i.get("top_objects"):
+        lines.append(f"{profile.binary} got {_share(i['object_samples'], user)}"
+                     " of the user-space samples; the objects that got most:")
+        for path, n, procs in i["top_objects"]:
+            lines.append(f"  {path}: {plural(n, 'sample')} in "
+                         f"{plural(procs, 'process', 'processes')}")
+        lines.append(f"  profile one with --binary {i['top_objects'][0][0]}, "
+                     "or all with --all-objects -o DIR")
     if st["other_process"]:
         # what the events' scope cost: samples of tasks that are not the
         # target (on the same CPUs, in the cgroup, or the command's child
@@ -355,13 +370,23 @@ def loss_warnings(profile, fmt):
                        f"({_share(left, counted - lost)}) have neither end "
                        "in the binary: check --binary and --load-base")
     other, kept = st["other_process"], st["samples"] - st["other_process"]
-    if other > kept and str(profile.info.get("scope")).startswith("per task"):
+    if False:  # children are recorded now (kept for -p scopes below)
         # a command's event is inherited by the processes it starts: most
         # samples there means a wrapper (a shell, time, make) was recorded
         out.append(f"{plural(other, 'sample')} ({_share(other, st['samples'])}"
                    f") are of processes the command started, not of "
                    f"{profile.binary}: record the program doing the work "
                    "(run it directly, or -p PID)")
+    if st["unresolved"]:
+        out.append(f"{plural(st['unresolved'], 'address', 'addresses')} "
+                   "could not be placed in an object (the kernel's mapping "
+                   "lookup was busy) and are not counted")
+    if st["procs_full"]:
+        out.append(f"{plural(st['procs_full'], 'process', 'processes')} "
+                   "not recorded: the process table was full")
+    if st["objects_full"]:
+        out.append(f"{plural(st['objects_full'], 'mapping')} of objects "
+                   "beyond the object table's size are not counted")
     if st["update_failed"] and profile.kind == "basic":
         out.append(f"{plural(st['update_failed'], 'sample')} lost: the "
                    "kernel refused IP map updates (no free element or a "

@@ -16,8 +16,11 @@ import time
 from .handle import Handle
 from . import _libbpf, bolt
 from . import perf_event as pe
-from .addrspace import AddressSpace, executable_identity, read_maps
-from .bpf_object import (BoltObject, map_kernel_bytes, possible_cpus,
+import mmap
+from .objects import Binary, ObjectTable, kernel_dev
+from .translate import (object_samples, object_traces, samples_by_object,
+                        traces_per_object)
+from .bpf_object import (TRACKERS, BoltObject, map_kernel_bytes, possible_cpus,
                          prealloc_needed, MAPS)
 from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
@@ -27,7 +30,7 @@ from .layout import (CACHE_SLOT_FORMAT, IP_SLOT_FORMAT, USER_ADDR_END, Config,
                      cache_sets, ip_cache_slots)
 from .profile import (Profile, TraceColumns, translate_samples,
                       translate_trace_columns)
-from .targets import (CommandTarget, ProcessTarget, _split_example,
+from .targets import (CommandTarget, ProcessTarget, SystemTarget, _split_example,
                       check_pid)
 
 # 4999 Hz: near perf's 4000 Hz default rate of samples, but not a multiple
@@ -45,6 +48,13 @@ MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
 # (E2BIG) more than U32_MAX / sizeof(struct bucket) (16 bytes) of them.
 HASH_MAX_ENTRIES = 1 << 27
 MODES = ("auto", "lbr", "ip")
+# Processes recorded at once (procs map, ~600 bytes each, preallocated),
+# and (object, process) pairs noted for the summary.
+MAX_PROCS = 8192
+MAX_OBJECT_PROCS = 1 << 16
+# How often new objects are looked for while recording: their files are
+# opened through the process that mapped them, which must still live.
+OBJECT_POLL = 0.02
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -444,33 +454,18 @@ def translated_traces(obj, space):
     return translate_trace_columns(drain_traces(obj), space)
 
 
-# The root PID namespace's inode number (PROC_PID_INIT_INO in the kernel).
-ROOT_PIDNS_INO = 0xEFFFFFFC
+def _identity(path):
+    st = os.stat(path)
+    return kernel_dev(st.st_dev), st.st_ino
 
 
-def pid_filter(pid):
-    """How the kernel recognises process `pid` (an id as this process sees
-    it): (pidns_dev, pidns_ino, tgid) for eb_config. In the root PID
-    namespace the kernel's own ids are the ones users give: (0, 0, pid).
-    Elsewhere (in a container) the programs ask for ids in the target's own
-    namespace, which may be nested inside ours: there the target's id is
-    the last of its NSpid line."""
-    try:
-        own = os.stat("/proc/self/ns/pid")
-    except OSError:
-        return 0, 0, pid
-    if own.st_ino == ROOT_PIDNS_INO:
-        return 0, 0, pid
-    try:
-        ns = os.stat(f"/proc/{pid}/ns/pid")
-        with open(f"/proc/{pid}/status") as f:
-            ids = next(line.split()[1:] for line in f
-                       if line.startswith("NSpid:"))
-        tgid = int(ids[-1])
-    except (OSError, StopIteration, ValueError, IndexError):
-        ns, tgid = own, pid
+def pid_namespace():
+    """(dev, inode) of this process's PID namespace, in which the BPF
+    program reads the ids of the tasks it meets (eb_config.pidns_*): the
+    PID users give is an id in it, in a container as on the host."""
+    st = os.stat("/proc/self/ns/pid")
     # the kernel's dev_t packs major << 20 | minor, unlike st_dev
-    return os.major(ns.st_dev) << 20 | os.minor(ns.st_dev), ns.st_ino, tgid
+    return kernel_dev(st.st_dev), st.st_ino
 
 
 def no_branch_reason(err):
@@ -612,8 +607,21 @@ class Recorder(Handle):
     def __init__(self, pid=None, command=None, duration=None,
                  frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
                  count_threads=False, notice=None, verbose=False,
-                 warn=None):
-        if (pid is None) == (command is None):
+                 warn=None, binaries=(), all_objects=False,
+                 all_processes=False):
+        if all_processes:
+            if pid is not None or command is not None:
+                raise UsageError("-a/--all records every process: give no "
+                                 "PID or command with it",
+                                 "drop -p or the command, or drop -a")
+            if not binaries and not all_objects:
+                raise UsageError("-a/--all needs --binary PATH or "
+                                 "--all-objects: every process runs its own "
+                                 "executable", "name the object to profile, "
+                                 "e.g. -a --binary /usr/bin/clang")
+            if duration is None:
+                duration = DEFAULT_DURATION
+        elif (pid is None) == (command is None):
             raise UsageError("give either a PID or a command to profile",
                              "pid=1234 or command=['./app', '-x']")
         if isinstance(command, (str, bytes)):
@@ -639,6 +647,11 @@ class Recorder(Handle):
         self.duration, self.frequency = duration, frequency
         self.mode_requested, self.max_entries = mode, max_entries
         self.count_threads = count_threads
+        self.all_processes, self.all_objects = all_processes, all_objects
+        if isinstance(binaries, (str, bytes, os.PathLike)):
+            binaries = [binaries]
+        self.binaries = [Binary.open(b) for b in binaries]
+        self.objects = None   # ObjectTable once loaded
         self.notice = notice or (lambda msg: None)
         self._warn_callback = warn or self.notice
         self.warnings = []   # what the profile's user must know, in order
@@ -673,6 +686,8 @@ class Recorder(Handle):
         _libbpf.lib()  # fails early with the package name if missing
         if self.command is not None:
             self.target = CommandTarget(self.command)
+        elif self.all_processes:
+            self.target = SystemTarget()
         else:
             self.target = ProcessTarget(self.pid, note=self.notice)
         try:
@@ -694,9 +709,10 @@ class Recorder(Handle):
             self._load_and_attach()
             if self.target.child:
                 self.target.start()
-            self._read_target()   # a command is still held at its exec
-            if check_binary:
-                check_binary(f"/proc/{self.target.pid}/exe")
+            if not self.all_processes:
+                self._read_target()   # a command is still held at its exec
+                if check_binary:
+                    check_binary(f"/proc/{self.target.pid}/exe")
             if self.target.child:
                 self.target.resume()
         except BaseException:
@@ -734,7 +750,8 @@ class Recorder(Handle):
         # binds to one core type's PMU and misses the time on the other;
         # per-CPU events each get their CPU's PMU. Not testable here.)
         attr = pe.make_attr(self.event, self.frequency)
-        cgroup = None if self.target.child else process_cgroup(self.target.pid)
+        cgroup = None if self.target.child or self.all_processes else \
+            process_cgroup(self.target.pid)
         if cgroup and self._open_cgroup_events(attr, *cgroup):
             self.cgroup = cgroup[0]
             self.scope = f"on each CPU while cgroup {cgroup[0]} runs"
@@ -780,15 +797,19 @@ class Recorder(Handle):
             sizes["ip_cache"] = ip_cache_slots(ncpus)
         if self.count_threads:
             sizes["thread_samples"] = 4096
-        dev, ino, tgid = pid_filter(self.target.pid)
-        cfg = Config(target_tgid=tgid, pidns_dev=dev, pidns_ino=ino,
-                     count_threads=int(self.count_threads),
+        sizes["procs"] = MAX_PROCS
+        sizes["object_procs"] = MAX_OBJECT_PROCS
+        dev, ino = pid_namespace()
+        cfg = Config(target_tgid=self.target.pid, pidns_dev=dev,
+                     pidns_ino=ino, count_threads=int(self.count_threads),
+                     all_processes=int(self.all_processes),
+                     page_shift=mmap.PAGESIZE.bit_length() - 1,
                      user_addr_end=USER_ADDR_END)
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         try:
             # IP samples insert at most one key per program run: maps can
             # fill on demand; branch stacks insert up to 64 per run.
-            self.obj = BoltObject(cfg, sizes, programs=[program],
+            self.obj = BoltObject(cfg, sizes, programs=[program, *TRACKERS],
                                   prealloc=True if self.mode == "lbr" else None)
         except _libbpf.LibbpfError as e:
             if e.errno in (errno.ENOMEM, errno.E2BIG) and self.max_entries:
@@ -809,6 +830,16 @@ class Recorder(Handle):
                 f"the kernel refused the BPF object ({e})",
                 "run with -v to see the verifier's log; recording needs "
                 "Linux 5.7 or later") from None
+        # the process tree is followed from before the first sample
+        for tracker in TRACKERS:
+            try:
+                self.obj.attach_tracepoint(tracker)
+            except OSError as e:
+                raise KernelUnsupported(
+                    f"cannot attach {tracker} to its tracepoint ({e})",
+                    "following processes needs Linux 5.17 or later with "
+                    "BTF (/sys/kernel/btf/vmlinux)") from None
+        self.objects = ObjectTable(self.obj)
         while self._fds:
             self.obj.attach(program, self._fds.pop())  # the link owns the fd
 
@@ -818,30 +849,29 @@ class Recorder(Handle):
             fcntl.ioctl(link.perf_fd, pe.PERF_EVENT_IOC_DISABLE, 0)
 
     def _read_target(self):
+        """The target's executable: the default object to profile."""
         pid = self.target.pid
         try:
-            self.exe_path, (self.dev, self.inode) = executable_identity(pid)
-            self.elf = ElfFile(f"/proc/{pid}/exe")
-            self.space = AddressSpace(self.elf)
-            found = self.space.add_process_maps(read_maps(pid), self.inode,
-                                                self.dev, self.exe_path)
+            self.exe_path = os.readlink(f"/proc/{pid}/exe")
+            self.exe = Binary(self.exe_path.removesuffix(" (deleted)"),
+                              ElfFile(f"/proc/{pid}/exe"),
+                              _identity(f"/proc/{pid}/exe"))
         except FileNotFoundError:
             raise TargetError(f"process {pid} exited before recording "
                               "started", "check that it is running") from None
         except OSError as e:
-            raise TargetError(f"cannot read the executable or mappings of "
-                              f"process {pid}: {os.strerror(e.errno)} "
+            raise TargetError(f"cannot read the executable of process {pid}: "
+                              f"{os.strerror(e.errno)} "
                               f"({errno.errorcode.get(e.errno, e.errno)})",
                               "run as root with CAP_SYS_PTRACE") from None
         except ElfError as e:
             raise TargetError(f"cannot read the executable of process {pid}: "
                               f"{e}", "profile a 64-bit little-endian ELF "
                               "program") from None
-        if not found:
-            raise TargetError(f"no executable mapping of {self.exe_path} "
-                              f"in process {pid}")
-        for message in bolt.binary_warnings(self.elf, self.exe_path):
-            self.warn(message)
+        self.elf = self.exe.elf
+        if not self.binaries and not self.all_objects:
+            for message in bolt.binary_warnings(self.elf, self.exe_path):
+                self.warn(message)
         if self.exe_path.endswith(" (deleted)"):
             self.notice(f"{self.exe_path}: the executable was replaced on disk "
                         "after it started; BOLT needs the file that ran")
@@ -882,20 +912,25 @@ class Recorder(Handle):
         SIGTERM (KeyboardInterrupt). Records how it stopped."""
         self._check_open()
         end = None if self.duration is None else self.t_start + self.duration
+        next_tick = time.monotonic() + tick
         try:
             while True:
-                self._check_cgroup()   # once per tick
+                self.objects.poll()
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.stopped_by = "duration"
                     break
-                wait = tick if end is None else min(tick, end - now)
+                wait = OBJECT_POLL if end is None else min(OBJECT_POLL,
+                                                           end - now)
                 if self.target.wait_exit(wait):
                     self.stopped_by = "target exited"
                     break
-                if progress:
-                    progress(time.monotonic() - self.t_start, self.duration,
-                             self.obj.stats())
+                if time.monotonic() >= next_tick:
+                    next_tick += tick
+                    self._check_cgroup()   # once per tick
+                    if progress:
+                        progress(time.monotonic() - self.t_start,
+                                 self.duration, self.obj.stats())
         except KeyboardInterrupt as e:
             # the CLI's handler names the signal; Python's own SIGINT
             # handler raises a bare KeyboardInterrupt
@@ -904,55 +939,118 @@ class Recorder(Handle):
         self._disable()
 
     def finish(self):
-        """Drain the maps and translate: the Profile of the binary."""
+        """Drain the maps and translate: the Profile of the binary (with
+        several objects chosen, of the first; all are in self.profiles)."""
         self._check_open()
         if self.obj is None or not hasattr(self, "t_stop"):
             raise ValueError("finish() needs start() and run() first")
         t0 = time.monotonic()
-        if self.target.alive():
-            try:  # late mappings (e.g. dlopen of nothing new) are harmless
-                self.space.add_process_maps(read_maps(self.target.pid),
-                                            self.inode, self.dev,
-                                            self.exe_path)
-            except OSError:
-                pass
+        self.objects.poll()
+        self.objects.read_processes()
         self._check_cgroup()
         message = max_rate_warning(self.max_rate_start,
                                    pe.max_sample_rate())
         if message:
             self.warn(message)
         stats = self.obj.stats()
-        samples = traces = None
         if self.mode == "ip":
             runtime = drain_ip_counts(self.obj)
             in_map = len(runtime)
-            samples, outside = translate_samples(runtime, self.space)
+            by_object = samples_by_object(runtime)
+            per_object = {oid: sum(c.values()) for oid, c in by_object.items()}
         else:
             columns = drain_traces(self.obj, self.notice)
             in_map = len(columns[0])
-            traces, outside = translate_trace_columns(columns, self.space)
+            per_object = traces_per_object(columns)
+        total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
-        stats["outside_binary"] = outside
-        profile = Profile(self.exe_path.removesuffix(" (deleted)"),
-                          self.event.name, self.mode, samples=samples,
-                          traces=traces, stats=stats)
-        profile._elf = self.elf
-        profile.info.update(
-            pid=self.target.pid, frequency=self.frequency, scope=self.scope,
-            duration=self.t_stop - self.t_start, stopped_by=self.stopped_by,
-            distinct_addresses=in_map, map_entries=self.obj.map_entries[
-                self.map_name], kernel_bytes_cap=self.obj.kernel_bytes(),
-            kernel_bytes=self.obj.kernel_bytes(
-                {self.map_name: in_map, "thread_samples": len(threads)}),
-            prealloc=self.obj.prealloc,
-            ncpus=self.obj.ncpus, threads=threads, is_pie=self.elf.is_pie,
-            load_bias=self.space.load_bias, build_id=self.elf.build_id,
-            drain_seconds=time.monotonic() - t0, warnings=list(self.warnings))
-        return profile
+        chosen = self._choose_objects(per_object)
+        self.profiles = []
+        for binary, objects, how in chosen:
+            oids = {o.id for o in objects}
+            got = sum(per_object.get(oid, 0) for oid in oids)
+            samples, traces, outside = {}, {}, 0
+            for oid in oids:
+                if self.mode == "ip":
+                    s, out = object_samples(by_object.get(oid, {}), binary.elf)
+                    for k, v in s.items():
+                        samples[k] = samples.get(k, 0) + v
+                else:
+                    t, out = object_traces(columns, oid, binary.elf)
+                    for k, (c, m) in t.items():
+                        p = traces.get(k)
+                        traces[k] = (c, m) if p is None else (p[0] + c, p[1] + m)
+                outside += out
+            st = dict(stats)
+            st["outside_binary"] = total - got + outside
+            profile = Profile(binary.path, self.event.name, self.mode,
+                              samples=samples, traces=traces, stats=st)
+            profile._elf = binary.elf
+            processes = set().union(*(o.processes for o in objects))
+            profile.info.update(
+                pid=self.target.pid, frequency=self.frequency,
+                scope=self.scope, duration=self.t_stop - self.t_start,
+                stopped_by=self.stopped_by, distinct_addresses=in_map,
+                map_entries=self.obj.map_entries[self.map_name],
+                kernel_bytes_cap=self.obj.kernel_bytes(),
+                kernel_bytes=self.obj.kernel_bytes(
+                    {self.map_name: in_map, "thread_samples": len(threads)}),
+                prealloc=self.obj.prealloc, ncpus=self.obj.ncpus,
+                threads=threads, is_pie=binary.elf.is_pie,
+                build_id=binary.build_id, matched_by=how if objects else None,
+                processes=len(processes), object_samples=got,
+                user_samples=total,
+                top_objects=self._top_objects(per_object),
+                drain_seconds=time.monotonic() - t0,
+                warnings=list(self.warnings))
+            self.profiles.append(profile)
+        return self.profiles[0] if self.profiles else None
+
+    def _choose_objects(self, per_object):
+        """[(Binary, its objects in the table, how they matched)] to write:
+        the --binary files, every object with samples (--all-objects), or
+        the target's executable."""
+        table = self.objects
+        if self.all_objects:
+            out = []
+            for oid in sorted(per_object, key=per_object.get, reverse=True):
+                o = table.objects.get(oid)
+                if o is None or o.elf is None:
+                    continue
+                out.append((Binary(o.name, o.elf, o.identity), [o],
+                            "identity"))
+            return out
+        binaries = self.binaries or [self.exe]
+        out = []
+        for b in binaries:
+            found, how = b.find(table)
+            if found and how == "build id":
+                self.notice(f"{b.path}: matched by build id {b.build_id} to "
+                            f"{', '.join(o.name for o in found)} (another "
+                            "file than the one that ran)")
+            if b.replaced():
+                self.warn(f"{b.path} was replaced on disk during the "
+                          "recording: the profile is for the file that was "
+                          "there when it started (build id "
+                          f"{b.build_id or 'none'})")
+            out.append((b, found, how))
+        return out
+
+    def _top_objects(self, per_object, n=5):
+        """[(path, samples, processes)] of the objects with most samples."""
+        out = []
+        for oid in sorted(per_object, key=per_object.get, reverse=True)[:n]:
+            o = self.objects.objects.get(oid)
+            name = o.name if o else f"[object {oid}]"
+            out.append((name, per_object[oid], len(o.processes) if o else 0))
+        return out
 
     def close(self):
         self._closed = True
+        if self.objects is not None:
+            self.objects.close()
+            self.objects = None
         if self.obj is not None:
             self.obj.close()
             self.obj = None

@@ -23,7 +23,16 @@ COUNTERS = (
     "samples", "other_process", "kernel_ip", "map_full", "update_failed",
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
+    "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
+    "traces_outside",
 )
+
+# Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
+OBJECT_SHIFT = 48
+OFFSET_MASK = (1 << OBJECT_SHIFT) - 1
+MAX_OBJECTS = 4096
+ADDR_UNRESOLVED = 0x8000000000000000
+PROC_RANGES = 16
 
 
 class Config(ctypes.Structure):
@@ -35,6 +44,8 @@ class Config(ctypes.Structure):
                 ("pidns_dev", ctypes.c_uint64),
                 ("pidns_ino", ctypes.c_uint64),
                 ("ip_cache_mask", ctypes.c_uint32),
+                ("all_processes", ctypes.c_uint32),
+                ("page_shift", ctypes.c_uint32),
                 ("reserved", ctypes.c_uint32)]
 
 
@@ -122,6 +133,28 @@ class BranchStack(ctypes.Structure):
                 ("entries", Branch * MAX_BRANCHES)]
 
 
+class Range(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
+                ("delta", ctypes.c_uint64), ("object", ctypes.c_uint32),
+                ("sampled", ctypes.c_uint32)]
+
+
+class Proc(ctypes.Structure):
+    _fields_ = [("next", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("range", Range * PROC_RANGES)]
+
+
+class ObjectKey(ctypes.Structure):
+    _fields_ = [("ino", ctypes.c_uint64), ("dev", ctypes.c_uint32),
+                ("generation", ctypes.c_uint32)]
+
+
+class ObjectInfo(ctypes.Structure):
+    _fields_ = [("key", ObjectKey), ("tgid", ctypes.c_uint32),
+                ("state", ctypes.c_uint32), ("start", ctypes.c_uint64),
+                ("end", ctypes.c_uint64)]
+
+
 class ReplayArgs(ctypes.Structure):
     _fields_ = [("first", ctypes.c_uint32), ("count", ctypes.c_uint32),
                 ("done", ctypes.c_uint32), ("bad", ctypes.c_uint32)]
@@ -153,6 +186,10 @@ MIRRORS = {
     "eb_replay_ip_args": (ReplayIpArgs, {}),
     "eb_branch_stack": (BranchStack, {}),
     "eb_replay_args": (ReplayArgs, {}),
+    "eb_range": (Range, {}),
+    "eb_proc": (Proc, {}),
+    "eb_object_key": (ObjectKey, {}),
+    "eb_object": (ObjectInfo, {}),
     "eb_trace_record": (TraceRecord, {}),
     "eb_drain_args": (DrainArgs, {}),
 }
