@@ -52,6 +52,17 @@ def _parser():
                     "aggregated in the kernel.")
     p.add_argument("-p", "--pid", help="profile this process (all "
                    "its threads, including ones it creates while recorded)")
+    p.add_argument("-a", "--all", action="store_true", dest="all",
+                   help="record every process on the machine (with --binary "
+                   "or --all-objects)")
+    p.add_argument("--binary", action="append", dest="binaries",
+                   metavar="PATH", help="write the profile of this executable "
+                   "or shared library, from every recorded process that runs "
+                   "it (repeat for several; default: the command's or PID's "
+                   "executable)")
+    p.add_argument("--all-objects", action="store_true",
+                   help="one profile per object that got samples (-o names "
+                   "a directory)")
     p.add_argument("duration", nargs="?", help="seconds to record (default "
                    f"{DEFAULT_DURATION:g} for -p; a command is recorded until it "
                    "exits)")
@@ -402,8 +413,12 @@ def loss_warnings(profile, fmt):
 
 def record(args, command):
     global _deferring
-    if args.pid is None and not command:
-        raise UsageError("nothing to profile", "give -p PID or -- COMMAND")
+    if args.all and (args.pid is not None or command):
+        raise UsageError("-a/--all records every process: give no -p PID "
+                         "or command with it", "drop -p or the command, or -a")
+    if args.pid is None and not command and not args.all:
+        raise UsageError("nothing to profile",
+                         "give -p PID, -- COMMAND or -a --binary PATH")
     if args.pid is not None and command:
         raise UsageError("give -p PID or a command, not both",
                          "use -p PID to attach to a running process, or "
@@ -427,11 +442,17 @@ def record(args, command):
     rec = Recorder(pid=pid, command=command, duration=duration,
                    frequency=frequency, mode=args.mode,
                    max_entries=args.max_entries, count_threads=args.threads,
-                   notice=notice, verbose=args.verbose, warn=warning)
+                   notice=notice, verbose=args.verbose, warn=warning,
+                   binaries=args.binaries or (), all_objects=args.all_objects,
+                   all_processes=args.all)
     # what is recorded must not become the profile: the command's program
-    # as it will be run, or what /proc/PID/exe points to
+    # as it will be run, or what /proc/PID/exe points to, and the objects
     inputs = ([f"/proc/{pid}/exe"] if pid is not None
-              else _command_inputs(command))
+              else _command_inputs(command) if command else [])
+    inputs += list(args.binaries or ())
+    if args.all_objects or len(args.binaries or ()) > 1:
+        return record_objects(args, rec, inputs, progress, frequency,
+                              duration)
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
@@ -452,13 +473,71 @@ def record(args, command):
             # the executable recorded, and what the process runs now if it
             # exec'd another program since
             out.check_inputs([profile.binary] + (
-                [f"/proc/{rec.target.pid}/exe"] if rec.target.alive()
-                else []))
+                [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
+                rec.target.alive() else []))
             out.commit(text)
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
             _say("warning: no samples in the binary; is it running on CPU?")
+    finally:
+        _deferring = False
+        progress.clear()
+    if rec.target.child:
+        return wait_for_command(rec.target)
+    return 0
+
+
+def record_objects(args, rec, inputs, progress, frequency, duration):
+    """Record, then write one profile per object into the -o directory,
+    with its index.json (complete or absent, as a single file is)."""
+    global _deferring
+    from .output import OutputDirectory, profile_names
+    if args.output in (None, "-"):
+        raise UsageError("several objects get a profile: -o must name a "
+                         "directory", "give -o DIR")
+    try:
+        with rec, OutputDirectory(args.output, inputs=inputs) as out:
+            rec.start(check_mode=_check_format(args.format))
+            _say(f"recording {rec.target.describe()} "
+                 f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
+                 f"events {rec.scope})"
+                 + ("; Ctrl-C stops" if duration is None or duration > 2
+                    else ""))
+            rec.run(progress)
+            _deferring = True
+            progress.clear()
+            rec.finish()
+            fmt = args.format
+            entries, texts = [], []
+            for profile in rec.profiles:
+                f = fmt or profile.default_format
+                texts.append((profile, f, profile.render(f)))
+            names = profile_names([(os.path.basename(p.binary),
+                                    p.info.get("build_id"), f)
+                                   for p, f, _ in texts])
+            for (profile, f, text), name in zip(texts, names):
+                out.add(name, text)
+                path = os.path.join(args.output, name)
+                command = bolt.apply_command(profile.binary, path, f,
+                                             profile.kind, elf=profile.elf)
+                entries.append({"path": profile.binary,
+                                "build_id": profile.info.get("build_id"),
+                                "profile": name,
+                                "samples": profile.total(),
+                                "processes": profile.info.get("processes", 0),
+                                "command": command})
+            out.commit({"objects": entries})
+        for (profile, f, text), name in zip(texts, names):
+            _say(f"{name}: {profile.binary}, "
+                 f"{plural(profile.total(), 'sample')} in "
+                 f"{plural(profile.info.get('processes', 0), 'process', 'processes')}")
+        if rec.profiles:
+            first = rec.profiles[0]
+            for line in loss_warnings(first, fmt or first.default_format):
+                _say(line)
+        _say(f"wrote {plural(len(names), 'profile')} and index.json to "
+             f"{args.output}")
     finally:
         _deferring = False
         progress.clear()
