@@ -329,13 +329,16 @@ __noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
 }
 
 /* translate_addr, looking the mapping up once if no range covers it
- * (only live samples may: replay's addresses are not this task's). */
-static __always_inline __u64 resolve_addr(struct eb_proc *p, __u64 addr,
-					  __u32 tgid, int *may_fill,
-					  struct eb_stats *st)
+ * (only live samples may: replay's addresses are not this task's).
+ * Global, as translate_addr: inlined into the branch worker's loop, the
+ * lookup's paths made the verifier give up (E2BIG). */
+__noinline __u64 resolve_addr(struct eb_proc *p, __u64 addr, __u32 tgid,
+			      __u32 *may_fill, struct eb_stats *st)
 {
 	__u64 key = translate_addr(p, addr, tgid);
 
+	if (!p || !may_fill || !st)  /* the verifier sees possibly-NULL args */
+		return key;
 	if (key == EB_ADDR_UNRESOLVED && *may_fill) {
 		/* one lookup per sample: a second one finds the irq_work of
 		 * the first still pending (-EBUSY) */
@@ -612,7 +615,7 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 	struct eb_stats *st = get_stats();
 	__u64 ip = PT_REGS_IP(&ctx->regs), key;
 	struct eb_proc *p;
-	int may_fill = 1;
+	__u32 may_fill = 1;
 	__u32 tgid;
 
 	if (!st)
@@ -662,7 +665,10 @@ static long replay_ip(__u32 index, void *data)
 	if (index >= EB_REPLAY_IPS)
 		return 1;
 	rs->st->counter[EB_SAMPLES]++;
-	count_ip(rs->buf->ip[index], rs->st);
+	if (rs->buf->ip[index] >= cfg.user_addr_end)  /* as sample_ip does */
+		rs->st->counter[EB_KERNEL_IP]++;
+	else
+		count_ip(rs->buf->ip[index], rs->st);
 	rs->done++;
 	return 0;
 }
@@ -831,7 +837,7 @@ miss:
  */
 __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			       struct eb_stats *st, struct eb_proc *p,
-			       __u32 tgid, int may_fill)
+			       __u32 tgid, __u32 may_fill)
 {
 	__u32 i, nr, cpu = bpf_get_smp_processor_id();
 	struct eb_cache_set *table;

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "bpf" / "ebpf_bolt.h"
 
 SHIPPED_PROGRAMS = {"sample_ip", "sample_branches", "replay_branches",
-                    "drain_traces"}
+                    "drain_traces", "on_fork", "on_exec", "on_exit",
+                    "on_unmapped_area"}
 TEST_PROGRAMS = {"replay_ips"}        # tests/bpf_builds.py TEST_PROGRAMS
 # maps of fixed size, not in MAPS
 FIXED_MAPS = {"stats", "scratch"}

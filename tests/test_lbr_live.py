@@ -16,6 +16,7 @@ from ebpf_bolt.bpf_object import BoltObject
 from ebpf_bolt.cli import main
 from ebpf_bolt.collector import choose_event, online_cpus, probe_event
 from ebpf_bolt.errors import NoBranchHardware
+from ebpf_bolt.collector import pid_namespace
 from ebpf_bolt.layout import USER_ADDR_END, Config, cache_sets
 
 from conftest import bolt_profiled_functions, bolt_tool, run
@@ -78,8 +79,11 @@ def test_live_branch_program_counts_every_failed_read():
     no branch stack, so the read fails on every sample it keeps."""
     spinner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
     try:
-        cfg = Config(target_tgid=spinner.pid, user_addr_end=USER_ADDR_END)
-        with BoltObject(cfg, {"trace_counts": 1024, "trace_cache": cache_sets(os.cpu_count())},
+        dev, ino = pid_namespace()
+        cfg = Config(target_tgid=spinner.pid, pidns_dev=dev, pidns_ino=ino,
+                     user_addr_end=USER_ADDR_END)
+        with BoltObject(cfg, {"trace_counts": 1024, "procs": 64,
+                              "trace_cache": cache_sets(os.cpu_count())},
                         programs=["sample_branches"]) as obj:
             attr = pe.make_attr(pe.CPU_CLOCK, 2000)
             links = [obj.attach("sample_branches",   # attaching enables

@@ -198,14 +198,16 @@ class Summary:
             assert m, f"no {pattern!r} in ebpf-bolt's stderr:\n{stderr_text}"
             return m
 
-        m = find(r"^ebpf-bolt: recorded (.+) \((PIE, load bias 0x[0-9a-f]+|"
-                 r"non-PIE)\) pid (\d+) for ([\d.]+) s, stopped by ([^;]+);")
+        m = find(r"^ebpf-bolt: recorded (.+) \((PIE|non-PIE)\) in pid (\d+) "
+                 r"and the processes it started for ([\d.]+) s, stopped by "
+                 r"([^;]+);")
         self.binary, self.pie_text = m.group(1), m.group(2)
         self.pid, self.duration = int(m.group(3)), float(m.group(4))
         self.stopped_by = m.group(5)
-        m = find(r"^ebpf-bolt: samples: ([\d,]+) of the process, ([\d,]+) in "
-                 r"the binary")
+        m = find(r"^ebpf-bolt: samples: ([\d,]+) of the recorded processes, "
+                 r"([\d,]+) in the binary \([\d.]+%, from (\d+) process")
         self.process_samples, self.in_binary = _num(m.group(1)), _num(m.group(2))
+        self.processes = int(m.group(3))
         m = find(r"^ebpf-bolt: wrote (\S+) profile to (.+) \(([\d,]+) bytes?, "
                  r"([\d,]+) lines?\)(?:; ([\d,]+) samples? outside function "
                  r"symbols left out)?$")

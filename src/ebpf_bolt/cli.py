@@ -185,16 +185,15 @@ def summary_lines(profile, fmt, output, text):
     pie = "PIE" if i["is_pie"] else "non-PIE"
     who = (f"pid {i['pid']} and the processes it started" if i['pid']
            else "every process")
-    lines.append(f"recorded {profile.binary} ({pie}, "
-                 f"{plural(i.get('processes', 0), 'process', 'processes')}"
-                 f" with samples in it) in {who} for "
+    lines.append(f"recorded {profile.binary} ({pie}) in {who} for "
                  f"{i['duration']:.2f} s, stopped by {i['stopped_by']}; "
                  f"mode {profile.mode} ({profile.event} at {i['frequency']} Hz"
                  + (f", events {i['scope']})" if i.get("scope") else ")"))
     if profile.kind == "basic":
         share = 100.0 * in_binary / kept if kept else 0.0
         lines.append(f"samples: {kept:,} of the recorded processes, "
-                     f"{in_binary:,} in the binary ({share:.1f}%), "
+                     f"{in_binary:,} in the binary ({share:.1f}%, from "
+                     f"{plural(i.get('processes', 0), 'process', 'processes')}), "
                      f"{st['outside_binary']:,} in other objects, "
                      f"{st['anon_ip']:,} in memory mapping no file, "
                      f"{st['kernel_ip']:,} in the kernel; "
