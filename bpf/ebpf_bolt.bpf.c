@@ -48,7 +48,9 @@ struct vm_area_struct {
 } __core;
 struct mm_struct { unsigned long start_code; } __core;
 struct signal_struct { atomic_t live; } __core;
+#define PF_EXITING 0x00000004  /* include/linux/sched.h, stable since 2.6 */
 struct task_struct {
+	unsigned int flags;
 	int pid;
 	int tgid;
 	struct mm_struct *mm;
@@ -398,11 +400,22 @@ static __always_inline struct eb_proc *sample_proc(struct eb_stats *st,
 	*tgid = pid_tgid >> 32;
 	p = current_proc(*tgid, st);
 	if (!p) {
-		st->counter[EB_OTHER_PROCESS]++;
+		/* a recorded process's last thread is still sampled in the
+		 * kernel after its exit removed the entry: not another's */
+		if (BPF_CORE_READ(bpf_get_current_task_btf(), flags) & PF_EXITING)
+			st->counter[EB_EXITED]++;
+		else
+			st->counter[EB_OTHER_PROCESS]++;
 		return NULL;
 	}
 	if (cfg.count_threads) {
-		__u32 tid = (__u32)pid_tgid;
+		struct bpf_pidns_info ns = {};
+		__u32 tid;
+
+		/* thread ids as the target's PID namespace numbers them */
+		bpf_get_ns_current_pid_tgid(cfg.tid_pidns_dev,
+					    cfg.tid_pidns_ino, &ns, sizeof(ns));
+		tid = ns.pid;
 
 		count_failure(st, add_count(&thread_samples, &tid, 1),
 			      EB_THREAD_MAP_FULL);

@@ -92,6 +92,8 @@ struct eb_config {
 	__u32 all_processes;   /* 1: record every process (-a) */
 	__u32 page_shift;      /* log2 of the page size: vm_pgoff's unit */
 	__u32 reserved;
+	__u64 tid_pidns_dev;   /* PID namespace in which thread ids are */
+	__u64 tid_pidns_ino;   /* counted (--threads): the target's own */
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -117,6 +119,8 @@ enum eb_counter {
 	EB_PROCS_FULL,         /* processes not recorded: procs map full */
 	EB_OBJECTS_FULL,       /* objects not told apart: object table full */
 	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
+	EB_EXITED,             /* samples of an exiting task whose process
+	                        * left procs (its group exited): kernel code */
 	EB_NR_COUNTERS
 };
 

@@ -459,11 +459,14 @@ def _identity(path):
     return kernel_dev(st.st_dev), st.st_ino
 
 
-def pid_namespace():
-    """(dev, inode) of this process's PID namespace, in which the BPF
-    program reads the ids of the tasks it meets (eb_config.pidns_*): the
+def pid_namespace(pid="self"):
+    """(dev, inode) of a process's PID namespace; our own is the one in
+    which the BPF program reads the target's id (eb_config.pidns_*): the
     PID users give is an id in it, in a container as on the host."""
-    st = os.stat("/proc/self/ns/pid")
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        st = os.stat("/proc/self/ns/pid")
     # the kernel's dev_t packs major << 20 | minor, unlike st_dev
     return kernel_dev(st.st_dev), st.st_ino
 
@@ -800,8 +803,10 @@ class Recorder(Handle):
         sizes["procs"] = MAX_PROCS
         sizes["object_procs"] = MAX_OBJECT_PROCS
         dev, ino = pid_namespace()
+        tdev, tino = pid_namespace(self.target.pid or "self")
         cfg = Config(target_tgid=self.target.pid, pidns_dev=dev,
-                     pidns_ino=ino, count_threads=int(self.count_threads),
+                     pidns_ino=ino, tid_pidns_dev=tdev, tid_pidns_ino=tino,
+                     count_threads=int(self.count_threads),
                      all_processes=int(self.all_processes),
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
                      user_addr_end=USER_ADDR_END)
