@@ -136,6 +136,19 @@ def open_temporary(dirfd, tmpfile=True):
     return _create_named(dirfd)
 
 
+def _reserve(fd, size):
+    """Fail now (ENOSPC) unless `size` bytes can be written to `fd`, an
+    empty file, rather than after the recording."""
+    if not size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.ftruncate(fd, 0)
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
+            raise
+
+
 def _umask():
     try:
         with open("/proc/self/status") as f:
@@ -206,6 +219,25 @@ def _stdout_fd():
         return sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _refuse_inputs(shown, written, inputs):
+    """OutputError when `written` (a stat, or None for nothing yet) is the
+    file of one of `inputs` (paths; missing ones skipped)."""
+    # a device is no file to harm: -o /dev/null with stdin /dev/null
+    if written is None or stat.S_ISCHR(written.st_mode):
+        return
+    for name in inputs:
+        try:
+            ist = os.stat(name)
+        except OSError:
+            continue   # what does not exist cannot be overwritten
+        if _same_file(ist, written):
+            raise OutputError(
+                f"output {shown} is the same file as the input "
+                f"{os.path.realpath(name)}",
+                "write the profile to another file with -o: an "
+                "input is never overwritten")
 
 
 _REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -303,13 +335,7 @@ class OutputFile(Handle):
                               os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fd, self._tmpname = open_temporary(self._dirfd, tmpfile)
         os.fchmod(self._fd, 0o666 & ~_umask())
-        if reserve:
-            try:
-                os.posix_fallocate(self._fd, 0, reserve)
-                os.ftruncate(self._fd, 0)
-            except OSError as e:
-                if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
-                    raise
+        _reserve(self._fd, reserve)
 
     def _written(self):
         """What the profile will overwrite or write into: the stat of the
@@ -336,22 +362,8 @@ class OutputFile(Handle):
         self._check_against_inputs(self._written())
 
     def _check_against_inputs(self, written):
-        # a device is no file to harm: -o /dev/null with stdin /dev/null
-        if written is None or stat.S_ISCHR(written.st_mode):
-            return
-        for name in self._inputs:
-            try:
-                ist = os.stat(name)
-            except OSError:
-                continue   # what does not exist cannot be overwritten
-            if _same_file(ist, written):
-                shown = ("stdout" if self.path in (None, "-")
-                         else self.path)
-                raise OutputError(
-                    f"output {shown} is the same file as the input "
-                    f"{os.path.realpath(name)}",
-                    "write the profile to another file with -o: an "
-                    "input is never overwritten")
+        _refuse_inputs("stdout" if self.path in (None, "-") else self.path,
+                       written, self._inputs)
 
     def __enter__(self):
         self._check_open()
