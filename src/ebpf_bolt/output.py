@@ -27,13 +27,24 @@ What the path names decides how it is written:
 
 A new file gets mode ``0666`` less the umask, as files made by a shell
 redirection, cp or perf do (``0644`` under the usual umask 022).
+
+Several profiles (one per object) go to a directory, ``OutputDirectory``,
+complete or absent too: the files and ``index.json`` are built in a hidden
+sibling directory, which one rename(2) puts in place::
+
+    with OutputDirectory(path, inputs=[binary]) as out:
+        for name, text in zip(profile_names(objects), texts):
+            out.add(name, text)
+        out.commit({"objects": [...]})
 """
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
+from collections import Counter
 import select
 import stat
 import sys
@@ -136,6 +147,19 @@ def open_temporary(dirfd, tmpfile=True):
     return _create_named(dirfd)
 
 
+def _reserve(fd, size):
+    """Fail now (ENOSPC) unless `size` bytes can be written to `fd`, an
+    empty file, rather than after the recording."""
+    if not size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.ftruncate(fd, 0)
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
+            raise
+
+
 def _umask():
     try:
         with open("/proc/self/status") as f:
@@ -206,6 +230,25 @@ def _stdout_fd():
         return sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _refuse_inputs(shown, written, inputs):
+    """OutputError when `written` (a stat, or None for nothing yet) is the
+    file of one of `inputs` (paths; missing ones skipped)."""
+    # a device is no file to harm: -o /dev/null with stdin /dev/null
+    if written is None or stat.S_ISCHR(written.st_mode):
+        return
+    for name in inputs:
+        try:
+            ist = os.stat(name)
+        except OSError:
+            continue   # what does not exist cannot be overwritten
+        if _same_file(ist, written):
+            raise OutputError(
+                f"output {shown} is the same file as the input "
+                f"{os.path.realpath(name)}",
+                "write the profile to another file with -o: an "
+                "input is never overwritten")
 
 
 _REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -303,13 +346,7 @@ class OutputFile(Handle):
                               os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._fd, self._tmpname = open_temporary(self._dirfd, tmpfile)
         os.fchmod(self._fd, 0o666 & ~_umask())
-        if reserve:
-            try:
-                os.posix_fallocate(self._fd, 0, reserve)
-                os.ftruncate(self._fd, 0)
-            except OSError as e:
-                if e.errno != errno.EOPNOTSUPP:  # fs cannot preallocate
-                    raise
+        _reserve(self._fd, reserve)
 
     def _written(self):
         """What the profile will overwrite or write into: the stat of the
@@ -336,22 +373,8 @@ class OutputFile(Handle):
         self._check_against_inputs(self._written())
 
     def _check_against_inputs(self, written):
-        # a device is no file to harm: -o /dev/null with stdin /dev/null
-        if written is None or stat.S_ISCHR(written.st_mode):
-            return
-        for name in self._inputs:
-            try:
-                ist = os.stat(name)
-            except OSError:
-                continue   # what does not exist cannot be overwritten
-            if _same_file(ist, written):
-                shown = ("stdout" if self.path in (None, "-")
-                         else self.path)
-                raise OutputError(
-                    f"output {shown} is the same file as the input "
-                    f"{os.path.realpath(name)}",
-                    "write the profile to another file with -o: an "
-                    "input is never overwritten")
+        _refuse_inputs("stdout" if self.path in (None, "-") else self.path,
+                       written, self._inputs)
 
     def __enter__(self):
         self._check_open()
@@ -419,6 +442,323 @@ class OutputFile(Handle):
         if self._dirfd is not None:
             os.close(self._dirfd)
             self._dirfd = None
+
+
+INDEX_NAME = "index.json"
+# index.json's keys for each object, in this order (issue 9)
+INDEX_KEYS = ("path", "build_id", "profile", "samples", "processes",
+              "command")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _file_name(name):
+    """`name` if it can name a file in a directory, else ValueError."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
+            or "\0" in name):
+        raise ValueError(f"not a file name: {name!r}")
+    return name
+
+
+def profile_names(objects):
+    """The file names of the profiles of `objects`, tuples (file name of
+    the object, build id as hex or None, format), in their order.
+
+    NAME.FORMAT (liblua.so.fdata, app.preagg); objects sharing NAME.FORMAT
+    all get the first 12 hex digits of their build id
+    (app.1a2b3c4d5e6f.preagg), so that none takes the plain name by the
+    luck of the order; those the build id cannot tell apart (none, or the
+    same one: a copy of the file) get a counter (app.1.preagg). No name is
+    index.json, and the same objects always get the same names."""
+    objects = [(_file_name(base), _build_id(bid), _file_name(fmt))
+               for base, bid, fmt in objects]
+    plain = Counter(f"{base}.{fmt}" for base, _, fmt in objects)
+    by_id = Counter((base, bid[:12], fmt) for base, bid, fmt in objects
+                    if bid)
+    names, used = [None] * len(objects), {INDEX_NAME}
+    # first the names without a counter, so that a counter never takes one
+    for i, (base, bid, fmt) in enumerate(objects):
+        if plain[f"{base}.{fmt}"] == 1:
+            name = f"{base}.{fmt}"
+        elif bid and by_id[(base, bid[:12], fmt)] == 1:
+            name = f"{base}.{bid[:12]}.{fmt}"
+        else:
+            continue
+        if name not in used:
+            names[i] = name
+            used.add(name)
+    for i, (base, _, fmt) in enumerate(objects):
+        if names[i] is None:
+            n = 1
+            while f"{base}.{n}.{fmt}" in used:
+                n += 1
+            names[i] = f"{base}.{n}.{fmt}"
+            used.add(names[i])
+    return names
+
+
+def _build_id(bid):
+    if bid is None:
+        return None
+    if not isinstance(bid, str) or not _HEX.fullmatch(bid.lower()):
+        raise ValueError(f"build id {bid!r} is not hex")
+    return bid.lower()
+
+
+class OutputDirectory(Handle):
+    """The directory `path` with several profiles and index.json, put in
+    place whole by commit() or not at all. Used as OutputFile is: opened
+    (hence checked) before the work, then add() each profile, then
+    commit(index).
+
+    `path` may name nothing yet (the directory is made, mode 0777 less the
+    umask), an empty directory (replaced by the new one, which takes its
+    mode and owner), or a symlink to either (the link stays; the directory
+    it points to is made or replaced, in that directory's parent). Anything
+    else is refused: a file, a non-empty directory, stdout, a mount point,
+    the working directory, an input. `count`, the number of profiles when
+    known, is named in the refusal of a file.
+
+    The profiles are written to a hidden directory beside the target, made
+    at the first add(); commit() writes index.json last and renames the
+    hidden directory over the target. rename(2) replaces an empty directory
+    in one step and refuses a non-empty one, so a user's file put there
+    meanwhile is never lost, and a reader sees no directory (or the empty
+    one) or the complete one. Leaving without a commit removes the hidden
+    directory; only a SIGKILL between the first add() and the commit (the
+    writing of the profiles, after the work) can leave it behind. The
+    parent of the directory must be writable."""
+
+    def __init__(self, path, inputs=(), count=None, reserve=RESERVE):
+        self.path = path
+        self.target = None     # the directory put in place: links resolved
+        self._inputs = list(inputs) + _ALWAYS_INPUTS
+        self._count = count
+        self._parentfd = self._tmpfd = self._tmpname = None
+        self._names = []       # the files made in the hidden directory
+        self._closed = False
+        try:
+            self._open(reserve)
+            self.check_inputs(())
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise output_error(self.path, e) from None
+            raise
+
+    def _several(self):
+        return (f"{self._count} objects" if self._count
+                else "several objects")
+
+    def _open(self, reserve):
+        if self.path in (None, "-"):
+            raise OutputError(f"{self._several()} get a profile: stdout "
+                              "holds one", "give a directory with -o DIR")
+        self.path = path = os.fspath(self.path)
+        if not path:
+            raise OutputError("empty output directory name",
+                              "give a directory with -o DIR")
+        self.target = os.path.realpath(path)
+        st = self._stat_target()
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
+                raise OutputError(f"-o {path} names a file, but "
+                                  f"{self._several()} get a profile",
+                                  "give a directory with -o DIR: a new or "
+                                  "an empty one")
+            with os.scandir(self.target) as entries:
+                if next(entries, None) is not None:
+                    raise OutputError(f"output directory {path} is not "
+                                      "empty", "give a new or an empty "
+                                      "directory with -o: what is in it "
+                                      "is not overwritten")
+            try:
+                cwd = os.stat(".")
+            except OSError:
+                cwd = None
+            if cwd is not None and _same_file(cwd, st):
+                # it is replaced by another directory: a shell in it would
+                # be left in a removed one, seeing none of the profiles
+                raise OutputError(f"output directory {path} is the working "
+                                  "directory", "give -o a new directory "
+                                  "name, e.g. -o profiles")
+            if os.stat(os.path.dirname(self.target)).st_dev != st.st_dev:
+                raise OutputError(f"output directory {path} is a mount "
+                                  "point", "give a directory inside it with "
+                                  "-o")
+        self._parentfd = os.open(os.path.dirname(self.target),
+                                 os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # the parent takes the hidden directory and the rename: check now
+        # that it is writable and has room, not after the recording
+        fd, name = open_temporary(self._parentfd)
+        try:
+            _reserve(fd, reserve)
+        finally:
+            os.close(fd)
+            if name is not None:
+                os.unlink(name, dir_fd=self._parentfd)
+
+    def _stat_target(self):
+        try:
+            return os.lstat(self.target)
+        except FileNotFoundError:
+            return None
+
+    def check_inputs(self, inputs):
+        """Refuse (OutputError) when the directory is one of `inputs`, as
+        OutputFile.check_inputs does; the files it will hold are new, so
+        none can be an input."""
+        self._check_open()
+        self._inputs.extend(inputs)
+        _refuse_inputs(self.path, self._stat_target(), self._inputs)
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"output {self.path} is closed")
+
+    def add(self, name, data):
+        """Write the profile `data` (str or bytes) as the file `name`."""
+        self._check_open()
+        if _file_name(name) == INDEX_NAME or name in self._names:
+            raise ValueError(f"{name} is already in {self.path}")
+        try:
+            self._write(name, data)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise output_error(self.path, e) from None
+            raise
+
+    def _write(self, name, data):
+        if self._tmpfd is None:
+            self._make_hidden()
+        # 0666: the umask applies, as to a file a shell makes
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | os.O_CLOEXEC, 0o666, dir_fd=self._tmpfd)
+        self._names.append(name)   # close() removes it, whatever happens
+        try:
+            _write_all(fd, data.encode() if isinstance(data, str) else data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _make_hidden(self):
+        for _ in range(100):
+            name = TMP_PREFIX + secrets.token_hex(6)
+            try:
+                # 0700 until commit: nobody reads a partial set
+                os.mkdir(name, 0o700, dir_fd=self._parentfd)
+            except FileExistsError:
+                continue
+            self._tmpname = name
+            self._tmpfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY
+                                  | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=self._parentfd)
+            return
+        raise FileExistsError(errno.EEXIST, "no free temporary name")
+
+    def _index_text(self, index):
+        """index.json for `index`, checked: exactly INDEX_KEYS for each
+        object, and each added profile listed once (else ValueError, a
+        caller's bug)."""
+        if (not isinstance(index, dict) or set(index) != {"objects"}
+                or not isinstance(index["objects"], list)):
+            raise ValueError('the index is {"objects": [...]}')
+        objects = []
+        for entry in index["objects"]:
+            if not isinstance(entry, dict) or set(entry) != set(INDEX_KEYS):
+                raise ValueError(f"index entry {entry!r}: its keys are "
+                                 f"{', '.join(INDEX_KEYS)}")
+            bid = entry["build_id"]
+            if bid is not None and not (isinstance(bid, str)
+                                        and _HEX.fullmatch(bid)):
+                raise ValueError(f"build_id {bid!r}: lower-case hex or None")
+            for key in ("samples", "processes"):
+                if type(entry[key]) is not int or entry[key] < 0:
+                    raise ValueError(f"{key} {entry[key]!r}: a count")
+            for key in ("path", "profile", "command"):
+                if not isinstance(entry[key], str):
+                    raise ValueError(f"{key} {entry[key]!r}: a string")
+            objects.append({key: entry[key] for key in INDEX_KEYS})
+        listed = sorted(entry["profile"] for entry in objects)
+        if listed != sorted(self._names):
+            raise ValueError(f"the index lists {listed}, the directory "
+                             f"holds {sorted(self._names)}")
+        return json.dumps({"objects": objects}, indent=2) + "\n"
+
+    def commit(self, index):
+        """Write `index` as index.json, {"objects": [{key: value for key in
+        INDEX_KEYS}, ...]} with one entry per profile added, and put the
+        directory in place; then closed."""
+        self._check_open()
+        try:
+            text = self._index_text(index)
+            self.check_inputs(())
+            # last: a directory holding index.json holds everything
+            self._write(INDEX_NAME, text)
+            st = self._stat_target()
+            if st is None:
+                mode = 0o777 & ~_umask()   # as mkdir would make it
+            elif stat.S_ISDIR(st.st_mode):
+                # the user's directory, replaced: keep what they chose
+                mode = stat.S_IMODE(st.st_mode)
+                try:   # before the chmod: a chown may clear set-id bits
+                    os.fchown(self._tmpfd, st.st_uid, st.st_gid)
+                except PermissionError:
+                    pass   # not root: the files stay ours, as the profiles
+            else:
+                raise OutputError(f"output directory {self.path} was "
+                                  "replaced by a file while the profiles "
+                                  "were made", "give a directory with -o "
+                                  "DIR: a new or an empty one")
+            os.fchmod(self._tmpfd, mode)
+            os.fsync(self._tmpfd)
+            # one step: replaces nothing or an empty directory, refuses a
+            # non-empty one (ENOTEMPTY, EEXIST) and a file (ENOTDIR)
+            os.rename(self._tmpname, os.path.basename(self.target),
+                      src_dir_fd=self._parentfd, dst_dir_fd=self._parentfd)
+            self._tmpname, self._names = None, []
+        except OSError as e:
+            self.close()
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise OutputError(f"output directory {self.path} is no "
+                                  "longer empty: something was put in it "
+                                  "while the profiles were made",
+                                  "give a new or an empty directory with "
+                                  "-o") from None
+            raise output_error(self.path, e) from None
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+
+    def close(self):
+        """Release the directory; without a commit before, the hidden
+        directory and what it holds are removed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tmpfd is not None:
+            for name in self._names:
+                try:
+                    os.unlink(name, dir_fd=self._tmpfd)
+                except OSError:
+                    pass
+            os.close(self._tmpfd)
+            self._tmpfd = None
+        self._names = []
+        if self._tmpname is not None:
+            try:
+                os.rmdir(self._tmpname, dir_fd=self._parentfd)
+            except OSError:
+                pass
+            self._tmpname = None
+        if self._parentfd is not None:
+            os.close(self._parentfd)
+            self._parentfd = None
 
 
 def output_error(path, err):
