@@ -459,16 +459,31 @@ def _identity(path):
     return kernel_dev(st.st_dev), st.st_ino
 
 
-def pid_namespace(pid="self"):
-    """(dev, inode) of a process's PID namespace; our own is the one in
-    which the BPF program reads the target's id (eb_config.pidns_*): the
-    PID users give is an id in it, in a container as on the host."""
-    try:
-        st = os.stat(f"/proc/{pid}/ns/pid")
-    except OSError:
-        st = os.stat("/proc/self/ns/pid")
+def pid_namespace():
+    """(dev, inode) of this process's PID namespace."""
+    st = os.stat("/proc/self/ns/pid")
     # the kernel's dev_t packs major << 20 | minor, unlike st_dev
     return kernel_dev(st.st_dev), st.st_ino
+
+
+def pid_filter(pid):
+    """How the kernel recognises process `pid` (an id as this process sees
+    it, 0 for none): (pidns_dev, pidns_ino, tgid) for eb_config. The BPF
+    program asks for the current task's ids in a namespace, which answers
+    only for tasks whose own namespace it is: the target's, in which its
+    id is the last of its NSpid line (the target may run in a namespace
+    nested inside ours)."""
+    dev, ino = pid_namespace()
+    if not pid:
+        return dev, ino, 0
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/pid")
+        with open(f"/proc/{pid}/status") as f:
+            ids = next(line.split()[1:] for line in f
+                       if line.startswith("NSpid:"))
+        return kernel_dev(ns.st_dev), ns.st_ino, int(ids[-1])
+    except (OSError, StopIteration, ValueError, IndexError):
+        return dev, ino, pid
 
 
 def no_branch_reason(err):
@@ -802,10 +817,9 @@ class Recorder(Handle):
             sizes["thread_samples"] = 4096
         sizes["procs"] = MAX_PROCS
         sizes["object_procs"] = MAX_OBJECT_PROCS
-        dev, ino = pid_namespace()
-        tdev, tino = pid_namespace(self.target.pid or "self")
-        cfg = Config(target_tgid=self.target.pid, pidns_dev=dev,
-                     pidns_ino=ino, tid_pidns_dev=tdev, tid_pidns_ino=tino,
+        dev, ino, tgid = pid_filter(self.target.pid)
+        cfg = Config(target_tgid=tgid, pidns_dev=dev,
+                     pidns_ino=ino, tid_pidns_dev=dev, tid_pidns_ino=ino,
                      count_threads=int(self.count_threads),
                      all_processes=int(self.all_processes),
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
