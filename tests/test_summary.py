@@ -65,10 +65,17 @@ def warnings_of(lines):
     ({"samples": 1000, "outside_functions": 5},
      ["5 samples of the binary (5.0%) fall outside its function symbols "
       "and are not in the fdata; --format preagg keeps their addresses"]),
-    # a command's children share its inherited event: a wrapper recorded
-    ({"samples": 1000, "other_process": 500}, []),
-    ({"samples": 1000, "other_process": 990},
-     ["990 samples (99.0%) are of processes the command started"]),
+    # a command's children are recorded: other processes are no loss
+    ({"samples": 1000, "other_process": 990}, []),
+    # what the translation in the kernel could not place
+    ({"samples": 1000, "unresolved": 3},
+     ["3 addresses could not be placed in an object (the kernel's mapping "
+      "lookup was busy) and are not counted"]),
+    ({"samples": 1000, "procs_full": 1},
+     ["1 process not recorded: the process table was full"]),
+    ({"samples": 1000, "objects_full": 2},
+     ["2 mappings of objects beyond the object table's size are not "
+      "counted"]),
 ])
 def test_recording_ip_losses(workload_pie, stats, expected):
     prof = recorded(str(workload_pie), **stats)
@@ -172,7 +179,7 @@ def test_recording_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
                str(workload_pie), "--scale", "10"], timeout=120)
     assert res.returncode == 0, res.stderr
     assert out.read_text().startswith("no_lbr cpu-clock\n")
-    kept = int(re.search(r"samples: ([\d,]+) of the process",
+    kept = int(re.search(r"samples: ([\d,]+) of the recorded processes",
                          res.stderr).group(1).replace(",", ""))
     m = re.search(r"ebpf-bolt: warning: ([\d,]+) samples \(([\d.]+)%\) lost: "
                   r"the IP map was full; raise --max-entries \(now 32\), "
@@ -239,3 +246,18 @@ def test_apply_line_names_a_regular_file(workload_pie, tmp_path):
         line = apply_line(cli.summary_lines(prof, "fdata", str(path), "x\n"))
         assert line.startswith("apply it: ") and "save it" not in line, line
         assert f"-data {path} " in line, line
+
+
+@pytest.mark.parametrize("in_object,shown", [(10, True), (50, False)])
+def test_summary_names_the_objects_that_got_most(in_object, shown):
+    """Under half of the user-space samples in the default object: the
+    summary names the objects that got most, and the --binary to give."""
+    prof = recorded("/bin/sh", samples=1000)
+    prof.info.update(object_samples=in_object, user_samples=100,
+                     top_objects=[("/usr/bin/cc1", 80, 40),
+                                  ("/usr/lib/libc.so.6", 10, 41)])
+    lines = cli.summary_lines(prof, "fdata", "out.fdata", "no_lbr\n")
+    named = [l for l in lines if "/usr/bin/cc1: 80 samples in 40 processes"
+             in l]
+    advice = [l for l in lines if "--binary /usr/bin/cc1" in l]
+    assert bool(named) == shown and bool(advice) == shown, lines

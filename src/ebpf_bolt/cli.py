@@ -380,13 +380,6 @@ def loss_warnings(profile, fmt):
                        f"({_share(left, counted - lost)}) have neither end "
                        "in the binary: check --binary and --load-base")
     other, kept = st["other_process"], st["samples"] - st["other_process"]
-    if False:  # children are recorded now (kept for -p scopes below)
-        # a command's event is inherited by the processes it starts: most
-        # samples there means a wrapper (a shell, time, make) was recorded
-        out.append(f"{plural(other, 'sample')} ({_share(other, st['samples'])}"
-                   f") are of processes the command started, not of "
-                   f"{profile.binary}: record the program doing the work "
-                   "(run it directly, or -p PID)")
     if st["unresolved"]:
         out.append(f"{plural(st['unresolved'], 'address', 'addresses')} "
                    "could not be placed in an object (the kernel's mapping "
