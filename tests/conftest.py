@@ -17,6 +17,8 @@ import pytest
 
 from bpf_builds import BASELINE, TEST_PROGRAMS, build_object
 from ebpf_bolt.demo.build import build_workload
+from workloads import (build_dlfront, build_front, build_libhot,
+                       build_program, short_loop_argv)
 
 ROOT = Path(__file__).resolve().parent.parent
 LLVM22 = Path("/usr/lib/llvm-22/bin")
@@ -64,6 +66,51 @@ def workload_pie(workload_dir):
 @pytest.fixture(scope="session")
 def workload_nopie(workload_dir):
     return build_workload(workload_dir, pie=False)
+
+
+@pytest.fixture(scope="session")
+def workloads_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("workloads")
+
+
+@pytest.fixture(scope="session")
+def libhot(workloads_dir):
+    return build_libhot(workloads_dir)
+
+
+@pytest.fixture(scope="session")
+def front(workloads_dir, libhot):
+    return build_front(workloads_dir, libhot)
+
+
+@pytest.fixture(scope="session")
+def dlfront(workloads_dir):
+    return build_dlfront(workloads_dir)
+
+
+@pytest.fixture(scope="session")
+def twofunc(workloads_dir):
+    return build_program(workloads_dir, "twofunc")
+
+
+@pytest.fixture(scope="session")
+def twofunc_nopie(workloads_dir):
+    return build_program(workloads_dir, "twofunc", pie=False)
+
+
+@pytest.fixture(scope="session")
+def exec_pair(workloads_dir, twofunc, twofunc_nopie):
+    """{"pie": (execer, twofunc), "nopie": (...)}: execer runs exec_hot,
+    then execs twofunc (workloads.exec_argv)."""
+    return {"pie": (build_program(workloads_dir, "execer"), twofunc),
+            "nopie": (build_program(workloads_dir, "execer", pie=False),
+                      twofunc_nopie)}
+
+
+@pytest.fixture(scope="session")
+def short_loop(workload_pie):
+    """argv of the build-like run: 40 short processes of the demo."""
+    return short_loop_argv(workload_pie)
 
 
 def bolt_tool(version, name):
