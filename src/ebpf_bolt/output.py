@@ -679,9 +679,15 @@ class OutputDirectory(Handle):
             for key in ("samples", "processes"):
                 if type(entry[key]) is not int or entry[key] < 0:
                     raise ValueError(f"{key} {entry[key]!r}: a count")
-            for key in ("path", "profile", "command"):
+            for key in ("path", "profile"):
                 if not isinstance(entry[key], str):
                     raise ValueError(f"{key} {entry[key]!r}: a string")
+            # null: no command applies it (a stripped object: BOLT
+            # refuses it)
+            if entry["command"] is not None and \
+                    not isinstance(entry["command"], str):
+                raise ValueError(f"command {entry['command']!r}: a string "
+                                 "or None")
             objects.append({key: entry[key] for key in INDEX_KEYS})
         listed = sorted(entry["profile"] for entry in objects)
         if listed != sorted(self._names):

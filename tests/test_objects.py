@@ -1,0 +1,201 @@
+"""Profiles of objects, not processes (issue 9): every process that runs
+an executable or maps a library adds to that object's one profile, keyed
+in the kernel by object and file offset. Real processes, the real kernel,
+real BOLT; perf record + perf2bolt as the reference where one exists."""
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import bolt_profiled_functions, bolt_tool
+from ebpf_bolt.collector import Recorder
+from perf_reference import cosine, function_shares_from_fdata, perf_reference
+from workloads import exec_argv, last_line, short_loop_argv
+
+pytestmark = [pytest.mark.root, pytest.mark.kernel_matrix]
+TIMEOUT = 300
+
+
+def record(cmd, *args, timeout=TIMEOUT):
+    p = subprocess.run([cmd, *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stderr}"
+    return p
+
+
+def functions(path):
+    return function_shares_from_fdata(path)
+
+
+def bolt_applies(binary, fdata, tmp_path, run_argv, env=None):
+    """llvm-bolt applies the profile (judged by its own report), and the
+    rewritten object gives the same output as the original."""
+    out = tmp_path / (Path(binary).name + ".bolt")
+    p = subprocess.run([bolt_tool(22, "llvm-bolt"), str(binary), "-o",
+                        str(out), "-data", str(fdata), "-dyno-stats"],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    assert bolt_profiled_functions(p.stdout + p.stderr) > 0, p.stdout
+    return out
+
+
+@pytest.mark.slow
+def test_build_like_loop_matches_perf(ebpf_bolt_cmd, workload_pie, tmp_path):
+    """40 short processes of one binary (tens of ms each), as a build runs
+    a compiler: the profile gathers them all, within 20% of perf record +
+    perf2bolt's total for the binary on the same loop, with the same
+    function shares; BOLT applies it and the result runs the same."""
+    argv = short_loop_argv(workload_pie, count=40)
+    out = tmp_path / "loop.fdata"
+    p = record(ebpf_bolt_cmd, "--binary", workload_pie, "-o", out, "--",
+               *argv)
+    ours = functions(out)
+    ref = perf_reference(argv, workload_pie, tmp_path)
+    total = sum(ours.values())
+    assert abs(total - ref.total) <= 0.2 * ref.total, (total, ref.total,
+                                                       p.stderr)
+    assert cosine(ours, ref.functions) >= 0.9, (ours, ref.functions)
+    assert "40 processes" in p.stderr, p.stderr
+    assert "warning" not in p.stderr, p.stderr
+    bolted = bolt_applies(workload_pie, out, tmp_path, None)
+    a = subprocess.run([workload_pie, "--scale", "1"], capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    b = subprocess.run([bolted, "--scale", "1"], capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert last_line(a.stdout) == last_line(b.stdout) != ""
+
+
+def test_map_entries_do_not_grow_with_processes(workload_pie):
+    """Keys are (object, offset): the same work done by 5 or by 50
+    processes of one program (PIE: 50 load biases) fills about the same
+    number of map entries for it; keyed by process and runtime address it
+    would be some 10 times more. (ld.so's and libc's start-up code, run
+    once per process, is sampled more with more processes: not counted.)"""
+    entries = {}
+    for n, scale in ((5, "10"), (50, "1")):
+        argv = short_loop_argv(workload_pie, count=n,
+                               args=["--scale", scale, "--early", "1",
+                                     "--late", "0"])
+        with Recorder(command=argv, binaries=[workload_pie]) as rec:
+            rec.start()
+            rec.run()
+            prof = rec.finish()
+        entries[n] = len(prof.samples)   # the program's keys in the map
+        assert prof.info["processes"] == n, prof.info
+    assert entries[50] <= entries[5] * 1.25, entries
+
+
+def test_two_processes_two_functions_one_profile(ebpf_bolt_cmd, twofunc,
+                                                 tmp_path):
+    """Two processes of one PIE at once, at their own load biases, each in
+    a function of its own: both functions, at their own symbols."""
+    out = tmp_path / "two.fdata"
+    record(ebpf_bolt_cmd, "-o", out, "--binary", twofunc, "--", "sh", "-c",
+           f"{twofunc} a 600 & {twofunc} b 600; wait")
+    got = functions(out)
+    assert got.get("work_a", 0) > 200 and got.get("work_b", 0) > 200, got
+
+
+def test_shared_library_profile_applies(ebpf_bolt_cmd, front, libhot,
+                                        tmp_path):
+    """--binary of a shared library: its samples from the PIE front end,
+    a profile llvm-bolt applies to the .so, and the program run against
+    the rewritten .so gives the same output."""
+    out = tmp_path / "libhot.fdata"
+    p = record(ebpf_bolt_cmd, "-o", out, "--binary", libhot, "--", front,
+               "800")
+    got = functions(out)
+    assert sum(got.values()) > 1000, (got, p.stderr)
+    bolted = bolt_applies(libhot, out, tmp_path, None)
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    shutil.copy(front, alt / "front")
+    shutil.copy(bolted, alt / "libhot.so")
+    a = subprocess.run([front, "50"], capture_output=True, text=True)
+    b = subprocess.run([alt / "front", "50"], capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0
+    assert last_line(a.stdout) == last_line(b.stdout) != ""
+
+
+def test_dlopened_library_is_profiled(ebpf_bolt_cmd, dlfront, libhot,
+                                      tmp_path):
+    """A library dlopen'ed after the recording began is found at its
+    first samples and profiled."""
+    out = tmp_path / "dl.fdata"
+    p = record(ebpf_bolt_cmd, "-o", out, "--binary", libhot, "--",
+               dlfront, libhot, "300", "600")
+    got = functions(out)
+    assert sum(got.values()) > 1000, (got, p.stderr)
+
+
+def test_all_objects_writes_a_directory_with_its_index(ebpf_bolt_cmd, front,
+                                                       libhot, tmp_path):
+    """--all-objects: one profile per object with samples, and index.json
+    with exactly the keys the issue names; the front end and the library
+    are both there, each with its own build id and processes."""
+    outdir = tmp_path / "profiles"
+    record(ebpf_bolt_cmd, "--all-objects", "-o", outdir, "--", "sh", "-c",
+           f"{front} 300; {front} 300")
+    index = json.loads((outdir / "index.json").read_text())
+    assert list(index) == ["objects"]
+    by_path = {o["path"]: o for o in index["objects"]}
+    for o in index["objects"]:
+        assert list(o) == ["path", "build_id", "profile", "samples",
+                           "processes", "command"], o
+        assert (outdir / o["profile"]).is_file()
+    lib = by_path[str(libhot)]
+    assert lib["samples"] > 300 and lib["processes"] == 2, lib
+    assert by_path[str(front)]["processes"] == 2
+    assert sum(functions(outdir / lib["profile"]).values()) == lib["samples"]
+
+
+def test_all_processes_catch_an_unrelated_process(ebpf_bolt_cmd, twofunc,
+                                                  tmp_path):
+    """-a --binary: a process started by an unrelated shell after the
+    recording began is recorded."""
+    out = tmp_path / "all.fdata"
+    rec = subprocess.Popen([ebpf_bolt_cmd, "-a", "--binary", twofunc, "-o",
+                            out, "3"], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    subprocess.run([twofunc, "a", "800"], capture_output=True, check=True)
+    _, err = rec.communicate(timeout=TIMEOUT)
+    assert rec.returncode == 0, err
+    assert functions(out).get("work_a", 0) > 200, err
+
+
+@pytest.mark.parametrize("pie", ["pie", "nopie"])
+def test_exec_credits_each_program(ebpf_bolt_cmd, exec_pair, tmp_path, pie):
+    """A process that execs another program mid-recording: each program's
+    samples go to its own profile, none to the other's."""
+    execer, twofunc = exec_pair[pie]
+    outdir = tmp_path / "exec"
+    record(ebpf_bolt_cmd, "-o", outdir, "--binary", execer, "--binary",
+           twofunc, "--", *exec_argv(execer, 500, twofunc, "b"))
+    index = json.loads((outdir / "index.json").read_text())
+    prof = {o["path"]: functions(outdir / o["profile"])
+            for o in index["objects"]}
+    assert prof[str(execer)].get("exec_hot", 0) > 200, prof
+    assert prof[str(twofunc)].get("work_b", 0) > 200, prof
+    assert "work_b" not in prof[str(execer)], prof
+    assert "exec_hot" not in prof[str(twofunc)], prof
+
+
+def test_binary_replaced_on_disk_is_reported(ebpf_bolt_cmd, twofunc,
+                                             tmp_path):
+    """A file replaced at its path during the recording (a new inode): the
+    new file's samples are not mixed into the profile, and the summary
+    says which file the profile is for."""
+    app = tmp_path / "app"
+    shutil.copy(twofunc, app)
+    out = tmp_path / "r.fdata"
+    script = (f"{app} a 400; cp {app} {app}.new; mv {app}.new {app}; "
+              f"{app} b 400")
+    p = record(ebpf_bolt_cmd, "-o", out, "--binary", app, "--", "sh", "-c",
+               script)
+    got = functions(out)
+    assert got.get("work_a", 0) > 100 and "work_b" not in got, got
+    assert "was replaced on disk during the recording" in p.stderr, p.stderr
