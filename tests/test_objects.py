@@ -51,10 +51,10 @@ def test_build_like_loop_matches_perf(ebpf_bolt_cmd, workload_pie, tmp_path):
     function shares; BOLT applies it and the result runs the same."""
     argv = short_loop_argv(workload_pie, count=40)
     out = tmp_path / "loop.fdata"
-    p = record(ebpf_bolt_cmd, "--binary", workload_pie, "-o", out, "--",
-               *argv)
+    p = record(ebpf_bolt_cmd, "-F", 999, "--binary", workload_pie, "-o",
+               out, "--", *argv)
     ours = functions(out)
-    ref = perf_reference(argv, workload_pie, tmp_path)
+    ref = perf_reference(argv, workload_pie, tmp_path, freq=999)
     total = sum(ours.values())
     assert abs(total - ref.total) <= 0.2 * ref.total, (total, ref.total,
                                                        p.stderr)
