@@ -109,7 +109,7 @@ cat > initrd/init <<EOF
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in ${order[*]}; do insmod /mods/\$m.ko; done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host
 mount -o bind /host /hostro
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev; mount -t bpf bpf /host/sys/fs/bpf
