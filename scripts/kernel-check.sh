@@ -6,11 +6,16 @@
 # found that kernels before 6.4 return map update errors as 32-bit ints).
 #
 #   sudo scripts/kernel-check.sh [KERNEL_PACKAGE|FILE.deb] [PYTEST ARGS...]
+#   sudo scripts/kernel-check.sh "" -m kernel_matrix tests     (what CI runs)
 #   sudo scripts/kernel-check.sh linux-image-6.1.0-56-amd64 tests/test_replay.py
 #
 # KERNEL_PACKAGE defaults to the one linux-image-amd64 depends on (Debian
-# 12: 6.1). Needs scripts/setup.sh run first; installs qemu-system-x86 and
-# busybox-static. Under emulation tests run ~5x slower: pick a few files.
+# 12: 6.1); PYTEST ARGS default to the tests marked kernel_matrix. Needs
+# scripts/setup.sh run first; installs qemu-system-x86 and busybox-static.
+# Under emulation tests run ~5x slower: pick a few. EBPF_BOLT_STRICT_SKIPS
+# is passed on to the guest. Exits with pytest's status in the guest, or 1
+# when the guest gave none (it then prints the guest's last lines); the
+# guest is stopped after KERNEL_CHECK_TIMEOUT seconds (default 2400).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,26 +25,40 @@ if [ "$(id -u)" != 0 ]; then
     exit 3
 fi
 [ -x .venv/bin/python ] || { echo "kernel-check: run scripts/setup.sh first" >&2; exit 2; }
+
+# apt-get, and once more after an update: a fresh machine may have no
+# package lists, and old lists may name a kernel the mirror has dropped
+apt_retry() {
+    "$@" || { apt-get update -q >/dev/null && "$@"; }
+}
 if ! command -v qemu-system-x86_64 >/dev/null || [ ! -x /bin/busybox ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    export DEBIAN_FRONTEND=noninteractive
+    apt_retry apt-get install -y -q --no-install-recommends \
         qemu-system-x86 busybox-static >/dev/null
 fi
 
-PKG=${1:-$(apt-cache depends linux-image-amd64 | sed -n 's/ *Depends: //p' | head -1)}
+PKG=${1:-}
 shift || true
+if [ -z "$PKG" ]; then
+    apt-cache show linux-image-amd64 >/dev/null 2>&1 || apt-get update -q >/dev/null
+    PKG=$(apt-cache depends linux-image-amd64 | sed -n 's/ *Depends: //p' | head -1)
+fi
 TESTS=("$@")
-[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/test_bpf_object.py tests/test_replay.py)
+[ ${#TESTS[@]} -gt 0 ] || TESTS=(-m kernel_matrix tests)
 
 WORK=$(mktemp -d /var/tmp/kernel-check.XXXXXX)
-chmod 755 "$WORK"   # apt downloads as user _apt
+chmod 755 "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 if [ -f "$PKG" ]; then
     DEB=$(realpath "$PKG")
     cd "$WORK"
 else
     cd "$WORK"
-    apt-get download "$PKG" >/dev/null
-    DEB=$(ls "$WORK"/*.deb)
+    # apt downloads as user _apt, into a directory that user may write
+    mkdir deb
+    chown _apt deb 2>/dev/null || true
+    (cd deb && apt_retry apt-get download "$PKG" >/dev/null)
+    DEB=$(ls "$WORK"/deb/*.deb)
 fi
 dpkg-deb -x "$DEB" kernel
 VMLINUZ=$(ls kernel/boot/vmlinuz-*)
@@ -47,7 +66,8 @@ MODS=$(ls -d kernel/lib/modules/*)
 
 # 9p over virtio, as modules in Debian's kernels; each module's own
 # "depends=" names what must be loaded before it
-mkdir -p initrd/bin initrd/mods initrd/proc initrd/sys initrd/dev initrd/host
+mkdir -p initrd/bin initrd/mods initrd/proc initrd/sys initrd/dev \
+    initrd/host initrd/hostro
 cp /bin/busybox initrd/bin/
 declare -A seen=()
 order=()
@@ -66,21 +86,41 @@ add_module() {
 }
 for m in virtio_pci 9pnet_virtio 9p; do add_module "$m"; done
 
-# the guest's command: pytest on the given files, from the shared checkout
-printf '%s\n' "${TESTS[@]}" > "$ROOT/.kernel-check-args"
-trap 'rm -rf "$WORK" "$ROOT/.kernel-check-args"' EXIT
+# The guest's command, for the host's /bin/sh: pytest with the given
+# arguments, each single-quoted so spaces survive, in the shared checkout.
+# It travels in the initrd: nothing is written to the checkout.
+quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+{
+    echo "cd $(quote "$ROOT") || exit 2"
+    echo "export HOME=/tmp PYTHONDONTWRITEBYTECODE=1"
+    [ -z "${EBPF_BOLT_STRICT_SKIPS:-}" ] ||
+        echo "export EBPF_BOLT_STRICT_SKIPS=$(quote "$EBPF_BOLT_STRICT_SKIPS")"
+    printf 'exec .venv/bin/python -m pytest -p no:cacheprovider -q --color=no'
+    for a in "${TESTS[@]}"; do printf ' %s' "$(quote "$a")"; done
+    echo
+} > initrd/run-tests
+
+# The guest's root is the host's, read-only, with its own /proc, /sys and
+# /dev, and writable tmpfs on /tmp (HOME, pytest's tmp_path) and /run. A
+# checkout under /tmp or /run, which those tmpfs hide, is bound back from
+# a second view of the host's root, /hostro.
 cat > initrd/init <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in ${order[*]}; do insmod /mods/\$m.ko; done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host
+mount -o bind /host /hostro
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev; mount -t bpf bpf /host/sys/fs/bpf
 mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run
+if [ ! -d $(quote "/host$ROOT/.venv") ]; then
+    mkdir -p $(quote "/host$ROOT")
+    mount -o bind $(quote "/hostro$ROOT") $(quote "/host$ROOT")
+fi
+cp /run-tests /host/tmp/kernel-check-run-tests
 echo "kernel-check: guest kernel \$(uname -r), \$(nproc) CPUs"
-chroot /host /bin/sh -c 'cd $ROOT && HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \
-    .venv/bin/python -m pytest -p no:cacheprovider -q --color=no \$(cat .kernel-check-args)'
+chroot /host /bin/sh /tmp/kernel-check-run-tests
 echo "kernel-check: pytest exit \$?"
 poweroff -f
 EOF
@@ -88,9 +128,18 @@ chmod +x initrd/init
 (cd initrd && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd.gz)
 
 echo "kernel-check: booting $PKG ($(basename "$VMLINUZ")) in qemu: ${TESTS[*]}"
-qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3G -nographic -no-reboot \
+start=$SECONDS
+timeout "${KERNEL_CHECK_TIMEOUT:-2400}" \
+    qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3G -nographic -no-reboot \
     -kernel "$VMLINUZ" -initrd initrd.gz \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    -append "console=ttyS0 edd=off panic=-1 quiet" 2>/dev/null | tee guest.log \
-    | grep -v '^\s*$' | sed -n '/kernel-check:/,$p'
-grep -q '^kernel-check: pytest exit 0' guest.log
+    -append "console=ttyS0 edd=off panic=-1 quiet" </dev/null 2>&1 | tee guest.log \
+    | tr -d '\r' | grep --line-buffered -v '^\s*$' | sed -u -n '/kernel-check:/,$p' || true
+status=$(tr -d '\r' < guest.log | sed -n 's/.*kernel-check: pytest exit \([0-9]*\)$/\1/p' | tail -1)
+if [ -z "$status" ]; then
+    echo "kernel-check: the guest gave no pytest exit status after $((SECONDS - start)) s; its last lines:" >&2
+    tail -n 30 guest.log >&2
+    exit 1
+fi
+echo "kernel-check: $PKG: pytest exit $status after $((SECONDS - start)) s"
+exit "$status"

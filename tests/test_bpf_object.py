@@ -19,6 +19,7 @@ from ebpf_bolt.bpf_object import MAPS, TEST_ONLY_MAPS, BoltObject, object_path
 from ebpf_bolt.errors import BpfError
 from ebpf_bolt.layout import COUNTERS, MIRRORS, Config
 
+pytestmark = pytest.mark.kernel_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "bpf" / "ebpf_bolt.h"

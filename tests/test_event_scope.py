@@ -86,6 +86,7 @@ def late_tids(err_text):
             if line.startswith(("tid late", "tid grand"))}
 
 
+@pytest.mark.kernel_matrix
 def test_command_events_follow_its_tasks_only(workload_pie, neighbours, tmp_path):
     out, err = tmp_path / "out", tmp_path / "err"
     with output_to(out, err):

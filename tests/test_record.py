@@ -397,6 +397,7 @@ def recordings(ebpf_bolt_cmd, workload_pie, workload_nopie, tmp_path_factory):
 BOTH = pytest.mark.parametrize("kind,via", [(k, v) for k in KINDS for v in VIAS])
 
 
+@pytest.mark.kernel_matrix
 @BOTH
 def test_records_the_binary_it_was_asked_for(recordings, kind, via):
     rec = recordings(kind, via)
@@ -434,6 +435,7 @@ def test_samples_fall_inside_function_bodies(recordings, kind, via):
         f"inside function bodies (need {100 * MIN_IN_FUNCTIONS:.0f}%)")
 
 
+@pytest.mark.kernel_matrix
 @BOTH
 def test_hot_function_shares_match_the_workload(recordings, kind, via):
     rec = recordings(kind, via)
@@ -445,6 +447,7 @@ def test_hot_function_shares_match_the_workload(recordings, kind, via):
         f"all functions: {rec.funcs.most_common(8)}")
 
 
+@pytest.mark.kernel_matrix
 @pytest.mark.parametrize("kind", KINDS)
 def test_pid_target_exit_ends_recording_with_complete_file(recordings, kind):
     """-p: the target exiting is a normal end; the file is whole."""
@@ -535,6 +538,7 @@ def test_preagg_via_perf2bolt_equals_own_fdata(recordings, kind, tmp_path):
 
 # --- command mode -----------------------------------------------------------
 
+@pytest.mark.kernel_matrix
 def test_command_recorded_until_exit(ebpf_bolt_cmd, workload_pie, tmp_path):
     out = tmp_path / "cmd.fdata"
     p = subprocess.run([ebpf_bolt_cmd, "--threads", "-o", str(out), "--",

@@ -22,7 +22,7 @@ from ebpf_bolt import cli
 from ebpf_bolt.elf import ElfFile
 from ebpf_bolt.replay import Replayer, replay
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.kernel_matrix]
 
 SEED = 20240917
 LOAD_BASE = 0x555555554000            # a usual PIE load address
