@@ -1,11 +1,13 @@
 """Exactness of the kernel's branch-stack aggregation (replay_branches).
 
 Branch stacks are replayed through the real BPF program with BPF_PROG_RUN,
-the thread pinned to each CPU in turn, and the result must equal, count for
-count, what perf2bolt's rules give (tests/perf2bolt_rules.py, written from
-DataAggregator.cpp); the translated profile must follow the translation
-rules of bolt-profile-formats.md section 2; the written profiles must be
-read the same way by the real perf2bolt of LLVM 19 and 22.
+the thread pinned to each CPU in turn, and each object's profile must equal,
+count for count, what perf2bolt's rules give (tests/perf2bolt_rules.py,
+written from DataAggregator.cpp) seen from that object by the translation
+rule of bolt-profile-formats.md section 2 (perf2bolt_rules.object_view):
+the kernel keys traces by object and file offset, so the runtime addresses
+of the stacks are compared through each object's view of them. The written
+profiles must be read the same way by the real perf2bolt of LLVM 19 and 22.
 """
 import io
 import os
@@ -20,7 +22,7 @@ import perf2bolt_rules as rules
 from conftest import bolt_profiled_functions, bolt_tool, run
 from ebpf_bolt import cli
 from ebpf_bolt.elf import ElfFile
-from ebpf_bolt.replay import Replayer, replay
+from ebpf_bolt.replay import Replayer, replay, replay_objects
 
 pytestmark = pytest.mark.root
 
@@ -67,6 +69,33 @@ def assert_counters(stats, expected):
             ("map_full", "update_failed", "traces_lost")}
     assert lost == dict(map_full=0, update_failed=0, traces_lost=0), (
         "traces were lost although the trace map has room")
+
+
+def code_ranges(binary, load_base):
+    """The object's code at run time, as object_view takes it: each
+    executable segment's file bytes at load_base + p_vaddr."""
+    return [(load_base + s.vaddr, load_base + s.vaddr + s.filesz, load_base)
+            for s in ElfFile(binary).text_segments()]
+
+
+def assert_profiles(rep, runtime, lossless=True):
+    """Each object's profile equals the runtime reference traces seen from
+    that object; the kernel dropped (and counted) exactly the traces in no
+    object, and with no loss every other count is in the profile or left
+    out of it."""
+    profiles = rep.profiles()
+    assert len(profiles) == len(rep.objects)
+    every = []
+    for (path, _, base), prof in zip(rep.objects, profiles):
+        ranges = code_ranges(path, base)
+        every += ranges
+        expected, left_out = rules.object_view(runtime, ranges)
+        assert_same_traces(dict(prof.traces.items()), expected)
+        if lossless:
+            assert prof.stats["traces_outside_binary"] == left_out
+    _, in_none = rules.object_view(runtime, every)
+    assert profiles[0].stats["traces_outside"] == in_none
+    return profiles
 
 
 def records(text):
@@ -183,10 +212,16 @@ def stacks(workload_pie):
     return make_stacks(workload_pie, LOAD_BASE)
 
 
+@pytest.fixture(scope="module")
+def pie(workload_pie):
+    """The objects of `stacks`: the workload PIE at LOAD_BASE."""
+    return [(str(workload_pie), LOAD_BASE)]
+
+
 # --- 1. exactness against perf2bolt's rules ---------------------------------
 
 @pytest.mark.parametrize("build", ["shipped", "baseline"])
-def test_batches_on_different_cpus(stacks, build, request):
+def test_batches_on_different_cpus(stacks, pie, build, request):
     """Each CPU aggregates its own share; the per-CPU maps summed give
     perf2bolt's traces for all stacks. The baseline object (no trace
     cache) must agree too: the benchmark compares against it."""
@@ -194,26 +229,26 @@ def test_batches_on_different_cpus(stacks, build, request):
             if build == "baseline" else None)
     expected, counters = rules.aggregate(stacks)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES, path=path) as rep:
+    with Replayer(pie, max_entries=ENTRIES, path=path) as rep:
         for i, cpu in enumerate(cs):
             rep.feed(stacks[i::len(cs)], cpu=cpu)
-        assert_same_traces(rep.runtime_traces(), expected)
+        assert_profiles(rep, expected)
         assert_counters(rep.stats(), counters)
     assert sum(c for c, _ in expected.values()) == counters["traces"]
 
 
-def test_same_batch_on_every_cpu(stacks):
+def test_same_batch_on_every_cpu(stacks, pie):
     """The same stacks on every CPU count every trace once per CPU."""
     expected, counters = rules.aggregate(stacks)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer(pie, max_entries=ENTRIES) as rep:
         for cpu in cs:
             rep.feed(stacks, cpu=cpu)
-        assert_same_traces(rep.runtime_traces(), rules.scale(expected, len(cs)))
+        assert_profiles(rep, rules.scale(expected, len(cs)))
         assert_counters(rep.stats(), {k: v * len(cs) for k, v in counters.items()})
 
 
-def test_small_batches_alternating_cpus(stacks):
+def test_small_batches_alternating_cpus(stacks, pie):
     """Many short runs, switching CPU each time: counts held between runs
     (per CPU) and traces moving between CPUs add up exactly."""
     cs = cpus()
@@ -221,19 +256,21 @@ def test_small_batches_alternating_cpus(stacks):
     expected = rules.merge(rules.aggregate(first)[0], rules.aggregate(second)[0])
     parts = ([first[i:i + 97] for i in range(0, len(first), 97)]
              + [second[i:i + 61] for i in range(0, len(second), 61)])
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer(pie, max_entries=ENTRIES) as rep:
         for n, part in enumerate(parts):
             rep.feed(part, cpu=cs[n % len(cs)])
-        assert_same_traces(rep.runtime_traces(), expected)
+        assert_profiles(rep, expected)
         # reading does not drain: a second read gives the same
-        assert_same_traces(rep.runtime_traces(), expected)
+        assert_profiles(rep, expected)
 
 
-def test_many_distinct_traces_then_repeats():
+def test_many_distinct_traces_then_repeats(workload_pie):
     """More distinct traces than any per-CPU cache holds, then each again
     many times, spread over the CPUs: nothing is lost or counted twice."""
     rng = random.Random(SEED + 1)
-    traces = [(0x400000 + 16 * i, 0x500000 + 32 * i) for i in range(5000)]
+    (lo, hi, _), = code_ranges(workload_pie, LOAD_BASE)
+    assert lo + 0x20000 + 32 * 5000 < hi
+    traces = [(lo + 16 * i, lo + 0x20000 + 32 * i) for i in range(5000)]
     stacks = []
     for _ in range(3):
         order = traces[:]
@@ -242,29 +279,29 @@ def test_many_distinct_traces_then_repeats():
             stacks.append([(f, t, rng.random() < 0.3) for f, t in order[i:i + 20]])
     expected, counters = rules.aggregate(stacks)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer([(workload_pie, LOAD_BASE)], max_entries=ENTRIES) as rep:
         for n, i in enumerate(range(0, len(stacks), 100)):
             rep.feed(stacks[i:i + 100], cpu=cs[n % len(cs)])
-        assert_same_traces(rep.runtime_traces(), expected)
+        assert_profiles(rep, expected)
         assert_counters(rep.stats(), counters)
 
 
 @pytest.mark.parametrize("sets", [1, 2, 16])
-def test_tiny_cache_evicts_exactly(stacks, sets):
+def test_tiny_cache_evicts_exactly(stacks, pie, sets):
     """A trace cache of a few sets: traces fight over two ways, so ways
     change owner, wear out and are found in the second way all the time;
     counts still add up exactly."""
     expected, counters = rules.aggregate(stacks)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES, sets=sets) as rep:
+    with Replayer(pie, max_entries=ENTRIES, sets=sets) as rep:
         for n, i in enumerate(range(0, len(stacks), 250)):
             rep.feed(stacks[i:i + 250], cpu=cs[n % len(cs)])
-        assert_same_traces(rep.runtime_traces(), expected)
+        assert_profiles(rep, expected)
         assert_counters(rep.stats(), counters)
 
 
 @pytest.mark.parametrize("window", [None, 1000, 2999], ids=["one-run", "w1000", "w2999"])
-def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
+def test_kernel_drain_matches_batch_lookup(stacks, pie, window, monkeypatch):
     """drain_traces (the map walked and summed over CPUs in the kernel,
     in windows when the map outgrows drain_out) gives exactly what the
     kernel's batch lookup and a sum in Python give."""
@@ -275,11 +312,11 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
     if window:
         monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", window)
     cs = cpus()
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer(pie, max_entries=ENTRIES) as rep:
         for i, cpu in enumerate(cs):
             rep.feed(stacks[i::len(cs)], cpu=cpu)
             rep.feed(stacks[:500], cpu=cpu)      # traces on several CPUs
-        from ebpf_bolt.collector import flush_trace_cache
+        from ebpf_bolt.drain import flush_trace_cache
         flush_trace_cache(rep.obj)
         w, bounds = rep.obj.drain_trace_records()
         keys, values, n = rep.obj.read_all("trace_counts")
@@ -289,25 +326,31 @@ def test_kernel_drain_matches_batch_lookup(stacks, window, monkeypatch):
     walked = dict(zip(zip(w[0::5], w[1::5], w[2::5]), zip(w[3::5], w[4::5])))
     assert len(w) == 5 * n > 5 * 3 * (window or 0)  # several windows were read
     assert walked == batch
-    from ebpf_bolt.profile import column_bounds
+    from ebpf_bolt.translate import column_bounds, object_traces
     assert bounds == column_bounds(w[0::5], w[1::5], w[2::5])  # across windows
     expected, _ = rules.aggregate(stacks + stacks[:500] * len(cs))
-    assert_same_traces(walked, expected)
+    got, _ = object_traces((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]), 1,
+                           ElfFile(pie[0][0]))
+    assert_same_traces(dict(got.items()), rules.object_view(
+        expected, code_ranges(*pie[0]))[0])
 
 
-def test_failed_kernel_drain_falls_back_to_batch_lookup(stacks, monkeypatch):
+def test_failed_kernel_drain_falls_back_to_batch_lookup(stacks, pie, monkeypatch):
     """The drain's own object fails to load (here: a 0-entry output array,
     which the kernel refuses, as it may refuse 80 MiB under a memory
     limit): the batch lookup reads the map, said in a notice."""
     from ebpf_bolt import bpf_object
-    from ebpf_bolt.collector import drain_traces
+    from ebpf_bolt.drain import drain_traces
+    from ebpf_bolt.translate import object_traces
     monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", 0)
     expected, _ = rules.aggregate(stacks)
     notices = []
-    with Replayer(max_entries=ENTRIES) as rep:
+    with Replayer(pie, max_entries=ENTRIES) as rep:
         rep.feed(stacks)
-        f, t, e, c, m = drain_traces(rep.obj, notices.append)
-    assert_same_traces(dict(zip(zip(f, t, e), zip(c, m))), expected)
+        columns = drain_traces(rep.obj, notices.append)
+    got, _ = object_traces(columns, 1, ElfFile(pie[0][0]))
+    assert_same_traces(dict(got.items()), rules.object_view(
+        expected, code_ranges(*pie[0]))[0])
     if bpf_object.kernel_drain_supported(bpf_object.possible_cpus()):
         assert len(notices) == 1 and "in-kernel drain failed" in notices[0]
 
@@ -464,13 +507,17 @@ GOLDEN = {
 
 
 @pytest.mark.parametrize("name", list(GOLDEN))
-def test_golden(name):
+def test_golden(name, workload_nopie):
+    """The golden cases' addresses are in the non-PIE workload's code
+    (linked at 0x401000), the ones near the kernel boundary in none."""
     stacks, expected, kernel_branches, empty = GOLDEN[name]
     assert rules.aggregate(stacks)[0] == expected       # the reference agrees
+    (lo, hi, _), = code_ranges(workload_nopie, 0)
+    assert lo <= 0x401000 and 0x401500 < hi
     cpu = cpus()[-1]
-    with Replayer(max_entries=64) as rep:
+    with Replayer([(workload_nopie, 0)], max_entries=64) as rep:
         rep.feed(stacks, cpu=cpu)
-        assert rep.runtime_traces() == expected
+        assert_profiles(rep, expected)
         st = rep.stats()
     assert (st["kernel_branches"], st["empty_stacks"]) == (kernel_branches, empty)
     assert st["traces"] == sum(c for c, _ in expected.values())
@@ -479,7 +526,7 @@ def test_golden(name):
 
 # --- 3. a full trace map loses exactly what it refuses ----------------------
 
-def test_full_map_loses_exactly_the_excess():
+def test_full_map_loses_exactly_the_excess(workload_pie):
     """--max-entries M, M + K distinct traces: exactly K are refused (each
     a failed insert, one lost count), the first M are kept with exact counts.
     The replay map is preallocated: the kernel refuses an insert (E2BIG)
@@ -487,16 +534,17 @@ def test_full_map_loses_exactly_the_excess():
     filled on demand it also failed with ENOMEM long before M (see dda6564),
     which update_failed == 0 checks."""
     m, k = 2000, 37
-    distinct = [[(0x400000 + 8 * i, 0x600000 + 8 * i, i % 3 == 0)]
+    (lo, hi, _), = code_ranges(workload_pie, LOAD_BASE)
+    distinct = [[(lo + 8 * i, lo + 0x10000 + 8 * i, i % 3 == 0)]
                 for i in range(m + k)]
+    assert lo + 0x10000 + 8 * (m + k) < hi
     cs = cpus()
-    with Replayer(max_entries=m) as rep:
+    with Replayer([(workload_pie, LOAD_BASE)], max_entries=m) as rep:
         rep.feed(distinct, cpu=cs[0])
         st = rep.stats()
         assert (st["map_full"], st["traces_lost"], st["update_failed"]) == (k, k, 0)
-        got = rep.runtime_traces()
-        assert len(got) == m
-        assert_same_traces(got, rules.aggregate(distinct[:m])[0])
+        assert len(rep.profile().traces) == m
+        assert_profiles(rep, rules.aggregate(distinct[:m])[0], lossless=False)
         # every CPU again: stored traces count on, each refused one is lost again
         for cpu in cs:
             rep.feed(distinct, cpu=cpu)
@@ -504,8 +552,8 @@ def test_full_map_loses_exactly_the_excess():
         lost = k * (1 + len(cs))
         assert (st["map_full"], st["traces_lost"],
                 st["update_failed"]) == (lost, lost, 0)
-        assert_same_traces(rep.runtime_traces(),
-                           rules.scale(rules.aggregate(distinct[:m])[0], 1 + len(cs)))
+        assert_profiles(rep, rules.scale(rules.aggregate(distinct[:m])[0],
+                                         1 + len(cs)), lossless=False)
         assert st["traces"] - st["traces_lost"] == m * (1 + len(cs))
 
 
