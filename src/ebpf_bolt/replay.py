@@ -336,6 +336,11 @@ class Replayer(_MappedInput):
     def stats(self):
         st = self.obj.stats()
         st["stack_cut"] += self.cut
+        # the replay's table holds every object from the start: an address
+        # it does not cover is outside all of them, not one a busy mapping
+        # lookup left unplaced (what "unresolved" means when recording)
+        st["addresses_outside"] = st["unresolved"]
+        st["unresolved"] = 0
         return st
 
     def profiles(self, notice=None):
