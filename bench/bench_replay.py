@@ -10,9 +10,12 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    one-stack run takes,
    for the shipped worker (trace cache) and for the baseline, a plain
    per-entry per-CPU hash update (the same source built without the caches,
-   tests/bpf_builds.py), on:
-   - "random, one stack per run": one stack of 32 random entries, one stack
-     per run (the issue's baseline method: the same stack run after run);
+   tests/bpf_builds.py). Every address is translated to (object, file offset) in the kernel, as
+   live sampling does: the replay's table holds the objects the stacks ran
+   in (libc at a usual load base for the random stacks, the workload PIE
+   at qemu's load base for the recorded ones). The stacks:
+   - "random, one stack per run": one stack of 32 random entries in libc's
+     code, one stack per run (the issue's baseline method: the same stack run after run);
    - "random, N distinct": N different stacks of random entries (131k
      traces that never repeat: every entry misses the cache and updates the
      map in DRAM; shown for what the cache costs there, no goal);
@@ -49,7 +52,20 @@ from bpf_builds import BASELINE, build_object  # noqa: E402
 DEPTH = 32
 
 
-def random_stack(rng, lo=0x401000, span=1 << 20):
+# random stacks run in libc's code, loaded where a process maps it: 1.6 MB
+# of code, so traces barely repeat, and every address is translated
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+LIBC_BASE = 0x7ffff7c00000
+
+
+def libc_code():
+    """[(libc, its load base)] and (lowest, span) of its code at run time."""
+    from ebpf_bolt.elf import ElfFile
+    text = ElfFile(LIBC).text_segments()[0]
+    return [(LIBC, LIBC_BASE)], (LIBC_BASE + text.vaddr, text.filesz)
+
+
+def random_stack(rng, lo, span):
     return [(lo + rng.randrange(span), lo + rng.randrange(span), rng.random() < 0.05)
             for _ in range(DEPTH)]
 
@@ -104,7 +120,7 @@ def timed_run(rep, clock, n):
     return clock() - before
 
 
-def cost_per_stack(stacks, baseline, repeats=9, per_run=None):
+def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None):
     """Median ns per stack of (run of N stacks - empty run) / N, for the
     baseline object (path `baseline`) and the shipped one, alternating pass
     by pass (a pass runs every batch once) so that drift in the machine's
@@ -115,8 +131,8 @@ def cost_per_stack(stacks, baseline, repeats=9, per_run=None):
     per_run = per_run or len(stacks)
     batches = [pack_stacks(stacks[i:i + per_run])[0]
                for i in range(0, len(stacks), per_run)]
-    with Replayer(max_entries=1 << 20, path=baseline) as base, \
-            Replayer(max_entries=1 << 20) as shipped:
+    with Replayer(objects, max_entries=1 << 20, path=baseline) as base, \
+            Replayer(objects, max_entries=1 << 20) as shipped:
         reps = {True: base, False: shipped}
         clocks = {k: ProgramClock(r.obj.program_fd("replay_branches"))
                   for k, r in reps.items()}
@@ -137,8 +153,8 @@ def cost_per_stack(stacks, baseline, repeats=9, per_run=None):
 
 def recorded_stacks(count, mode, workdir):
     """32-deep stacks from a real run of the demo workload (built in
-    workdir) under qemu-user (tests/brtrace.py), or None where qemu is not
-    available."""
+    workdir) under qemu-user (tests/brtrace.py), and the objects they ran
+    in, or None where qemu is not available."""
     from ebpf_bolt.demo.build import build_workload
 
     binary = build_workload(workdir, pie=True)
@@ -149,15 +165,14 @@ def recorded_stacks(count, mode, workdir):
     except Exception as e:  # report, do not hide, why the figure is missing
         print(f"(recorded stacks unavailable: {e})", file=sys.stderr)
         return None
-    return rec.stacks[:count] or None
+    if not rec.stacks:
+        return None
+    return rec.stacks[:count], [(str(binary), rec.load_base)]
 
 
 def drain_and_write(n_traces, workdir):
     """Fill the map with n distinct traces, then time drain + translate +
     write of the preagg profile (into workdir)."""
-    from ebpf_bolt.collector import translated_traces
-    from ebpf_bolt.profile import Profile
-    from ebpf_bolt.addrspace import AddressSpace
     from ebpf_bolt.elf import ElfFile
     from ebpf_bolt.demo.build import build_workload
 
@@ -174,15 +189,15 @@ def drain_and_write(n_traces, workdir):
                 False) for _ in range(DEPTH)]
               for _ in range(-(-n_traces // DEPTH))]
     # 2^20 entries hold the million traces (a user would pass --max-entries)
-    with Replayer(max_entries=max(1 << 20, n_traces)) as rep:
+    with Replayer([(binary, load_base)],
+                  max_entries=max(1 << 20, n_traces)) as rep:
         rep.feed(stacks)
         # the bench's input is not the tool's to carry: a live recording
         # holds no list of stacks (and forked formatters copy page tables)
         del stacks
         t0 = time.perf_counter()
-        traces, _ = translated_traces(rep.obj,
-                                      AddressSpace.from_load_base(elf, load_base))
-        prof = Profile(binary, "cycles", "lbr", traces=traces)
+        prof = rep.profile()      # one drain, one translation
+        traces = prof.traces
         t2 = time.perf_counter()
         out = os.path.join(workdir, "out.preagg")
         prof.write(out, "preagg")
@@ -205,26 +220,29 @@ def run(args, work):
     rng = random.Random(1)
     print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}")
     rows = []
-    one = [random_stack(rng)]
-    rows.append(("random, one stack per run", one * 256, 1))
-    rows.append((f"random, {args.stacks} distinct", [random_stack(rng) for _ in
-                                                      range(args.stacks)], None))
+    libc, (lo, span) = libc_code()
+    one = [random_stack(rng, lo, span)]
+    rows.append(("random, one stack per run", one * 256, libc, 1))
+    rows.append((f"random, {args.stacks} distinct",
+                 [random_stack(rng, lo, span) for _ in range(args.stacks)],
+                 libc, None))
     for mode in ("shares", "icache"):
         rec = recorded_stacks(args.stacks, mode, work)
         if rec:
+            rec, objects = rec
             rows.append((f"recorded demo workload ({mode} mode), {len(rec)} "
-                         "stacks, 256 per run", rec, 256))
+                         "stacks, 256 per run", rec, objects, 256))
             if mode == "icache":
                 rows.append((f"recorded demo workload ({mode} mode), all "
                              f"{len(rec)} stacks in one run (input streamed "
-                             "from memory)", rec, None))
+                             "from memory)", rec, objects, None))
     print("\n| stacks (32 deep) | baseline: hash update per entry | trace cache "
           "(shipped) | per entry | goal |")
     print("|---|---|---|---|---|")
     baseline = build_object(os.path.join(work, "baseline"), BASELINE)
-    costs = [cost_per_stack(stacks, baseline, per_run=per_run)
-             for _, stacks, per_run in rows]
-    for (name, stacks, per_run), (base, ours) in zip(rows, costs):
+    costs = [cost_per_stack(stacks, objects, baseline, per_run=per_run)
+             for _, stacks, objects, per_run in rows]
+    for (name, stacks, _, per_run), (base, ours) in zip(rows, costs):
         goal = 500 if name.startswith("recorded") else 1000
         if "streamed" in name or "distinct" in name:
             # the goals are for stacks as live sampling has them, and the

@@ -9,7 +9,8 @@ from array import array
 
 from ebpf_bolt import _libbpf
 from ebpf_bolt.bpf_object import BoltObject, possible_cpus
-from ebpf_bolt.collector import check_privileges, drain_ip_counts
+from ebpf_bolt.collector import check_privileges
+from ebpf_bolt.drain import drain_ip_counts
 from ebpf_bolt.layout import (REPLAY_IPS, USER_ADDR_END, Config, ReplayIpArgs,
                               ReplayIps, ip_cache_slots)
 from ebpf_bolt.replay import _MappedInput, run_on_cpu

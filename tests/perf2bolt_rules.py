@@ -109,3 +109,38 @@ def parse_brstack_entry(token):
     if len(flag) != 1 or flag not in "PM-" or len(rest) < 5:
         raise ValueError(f"not a brstack entry: {token!r}")
     return int(frm, 0), int(to, 0), flag == "M"
+
+
+# --- one object's view of the traces -----------------------------------------
+# Not perf2bolt's aggregation but this project's rule for addresses outside
+# the profiled object (bolt-profile-formats.md, section 2), which follows
+# what perf2bolt does with them: the reference each object's profile is
+# checked against, written from the document, not from translate.py.
+
+def object_view(traces, ranges):
+    """Runtime traces -> one object's traces in its ELF addresses.
+
+    `ranges`: the object's code at run time, [(start, end, bias)]: an
+    address a in [start, end) is the object's vaddr a - bias. A from or to
+    outside becomes 0 (external); a fall-through end outside, or one
+    whose start (the branch's to) is outside, becomes BR_ONLY; a trace
+    with neither from nor to inside is left out. Returns (traces, count
+    left out)."""
+    def vaddr(addr):
+        for start, end, bias in ranges:
+            if start <= addr < end:
+                return addr - bias
+        return None
+
+    out, left_out = {}, 0
+    for (frm, to, ft_end), (count, mis) in traces.items():
+        f, t = vaddr(frm), vaddr(to)
+        if f is None and t is None:
+            left_out += count
+            continue
+        e = vaddr(ft_end) if t is not None and ft_end != BR_ONLY else None
+        key = (0 if f is None else f, 0 if t is None else t,
+               BR_ONLY if e is None else e)
+        c0, m0 = out.get(key, (0, 0))
+        out[key] = (c0 + count, m0 + mis)
+    return out, left_out

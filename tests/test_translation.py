@@ -7,9 +7,9 @@ import time
 import pytest
 
 import ebpf_bolt
-from ebpf_bolt.addrspace import AddressSpace, Mapping
 from ebpf_bolt.cli import main
 from ebpf_bolt.elf import ElfFile, Segment, Symbolizer
+from ebpf_bolt.translate import segment_translator
 
 PROGRAM = r"""
 #include <stdio.h>
@@ -29,19 +29,21 @@ class FakeElf:
 
 
 def test_code_sharing_a_page_with_read_only_data():
+    """The kernel keys an address of the code mapping (file offset 0 at
+    base + 0x1000, one page) by its file offset; the offset's segment, not
+    the mapping's first offset, gives the vaddr."""
     # lld: R at offset 0, R E at offset 0x700 / vaddr 0x1700, one page each
     elf = FakeElf([Segment(0, 0x6F8, 0, 0x6F8, 4),
                    Segment(0x1700, 0x2E0, 0x700, 0x2E0, 5)])
     base = 0x555555554000
-    maps = [Mapping(base, base + 0x1000, 0, "fd:01", 7, "/a", "r--p"),
-            Mapping(base + 0x1000, base + 0x2000, 0, "fd:01", 7, "/a", "r-xp")]
-    space = AddressSpace(elf)
-    assert space.add_process_maps(maps, 7) == 1
-    tr = space.translator()
-    assert tr(base + 0x1700) == 0x1700
-    assert tr(base + 0x19DF) == 0x19DF
-    assert tr(base + 0x16FF) is None          # not code of the binary
-    assert tr(base + 0x700) is None           # the read-only mapping
+    delta = base + 0x1000          # vm_start - vm_pgoff * page size
+
+    def vaddr(addr):
+        return segment_translator(elf)(addr - delta)
+    assert vaddr(base + 0x1700) == 0x1700
+    assert vaddr(base + 0x19DF) == 0x19DF
+    assert vaddr(base + 0x16FF) is None          # not code of the binary
+    assert vaddr(base + 0x19E0) is None          # past the code's file bytes
 
 
 @pytest.fixture(scope="module")
@@ -86,83 +88,77 @@ def test_format_not_fitting_the_mode_is_refused_before_recording(tmp_path, capsy
 
 # --- translation of drained trace columns -------------------------------------
 
-@pytest.mark.parametrize("load_base", [0, 0x555555554000], ids=["non-pie", "pie"])
-@pytest.mark.parametrize("measured", [True, False], ids=["bounds-given", "bounds-computed"])
-def test_column_fast_path_equals_per_trace_rules(load_base, measured):
-    """One mapping holding every address: the column path (bounds from the
-    drain, or computed here; shift by big-integer subtraction) gives what
-    the per-trace rules give, BR_ONLY kept; one address outside sends the
-    columns down the per-trace path, with the same result as the rules."""
-    import random
+def keyed_columns(rows):
     from array import array
+    cols = [array("Q", c) for c in zip(*rows)]
+    return cols + [array("Q", range(1, len(rows) + 1)),
+                   array("Q", [7] * len(rows))]
+
+
+def as_runtime(oid, elf):
+    """The object's keys seen as runtime addresses of a process that
+    loaded it so (object << 48 | offset): object_view's ranges for them."""
+    return [((oid << 48) + s.offset, (oid << 48) + s.offset + s.filesz,
+             (oid << 48) + s.offset - s.vaddr) for s in elf.text_segments()]
+
+
+@pytest.mark.parametrize("vaddr", [0x1000, 0x401000, 0x200],
+                         ids=["pie", "non-pie", "vaddr-below-offset"])
+@pytest.mark.parametrize("measured", [True, False], ids=["bounds-given", "bounds-computed"])
+def test_column_fast_path_equals_per_trace_rules(vaddr, measured):
+    """Every key in one segment of the object: the column path (bounds from
+    the drain, or computed here; shift by big-integer subtraction) gives
+    what the per-trace rules give, BR_ONLY kept; one key of another object
+    sends the columns down the per-trace path, with the same result as the
+    rules (perf2bolt_rules.object_view, the formats doc's rule)."""
+    import random
+    import perf2bolt_rules as rules
     from ebpf_bolt.layout import BR_ONLY
-    from ebpf_bolt.profile import (TraceColumns, column_bounds,
-                                   translate_trace_columns, translate_traces)
-    elf = FakeElf([Segment(0x1000, 0x8000, 0x1000, 0x8000, 5)])
-    space = AddressSpace.from_load_base(elf, load_base)
-    lo, hi = 0x1000 + load_base, 0x9000 + load_base
+    from ebpf_bolt.profile import TraceColumns
+    from ebpf_bolt.translate import column_bounds, object_traces
+    oid = 3
+    elf = FakeElf([Segment(0, 0x800, 0, 0x800, 4),
+                   Segment(vaddr, 0x8000, 0x1000, 0x8000, 5)])
+    lo, hi = (oid << 48) + 0x1000, (oid << 48) + 0x9000
     rng = random.Random(11)
     keys = {(rng.randrange(lo, hi), rng.randrange(lo, hi),
              BR_ONLY if rng.random() < 0.2 else rng.randrange(lo, hi))
             for _ in range(5000)}
     keys |= {(lo, hi - 1, BR_ONLY), (hi - 1, lo, lo)}   # both ends of the range
     rows = sorted(keys)
-    cols = [array("Q", c) for c in zip(*rows)] + \
-           [array("Q", range(1, len(rows) + 1)), array("Q", [7] * len(rows))]
+    cols = keyed_columns(rows)
     bounds = column_bounds(*cols[:3]) if measured else None
-    got, left = translate_trace_columns(TraceColumns(cols, bounds), space)
-    expected, expected_left = translate_traces(
-        dict(zip(rows, zip(cols[3], cols[4]))), space)
+    got, left = object_traces(TraceColumns(cols, bounds), oid, elf)
+    expected, expected_left = rules.object_view(
+        dict(zip(rows, zip(cols[3], cols[4]))), as_runtime(oid, elf))
     assert hasattr(got, "columns")       # the column path was taken
     assert dict(got.items()) == expected and left == expected_left == 0
-    # one ft_end just past the mapping: the per-trace rules decide
-    cols[2][0] = hi
-    rows[0] = (rows[0][0], rows[0][1], hi)
+    # one ft_end in another object: the per-trace rules decide
+    other = ((oid + 1) << 48) + 0x1000
+    cols[2][0] = other
+    rows[0] = (rows[0][0], rows[0][1], other)
     bounds = column_bounds(*cols[:3]) if measured else None
-    got, left = translate_trace_columns(TraceColumns(cols, bounds), space)
-    expected, _ = translate_traces(dict(zip(rows, zip(cols[3], cols[4]))), space)
+    got, left = object_traces(TraceColumns(cols, bounds), oid, elf)
+    expected, _ = rules.object_view(dict(zip(rows, zip(cols[3], cols[4]))),
+                                    as_runtime(oid, elf))
     assert not hasattr(got, "columns") and got == expected
-    # formats doc section 2: a fall-through end outside the binary becomes
+    # formats doc section 2: a fall-through end outside the object becomes
     # BR_ONLY; row 0 keeps its count (1) and mispredicts (7)
-    key = (rows[0][0] - load_base, rows[0][1] - load_base, BR_ONLY)
+    shift = (oid << 48) + 0x1000 - vaddr
+    key = (rows[0][0] - shift, rows[0][1] - shift, BR_ONLY)
     assert got[key] == (1, 7)
-    assert not any(e == hi - load_base for _, _, e in got)
 
 
-def test_mappings_match_by_device_and_inode():
-    """Two files with the same inode number on different devices: only the
-    binary's (dev, inode) is translated; where no mapping shows the
-    binary's device (overlayfs), the inode alone decides."""
-    elf = FakeElf([Segment(0x1000, 0x1000, 0x1000, 0x1000, 5)])
-    base, other = 0x555555554000, 0x7f0000000000
-    maps = [Mapping(base + 0x1000, base + 0x2000, 0x1000, "fd:01", 7, "/a", "r-xp"),
-            Mapping(other + 0x1000, other + 0x2000, 0x1000, "00:2a", 7, "/b", "r-xp")]
-    space = AddressSpace(elf)
-    assert space.add_process_maps(maps, 7, "fd:01") == 1
-    assert space.translator()(base + 0x1800) == 0x1800
-    assert space.translator()(other + 0x1800) is None
-    overlay = AddressSpace(elf)
-    assert overlay.add_process_maps(maps[:1], 7, "00:3b") == 1
-    assert overlay.translator()(base + 0x1800) == 0x1800
-    # no device matches (btrfs subvolumes): the path tells the two apart
-    subvol = AddressSpace(elf)
-    assert subvol.add_process_maps(maps, 7, "00:3b", "/b") == 1
-    assert subvol.translator()(other + 0x1800) == 0x1800
-    assert subvol.translator()(base + 0x1800) is None
-
-
-def test_negative_bias_takes_the_per_trace_path():
-    """A mapping below its link address (bias < 0) would make shift_down
-    carry into the next value: such columns take the per-trace rules."""
-    from array import array
+def test_keys_past_the_segment_take_the_per_trace_path():
+    """A key of the object but past its code segment's file bytes (in the
+    read-only segment, say): no uniform shift; the per-trace rules count
+    the trace as outside the code."""
     from ebpf_bolt.layout import BR_ONLY
-    from ebpf_bolt.profile import TraceColumns, translate_trace_columns
+    from ebpf_bolt.profile import TraceColumns
+    from ebpf_bolt.translate import object_traces
     elf = FakeElf([Segment(0x401000, 0x1000, 0x1000, 0x1000, 5)])
-    space = AddressSpace.from_load_base(elf, -0x400000)
-    rows = [(0x1010, 0x1020, BR_ONLY), (0x1030, 0x1040, 0x1050)]
-    cols = [array("Q", c) for c in zip(*rows)] + [array("Q", [3, 4]),
-                                                   array("Q", [0, 1])]
-    got, left = translate_trace_columns(TraceColumns(cols), space)
-    assert not hasattr(got, "columns") and left == 0
-    assert got == {(0x401010, 0x401020, BR_ONLY): (3, 0),
-                   (0x401030, 0x401040, 0x401050): (4, 1)}
+    k = 1 << 48
+    rows = [(k + 0x1010, k + 0x1020, BR_ONLY), (k + 0x1030, k + 0x2040, k + 0x1050)]
+    got, left = object_traces(TraceColumns(keyed_columns(rows)), 1, elf)
+    assert not hasattr(got, "columns")
+    assert got == {(0x401010, 0x401020, BR_ONLY): (1, 7)} and left == 2

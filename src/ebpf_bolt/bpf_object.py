@@ -439,6 +439,17 @@ class BoltObject(Handle):
             buf[i] += w
         self._lib.bpf_map_update_elem(fd, kbuf, buf, BPF_EXIST)
 
+    def update_elem(self, name, key, value):
+        """Write one element of a map that is not per-CPU (key and value:
+        ctypes objects of the map's sizes), from user space."""
+        ksz, vsz, kind = MAPS[name]
+        if kind in (HASH, PERCPU_ARRAY) or ctypes.sizeof(key) != ksz or \
+                ctypes.sizeof(value) != vsz:
+            raise ValueError(f"update_elem({name!r}): not a {ksz}-byte key "
+                             f"and {vsz}-byte value of a shared map")
+        self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
+                                      ctypes.byref(value), 0)
+
     def run_program(self, name, args):
         """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
         read back after the run) as its context; returns its retval."""

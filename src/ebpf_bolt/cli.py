@@ -565,13 +565,21 @@ def _replay_parser():
         description="Aggregate branch stacks given as text (perf script -F "
                     "brstack form, one sample per line, newest entry first) "
                     "through the same kernel code that live LBR sampling "
-                    "uses, and write the profile of BINARY.")
+                    "uses, and write the profile of each --binary (one: "
+                    "-o FILE; several: -o DIR, one profile each and "
+                    "index.json).")
     p.add_argument("stacks", nargs="?", default="-",
                    help="file of branch stacks (default: stdin)")
-    p.add_argument("--binary", required=True, help="the profiled executable")
-    p.add_argument("--load-base", default="0", help="hex runtime address of "
-                   "the binary's first segment (PIE); 0 for non-PIE")
-    p.add_argument("-o", "--output", help="profile file (default: stdout)")
+    p.add_argument("--binary", required=True, action="append",
+                   dest="binaries", metavar="PATH[@LOAD_BASE]",
+                   help="an object the stacks ran in (executable or shared "
+                   "library), with the hex runtime address of its first "
+                   "segment after @ (PIE, library; 0, the default, for "
+                   "non-PIE); repeat for each object")
+    p.add_argument("--load-base", help="the load base of the one --binary "
+                   "(hex), as PATH@LOAD_BASE gives it")
+    p.add_argument("-o", "--output", help="profile file (default: stdout); "
+                   "with several --binary, a directory")
     p.add_argument("--format", choices=("preagg", "preagg-bf", "yaml"),
                    default="preagg")
     p.add_argument("--max-entries", type=int, help="trace map size")
@@ -621,20 +629,52 @@ def _cpu_list(cpus):
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)
 
 
+def _load_base(text, what):
+    try:
+        load_base = int(text, 16)
+    except ValueError:
+        raise UsageError(f"invalid {what} {text!r}",
+                         "give a hexadecimal address, e.g. 0x555555554000")
+    if not 0 <= load_base < 1 << 64:
+        raise UsageError(f"invalid {what} {text!r}: not a 64-bit address",
+                         "give a hexadecimal address, e.g. 0x555555554000")
+    return load_base
+
+
+def replay_objects_of(binaries, load_base=None):
+    """[(path, load base)] from --binary PATH[@LOAD_BASE] (repeated) and
+    --load-base (one object only). The load base follows the last @,
+    unless the whole argument names an existing file."""
+    if load_base is not None and len(binaries) > 1:
+        raise UsageError(f"--load-base with {len(binaries)} --binary: "
+                         "whose load base is it?",
+                         "give each object its own: --binary PATH@LOAD_BASE")
+    out = []
+    for spec in binaries:
+        path, sep, base = spec.rpartition("@")
+        if not sep or os.path.exists(spec):
+            path, base = spec, None
+        if base is not None and load_base is not None:
+            raise UsageError(f"--binary {spec} has a load base, and "
+                             f"--load-base {load_base} another",
+                             "give one of them")
+        if base is not None:
+            out.append((path, _load_base(base, f"load base in --binary {spec}")))
+        else:
+            out.append((path, _load_base(load_base or "0", "--load-base")))
+    return out
+
+
 def replay_command(args):
     from .bpf_object import possible_cpus
     from .collector import check_fd_limit, check_max_entries
-    from .replay import parse_stacks, replay
-    try:
-        load_base = int(args.load_base, 16)
-    except ValueError:
-        raise UsageError(f"invalid --load-base {args.load_base!r}",
-                         "give a hexadecimal address, e.g. 0x555555554000")
-    if not 0 <= load_base < 1 << 64:
-        raise UsageError(f"invalid --load-base {args.load_base!r}: not a "
-                         "64-bit address",
-                         "give a hexadecimal address, e.g. 0x555555554000")
-    elf = _check_binary(args.binary)
+    from .replay import parse_stacks, replay_objects
+    objects = replay_objects_of(args.binaries, args.load_base)
+    several = len(objects) > 1
+    if several and args.output in (None, "-"):
+        raise UsageError("several objects get a profile: -o must name a "
+                         "directory", "give -o DIR")
+    elfs = [_check_binary(path) for path, _ in objects]
     _check_cpus(args.cpus)
     check_fd_limit(0)   # no events, but the BPF object's fds
     if args.max_entries is not None:
@@ -656,18 +696,68 @@ def replay_command(args):
             raise UsageError(f"cannot read {args.stacks}: {_errno_text(e)}",
                              "check the stacks file") from None
     # what keeps BOLT from using a profile of it, before replaying
-    for message in bolt.binary_warnings(elf, args.binary):
-        _say("warning: " + message)
+    for elf, (path, _) in zip(elfs, objects):
+        for message in bolt.binary_warnings(elf, path):
+            _say("warning: " + message)
     # stdin too: it may be the file given as -o (replay ... < FILE -o FILE)
-    inputs = [args.binary,
-              args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
+    inputs = [path for path, _ in objects] + [
+        args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
+    if several:
+        return replay_to_directory(args, objects, stacks, inputs)
     with OutputFile(args.output, inputs=inputs) as out:
-        profile = replay(args.binary, stacks, load_base=load_base,
-                         max_entries=args.max_entries, cpus=args.cpus)
+        profile, = replay_objects(objects, stacks,
+                                  max_entries=args.max_entries, cpus=args.cpus)
         out.commit(profile.render(args.format))
     for line in replay_summary(profile, args.format, len(stacks),
                                args.output):
         _say(line)
+    return 0
+
+
+def replay_to_directory(args, objects, stacks, inputs):
+    """Several objects: one profile each in the -o directory, with its
+    index.json (complete or absent), as record_objects writes them."""
+    from .output import OutputDirectory, profile_names
+    from .replay import replay_objects
+    fmt = args.format
+    with OutputDirectory(args.output, inputs=inputs) as out:
+        profiles = replay_objects(objects, stacks,
+                                  max_entries=args.max_entries, cpus=args.cpus)
+        texts = [p.render(fmt) for p in profiles]
+        names = profile_names([(os.path.basename(p.binary),
+                                p.info.get("build_id"), fmt)
+                               for p in profiles])
+        entries = []
+        for profile, text, name in zip(profiles, texts, names):
+            out.add(name, text)
+            command = bolt.apply_command(
+                profile.binary, os.path.join(args.output, name), fmt,
+                profile.kind, elf=profile.elf)
+            entries.append({"path": profile.binary,
+                            "build_id": profile.info.get("build_id"),
+                            "profile": name,
+                            "samples": profile.total(),
+                            "processes": 1,   # the replay's one address space
+                            "command": command})
+        out.commit({"objects": entries})
+    _say(replay_summary(profiles[0], fmt, len(stacks))[0])
+    for profile, name in zip(profiles, names):
+        st = profile.stats
+        _say(f"{name}: {profile.binary} at {profile.info['load_base']:#x}, "
+             f"{len(profile.traces):,} distinct traces, "
+             f"{profile.total():,} counted; outside it: "
+             f"{st['traces_outside_binary']:,}")
+    # losses are the run's, the same for every object; what is outside one
+    # object is another's, so only an object with nothing is worth a word
+    for line in loss_warnings(profiles[0], fmt):
+        if "neither end in the binary" not in line:
+            _say(line)
+    for profile in profiles:
+        if not profile.traces:
+            _say(f"warning: {profile.binary}: no trace has an end in it: "
+                 "check its load base (--binary PATH@LOAD_BASE)")
+    _say(f"wrote {plural(len(names), 'profile')} and index.json to "
+         f"{args.output}")
     return 0
 
 

@@ -2,11 +2,16 @@
 
 The live program (sample_branches) and replay_branches share one worker in
 the BPF object, so replaying stacks through BPF_PROG_RUN tests and measures
-the exact code that runs on LBR hardware. BPF_PROG_RUN of a syscall
-program takes no CPU flag: the calling thread is pinned with
-sched_setaffinity to choose whose per-CPU maps are filled. Stacks are
-written straight into the mmap of the replay_stacks array, so one run
-aggregates a whole batch with nothing copied per stack.
+the exact code that runs on LBR hardware, the translation of runtime
+addresses into (object, file offset) keys included. The replay runs as a
+pseudo-process, procs[0], whose table of ranges is written here from the
+objects given with their load bases, as the kernel fills a live process's
+table from its mappings. BPF_PROG_RUN of a syscall program takes no CPU
+flag: the calling thread is pinned with sched_setaffinity to choose whose
+per-CPU maps are filled. Stacks are written straight into the mmap of the
+replay_stacks array, so one run aggregates a whole batch with nothing
+copied per stack. Afterwards: one drain (drain.py), one translation per
+object (translate.py), as for a recording.
 """
 import ctypes
 import errno
@@ -16,14 +21,15 @@ from array import array
 
 from .handle import Handle
 from . import _libbpf
-from .addrspace import AddressSpace
 from .bpf_object import BoltObject, possible_cpus
-from .collector import (check_privileges, default_max_entries,
-                        runtime_traces, translated_traces)
+from .collector import check_privileges, default_max_entries
+from .drain import drain_traces
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, USER_ADDR_END,
-                     BranchStack, Config, ReplayArgs, cache_sets)
+from .layout import (BRANCH_MISPRED, MAX_BRANCHES, PROC_RANGES,
+                     USER_ADDR_END, BranchStack, Config, Proc, ReplayArgs,
+                     cache_sets)
 from .profile import Profile
+from .translate import object_traces
 from .errors import UsageError
 
 STACK_BYTES = ctypes.sizeof(BranchStack)
@@ -189,18 +195,95 @@ class _MappedInput(Handle):
         self.obj.close()
 
 
-class Replayer(_MappedInput):
-    """A loaded object whose replay program aggregates supplied stacks."""
+def object_ranges(objects):
+    """The replay's table of ranges (a layout.Proc, procs[0]) for
+    `objects`, [(path, ElfFile, load_base)], numbered 1..n in that order:
+    one range per executable PT_LOAD segment, as the kernel makes one per
+    executable mapping of a live process.
+    - start = load_base + p_vaddr, where the loader puts the segment;
+    - end = start + p_filesz: only the bytes within p_filesz come from the
+      file and have a file offset (translate.segment_translator maps back
+      exactly [p_offset, p_offset + p_filesz)); the rest up to p_memsz is
+      zero-filled memory, no code of the file. For code the two are equal;
+    - delta = start - p_offset, so that addr - delta is the file offset.
+    Refuses (UsageError) more ranges than a process's table holds
+    (PROC_RANGES), objects that overlap, and segments past user space."""
+    ranges = []
+    for oid, (path, elf, base) in enumerate(objects, 1):
+        for seg in elf.text_segments():
+            if not seg.filesz:
+                continue
+            start = base + seg.vaddr
+            end = start + seg.filesz
+            if end > USER_ADDR_END:
+                raise UsageError(
+                    f"{path} at load base {base:#x}: its code would end at "
+                    f"{end:#x}, past user space ({USER_ADDR_END:#x})",
+                    "give the runtime address of the object's first "
+                    "segment (a PIE or library) or 0 (non-PIE)")
+            ranges.append((start, end, (start - seg.offset) % (1 << 64),
+                           oid, path))
+    if len(ranges) > PROC_RANGES:
+        raise UsageError(
+            f"{len(ranges)} executable segments in {len(objects)} objects: "
+            f"a replay's table of ranges holds {PROC_RANGES}, as a "
+            "process's does", "replay fewer objects at once (each run "
+            "gives exact profiles of the objects it has)")
+    ranges.sort()
+    for (s1, e1, _, _, p1), (s2, e2, _, _, p2) in zip(ranges, ranges[1:]):
+        if s2 < e1:
+            raise UsageError(
+                f"{p1} and {p2} overlap: code at {s1:#x}-{e1:#x} and "
+                f"{s2:#x}-{e2:#x}", "give each object a load base where "
+                "its code does not meet another object's")
+    proc = Proc()
+    for slot, (start, end, delta, oid, _) in enumerate(ranges):
+        r = proc.range[slot]
+        r.start, r.end, r.delta, r.object = start, end, delta, oid
+    proc.next = len(ranges) % PROC_RANGES
+    return proc
 
-    def __init__(self, max_entries=None, sets=None, path=None):
-        """sets: trace cache sets per CPU (default: layout.cache_sets);
-        path: another build of the BPF object, e.g. the baseline of the
-        tests and benchmarks (default: the shipped one)."""
+
+def _objects(objects):
+    """[(path, ElfFile, load_base)] from [(path, load_base)]."""
+    out, seen = [], set()
+    if not objects:
+        raise UsageError("no object to replay for",
+                         "give the profiled binary (and its load base)")
+    for path, base in objects:
+        if not (isinstance(base, int) and 0 <= base < 1 << 64):
+            raise UsageError(f"invalid load base {base!r} for {path}",
+                             "give a hexadecimal address, e.g. "
+                             "0x555555554000, or 0 for a non-PIE executable")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UsageError(f"{path} is given twice",
+                             "give each object once, with its load base")
+        seen.add(real)
+        out.append((str(path), ElfFile(path), base))
+    return out
+
+
+class Replayer(_MappedInput):
+    """A loaded object whose replay program aggregates supplied stacks of
+    runtime addresses into the keys of `objects`."""
+
+    def __init__(self, objects, max_entries=None, sets=None, path=None):
+        """objects: [(ELF file path, load base)], the code the stacks ran
+        in, placed as the loader put it (load base: the runtime address of
+        a PIE's or library's first segment, 0 for non-PIE); each gets its
+        profile (profiles()); addresses in none of them are outside every
+        object. sets: trace cache sets per CPU (default:
+        layout.cache_sets); path: another build of the BPF object, e.g.
+        the baseline of the tests and benchmarks (default: the shipped
+        one)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
             raise UsageError(f"invalid --max-entries {max_entries!r}",
                              "give a positive number of map entries")
+        self.objects = _objects(objects)
+        proc = object_ranges(self.objects)
         ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts",
                                                               ncpus)
@@ -208,12 +291,19 @@ class Replayer(_MappedInput):
         self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
                               {"trace_counts": self.max_entries,
                                "trace_cache": sets or cache_sets(ncpus),
-                               "replay_stacks": batch},
+                               "replay_stacks": batch,
+                               "procs": 1},   # procs[0]: the replay's own
                               programs=["replay_branches"], prealloc=True,
                               path=path)
-        size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
-        self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
-                              mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self.obj.update_elem("procs", ctypes.c_uint32(0), proc)
+            size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._mem = mmap.mmap(self.obj.map_fd("replay_stacks"), size,
+                                  mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            self.obj.close()
+            raise
         self.cut = 0
 
     def load(self, words):
@@ -243,37 +333,71 @@ class Replayer(_MappedInput):
                 raise _libbpf.LibbpfError("replay_branches", errno.EINVAL,
                                           f"{args.bad} malformed stacks")
 
-    def runtime_traces(self):
-        return runtime_traces(self.obj)
-
     def stats(self):
         st = self.obj.stats()
         st["stack_cut"] += self.cut
+        # the replay's table holds every object from the start: an address
+        # it does not cover is outside all of them, not one a busy mapping
+        # lookup left unplaced (what "unresolved" means when recording)
+        st["addresses_outside"] = st["unresolved"]
+        st["unresolved"] = 0
         return st
 
-    def profile(self, binary, load_base=0):
-        elf = ElfFile(binary)
-        space = AddressSpace.from_load_base(elf, load_base)
-        traces, left_out = translated_traces(self.obj, space)
+    def profiles(self, notice=None):
+        """The Profile of each object, in the order given: one drain, then
+        one translation per object (translate.object_traces).
+        stats["traces_outside_binary"]: the traces counted but not in this
+        object's profile (no from or to in it, including those the kernel
+        dropped for having none in any object)."""
+        columns = drain_traces(self.obj, notice)
         stats = self.stats()
-        stats["traces_outside_binary"] = left_out
-        prof = Profile(binary, "cycles", "lbr", traces=traces, stats=stats)
-        prof._elf = elf
-        prof.info.update(load_base=load_base, map_entries=self.max_entries)
-        return prof
+        total = sum(columns[3]) + stats["traces_outside"]
+        out = []
+        for oid, (path, elf, base) in enumerate(self.objects, 1):
+            traces, _ = object_traces(columns, oid, elf)
+            st = dict(stats)
+            st["traces_outside_binary"] = total - sum(
+                c for c, _ in traces.values())
+            prof = Profile(path, "cycles", "lbr", traces=traces, stats=st)
+            prof._elf = elf
+            prof.info.update(load_base=base, object=oid,
+                             build_id=elf.build_id,
+                             map_entries=self.max_entries)
+            out.append(prof)
+        return out
+
+    def profile(self, binary=None):
+        """The Profile of one object (`binary`: its path as given; default
+        the first)."""
+        profiles = self.profiles()
+        if binary is None:
+            return profiles[0]
+        for (path, _, _), prof in zip(self.objects, profiles):
+            if path == str(binary) or os.path.realpath(path) == \
+                    os.path.realpath(binary):
+                return prof
+        raise ValueError(f"{binary} is not one of the replayed objects")
 
 
-def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):
+def replay_objects(objects, stacks, max_entries=None, cpus=None):
     """Aggregate branch stacks through the kernel and return the Profile of
-    `binary`. `stacks` is a list of stacks (newest entry first, each entry
-    (from, to, mispredicted)) or text lines in perf's brstack form.
-    `cpus`: spread the stacks round-robin over these CPUs (default: 0)."""
+    each of `objects`, [(ELF file path, load base)]. `stacks` is a list of
+    stacks (newest entry first, each entry (from, to, mispredicted)) or
+    text lines in perf's brstack form. `cpus`: spread the stacks
+    round-robin over these CPUs (default: the first this thread may use)."""
     if stacks and isinstance(next(iter(stacks)), str):
         stacks = parse_stacks(stacks)
     stacks = list(stacks)
     # default: the first CPU this thread may run on (a cpuset may lack CPU 0)
     cpus = list(cpus) if cpus else [min(os.sched_getaffinity(0))]
-    with Replayer(max_entries) as rep:
+    with Replayer(objects, max_entries) as rep:
         for i, cpu in enumerate(cpus):
             rep.feed(stacks[i::len(cpus)], cpu=cpu)
-        return rep.profile(binary, load_base)
+        return rep.profiles()
+
+
+def replay(binary, stacks, load_base=0, max_entries=None, cpus=None):
+    """replay_objects for one object: the Profile of `binary` loaded at
+    `load_base`."""
+    return replay_objects([(binary, load_base)], stacks, max_entries,
+                          cpus)[0]
