@@ -330,22 +330,6 @@ __noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
 	return EB_ADDR_UNRESOLVED;
 }
 
-/* The mapping that holds `addr` looked up and stored, then the address
- * translated through it. A global function, checked once by the verifier:
- * inlined where the branch worker resolves each end of 64 branches, its
- * bpf_find_vma callback was checked at every one of them, and the branch
- * programs did not load (over the verifier's 1M-instruction limit). */
-__noinline __u64 lookup_addr(struct eb_proc *p, __u64 addr, __u32 tgid,
-			     struct eb_stats *st)
-{
-	if (!p || !st)
-		return EB_ADDR_UNRESOLVED;
-	st->counter[EB_VMA_LOOKUPS]++;
-	if (!fill_from_vma(p, addr, tgid, st))
-		return EB_ADDR_UNRESOLVED;
-	return translate_addr(p, addr, tgid);
-}
-
 /* translate_addr, looking the mapping up once if no range covers it
  * (only live samples may: replay's addresses are not this task's).
  * Global, as translate_addr: inlined into the branch worker's loop, the
@@ -361,7 +345,9 @@ __noinline __u64 resolve_addr(struct eb_proc *p, __u64 addr, __u32 tgid,
 		/* one lookup per sample: a second one finds the irq_work of
 		 * the first still pending (-EBUSY) */
 		*may_fill = 0;
-		key = lookup_addr(p, addr, tgid, st);
+		st->counter[EB_VMA_LOOKUPS]++;
+		if (fill_from_vma(p, addr, tgid, st))
+			key = translate_addr(p, addr, tgid);
 	}
 	if (key == EB_ADDR_UNRESOLVED)
 		st->counter[EB_UNRESOLVED]++;
