@@ -48,9 +48,7 @@ struct vm_area_struct {
 } __core;
 struct mm_struct { unsigned long start_code; } __core;
 struct signal_struct { atomic_t live; } __core;
-#define PF_EXITING 0x00000004  /* include/linux/sched.h, stable since 2.6 */
 struct task_struct {
-	unsigned int flags;
 	int pid;
 	int tgid;
 	struct mm_struct *mm;
@@ -400,12 +398,7 @@ static __always_inline struct eb_proc *sample_proc(struct eb_stats *st,
 	*tgid = pid_tgid >> 32;
 	p = current_proc(*tgid, st);
 	if (!p) {
-		/* a recorded process's last thread is still sampled in the
-		 * kernel after its exit removed the entry: not another's */
-		if (BPF_CORE_READ(bpf_get_current_task_btf(), flags) & PF_EXITING)
-			st->counter[EB_EXITED]++;
-		else
-			st->counter[EB_OTHER_PROCESS]++;
+		st->counter[EB_OTHER_PROCESS]++;
 		return NULL;
 	}
 	if (cfg.count_threads) {
@@ -479,15 +472,36 @@ int BPF_PROG(on_exec)
 	return 0;
 }
 
+/* The process whose group exited last on this CPU: its entry is deleted
+ * at the next group exit here, not at once, as its last thread is still
+ * sampled (in the kernel) after the tracepoint; deleted at once, those
+ * samples would count as another process's. At most one entry per CPU
+ * lingers so; a reused process id is reset at its fork anyway. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} exit_pending SEC(".maps");
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *task)
 {
-	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
+	__u32 *pending;
 
 	/* the tracepoint fires per thread, after the thread left signal->live
 	 * (on 6.16+ it also passes group_dead, computed from the same count) */
-	if (BPF_CORE_READ(task, signal, live.counter) == 0)
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	pending = bpf_map_lookup_elem(&exit_pending, &zero);
+	if (!pending) {
 		bpf_map_delete_elem(&procs, &tgid);
+		return 0;
+	}
+	if (*pending && *pending != tgid)
+		bpf_map_delete_elem(&procs, pending);
+	*pending = tgid;
 	return 0;
 }
 

@@ -119,8 +119,6 @@ enum eb_counter {
 	EB_PROCS_FULL,         /* processes not recorded: procs map full */
 	EB_OBJECTS_FULL,       /* objects not told apart: object table full */
 	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
-	EB_EXITED,             /* samples of an exiting task whose process
-	                        * left procs (its group exited): kernel code */
 	EB_NR_COUNTERS
 };
 

@@ -153,7 +153,9 @@ def test_all_objects_writes_a_directory_with_its_index(ebpf_bolt_cmd, front,
     lib = by_path[str(libhot)]
     assert lib["samples"] > 300 and lib["processes"] == 2, lib
     assert by_path[str(front)]["processes"] == 2
-    assert sum(functions(outdir / lib["profile"]).values()) == lib["samples"]
+    # fdata leaves out the few samples outside function symbols
+    in_fdata = sum(functions(outdir / lib["profile"]).values())
+    assert 0.99 * lib["samples"] <= in_fdata <= lib["samples"], lib
 
 
 def test_all_processes_catch_an_unrelated_process(ebpf_bolt_cmd, twofunc,

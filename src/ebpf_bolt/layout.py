@@ -24,7 +24,7 @@ COUNTERS = (
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
     "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
-    "traces_outside", "exited",
+    "traces_outside",
 )
 
 # Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
