@@ -164,10 +164,15 @@ def test_all_processes_catch_an_unrelated_process(ebpf_bolt_cmd, twofunc,
     recording began is recorded."""
     out = tmp_path / "all.fdata"
     rec = subprocess.Popen([ebpf_bolt_cmd, "-a", "--binary", twofunc, "-o",
-                            out, "3"], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    subprocess.run([twofunc, "a", "800"], capture_output=True, check=True)
-    _, err = rec.communicate(timeout=TIMEOUT)
+                            out, "4"], stderr=subprocess.PIPE, text=True)
+    err = ""
+    for line in rec.stderr:   # recording has begun (slow under emulation)
+        err += line
+        if line.startswith("ebpf-bolt: recording "):
+            break
+    subprocess.run([twofunc, "a", "600"], capture_output=True, check=True)
+    _, rest = rec.communicate(timeout=TIMEOUT)
+    err += rest
     assert rec.returncode == 0, err
     assert functions(out).get("work_a", 0) > 200, err
 
