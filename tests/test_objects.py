@@ -209,3 +209,15 @@ def test_binary_replaced_on_disk_is_reported(ebpf_bolt_cmd, twofunc,
     got = functions(out)
     assert got.get("work_a", 0) > 100 and "work_b" not in got, got
     assert "was replaced on disk during the recording" in p.stderr, p.stderr
+
+
+def test_collect_returns_one_profile_or_a_list(front, libhot):
+    """collect(): one object gives its Profile, several a list, in the
+    order given."""
+    import ebpf_bolt
+    one = ebpf_bolt.collect(command=[str(front), "300"], binaries=[libhot])
+    assert one.binary == str(libhot) and one.total() > 300, one.stats
+    both = ebpf_bolt.collect(command=[str(front), "300"],
+                             binaries=[front, libhot])
+    assert [p.binary for p in both] == [str(front), str(libhot)]
+    assert both[1].total() > 10 * both[0].total() > 0

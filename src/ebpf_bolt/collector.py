@@ -776,7 +776,8 @@ class Recorder(Handle):
             raise KernelUnsupported(
                 f"the kernel refused the BPF object ({e})",
                 "run with -v to see the verifier's log; recording needs "
-                "Linux 5.7 or later") from None
+                "Linux 5.17 or later with BTF (/sys/kernel/btf/vmlinux)") \
+                from None
         # the process tree is followed from before the first sample
         for tracker in TRACKERS:
             try:
@@ -1010,9 +1011,14 @@ class Recorder(Handle):
 
 def collect(pid=None, command=None, duration=None,
             frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
-            count_threads=False, notice=None, verbose=False, warn=None):
-    """Profile a process (`pid`) or a command (`command`, an argv list) and
-    return a :class:`ebpf_bolt.profile.Profile`.
+            count_threads=False, notice=None, verbose=False, warn=None,
+            binaries=(), all_objects=False, all_processes=False):
+    """Profile a process (`pid`) and the processes it starts, a command
+    (`command`, an argv list) and every process it starts, or every process
+    (`all_processes`, with `binaries` or `all_objects`), and return the
+    :class:`ebpf_bolt.profile.Profile` of the executable, or of the one
+    object in `binaries`; with several objects (`binaries` of more than one,
+    `all_objects`) a list of them.
 
     A command is recorded until it exits (or for `duration` seconds, then
     left running until it exits); its exit status is in
@@ -1027,10 +1033,15 @@ def collect(pid=None, command=None, duration=None,
     with Recorder(pid=pid, command=command, duration=duration,
                   frequency=frequency, mode=mode, max_entries=max_entries,
                   count_threads=count_threads, notice=notice,
-                  verbose=verbose, warn=warn) as rec:
+                  verbose=verbose, warn=warn, binaries=binaries,
+                  all_objects=all_objects,
+                  all_processes=all_processes) as rec:
         rec.start()
         rec.run()
-        profile = rec.finish()
+        rec.finish()
     if command is not None:
-        profile.info["returncode"] = rec.target.wait()
-    return profile
+        code = rec.target.wait()
+        for profile in rec.profiles:
+            profile.info["returncode"] = code
+    several = all_objects or len(rec.binaries) > 1
+    return rec.profiles if several else rec.profiles[0]
