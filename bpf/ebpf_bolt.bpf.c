@@ -301,7 +301,17 @@ static __always_inline int fill_from_vma(struct eb_proc *p, __u64 addr,
  * A global function, checked once by the verifier: the branch worker calls
  * it for each end of each of up to 64 branches.
  */
-__noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
+/* The key of `addr` in range `r`, which holds it. */
+static __always_inline __u64 range_key(const struct eb_range *r, __u64 addr)
+{
+	if (!r->object)
+		return 0;
+	return (__u64)r->object << EB_OBJECT_SHIFT |
+	       ((addr - r->delta) & EB_OFFSET_MASK);
+}
+
+__noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid,
+				struct eb_range *hit)
 {
 	__u32 i;
 
@@ -309,11 +319,18 @@ __noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
 		return EB_ADDR_UNRESOLVED;
 	for (i = 0; i < EB_PROC_RANGES; i++) {
 		struct eb_range *r = &p->range[i];
+		__u64 end = READ_ONCE(r->end);
 
-		if (addr >= r->start && addr < READ_ONCE(r->end)) {
+		if (addr >= r->start && addr < end) {
 			__u64 pair = (__u64)r->object << 32 | tgid;
 			__u8 one = 1;
 
+			if (hit) {  /* the caller's most recently used range */
+				hit->start = r->start;
+				hit->delta = r->delta;
+				hit->object = r->object;
+				hit->end = end;
+			}
 			if (!r->object)
 				return 0;
 			if (!r->sampled) {
@@ -321,31 +338,41 @@ __noinline __u64 translate_addr(struct eb_proc *p, __u64 addr, __u32 tgid)
 				bpf_map_update_elem(&object_procs, &pair, &one,
 						    BPF_NOEXIST);
 			}
-			return (__u64)r->object << EB_OBJECT_SHIFT |
-			       ((addr - r->delta) & EB_OFFSET_MASK);
+			return range_key(r, addr);
 		}
 	}
 	return EB_ADDR_UNRESOLVED;
 }
 
+/* A sample's lookups: its process, whether it may still call
+ * bpf_find_vma, and the range its last address fell in (mru: most of a
+ * stack's addresses are in one object; checking it first saves a call
+ * and a scan; end 0: none yet). */
+struct lookup_state {
+	struct eb_range mru;
+	__u32 tgid;
+	__u32 may_fill;
+};
+
 /* translate_addr, looking the mapping up once if no range covers it
  * (only live samples may: replay's addresses are not this task's).
  * Global, as translate_addr: inlined into the branch worker's loop, the
  * lookup's paths made the verifier give up (E2BIG). */
-__noinline __u64 resolve_addr(struct eb_proc *p, __u64 addr, __u32 tgid,
-			      __u32 *may_fill, struct eb_stats *st)
+__noinline __u64 resolve_addr(struct eb_proc *p, __u64 addr,
+			      struct eb_stats *st, struct lookup_state *ls)
 {
-	__u64 key = translate_addr(p, addr, tgid);
+	__u64 key;
 
-	if (!p || !may_fill || !st)  /* the verifier sees possibly-NULL args */
-		return key;
-	if (key == EB_ADDR_UNRESOLVED && *may_fill) {
+	if (!p || !st || !ls)  /* the verifier sees possibly-NULL args */
+		return EB_ADDR_UNRESOLVED;
+	key = translate_addr(p, addr, ls->tgid, &ls->mru);
+	if (key == EB_ADDR_UNRESOLVED && ls->may_fill) {
 		/* one lookup per sample: a second one finds the irq_work of
 		 * the first still pending (-EBUSY) */
-		*may_fill = 0;
+		ls->may_fill = 0;
 		st->counter[EB_VMA_LOOKUPS]++;
-		if (fill_from_vma(p, addr, tgid, st))
-			key = translate_addr(p, addr, tgid);
+		if (fill_from_vma(p, addr, ls->tgid, st))
+			key = translate_addr(p, addr, ls->tgid, &ls->mru);
 	}
 	if (key == EB_ADDR_UNRESOLVED)
 		st->counter[EB_UNRESOLVED]++;
@@ -641,8 +668,8 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 	__u64 ip = PT_REGS_IP(&ctx->regs), key;
+	struct lookup_state ls = { .may_fill = 1 };
 	struct eb_proc *p;
-	__u32 may_fill = 1;
 	__u32 tgid;
 
 	if (!st)
@@ -654,7 +681,8 @@ int sample_ip(struct bpf_perf_event_data *ctx)
 		st->counter[EB_KERNEL_IP]++;
 		return 0;
 	}
-	key = resolve_addr(p, ip, tgid, &may_fill, st);
+	ls.tgid = tgid;
+	key = resolve_addr(p, ip, st, &ls);
 	if (key == EB_ADDR_UNRESOLVED)
 		return 0;  /* counted by resolve_addr */
 	if (!key) {
@@ -869,6 +897,7 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 	__u32 i, nr, cpu = bpf_get_smp_processor_id();
 	struct eb_cache_set *table;
 	__u64 newer_from = EB_BR_ONLY;
+	struct lookup_state ls = { .tgid = tgid, .may_fill = may_fill };
 	int kept = 0;
 
 	if (!stack || !st || !p)  /* the verifier sees possibly-NULL arguments */
@@ -890,8 +919,14 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 		}
 		/* an address no object holds, or none could be found for,
 		 * is 0: outside every object's profile */
-		t.from = resolve_addr(p, b->from, tgid, &may_fill, st);
-		t.to = resolve_addr(p, b->to, tgid, &may_fill, st);
+		if (b->from >= ls.mru.start && b->from < ls.mru.end)
+			t.from = range_key(&ls.mru, b->from);
+		else
+			t.from = resolve_addr(p, b->from, st, &ls);
+		if (b->to >= ls.mru.start && b->to < ls.mru.end)
+			t.to = range_key(&ls.mru, b->to);
+		else
+			t.to = resolve_addr(p, b->to, st, &ls);
 		if (t.from == EB_ADDR_UNRESOLVED)
 			t.from = 0;
 		if (t.to == EB_ADDR_UNRESOLVED)

@@ -221,3 +221,49 @@ def test_collect_returns_one_profile_or_a_list(front, libhot):
                              binaries=[front, libhot])
     assert [p.binary for p in both] == [str(front), str(libhot)]
     assert both[1].total() > 10 * both[0].total() > 0
+
+
+def test_pid_follows_the_processes_it_starts(ebpf_bolt_cmd, twofunc,
+                                             tmp_path):
+    """-p PID: the processes the target starts while recorded are recorded
+    too (a shell that runs the program)."""
+    gate = tmp_path / "go"
+    script = (f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+              f"{twofunc} a 500; {twofunc} b 500")
+    sh = subprocess.Popen(["sh", "-c", script])
+    try:
+        out = tmp_path / "p.fdata"
+        rec = subprocess.Popen([ebpf_bolt_cmd, "-p", str(sh.pid), "--binary",
+                                str(twofunc), "-o", str(out)],
+                               stderr=subprocess.PIPE, text=True)
+        err = ""
+        for line in rec.stderr:
+            err += line
+            if line.startswith("ebpf-bolt: recording "):
+                break
+        gate.touch()
+        _, rest = rec.communicate(timeout=TIMEOUT)
+        err += rest
+    finally:
+        sh.kill()
+        sh.wait()
+    assert rec.returncode == 0, err
+    got = functions(out)
+    assert got.get("work_a", 0) > 200 and got.get("work_b", 0) > 200, err
+    assert "2 processes" in err, err
+
+
+def test_other_path_in_another_mount_namespace_is_matched(ebpf_bolt_cmd,
+                                                          twofunc, tmp_path):
+    """A process in its own PID and mount namespace runs the program from
+    another path (a bind mount, as a container sees the host's file):
+    --binary of the original path matches it by file identity."""
+    other = tmp_path / "container"
+    other.mkdir()
+    inner = (f"mount --bind {twofunc.parent} {other} && "
+             f"exec {other / twofunc.name} a 600")
+    out = tmp_path / "ns.fdata"
+    p = record(ebpf_bolt_cmd, "-o", out, "--binary", twofunc, "--",
+               "unshare", "--mount", "--pid", "--fork", "sh", "-c", inner)
+    assert functions(out).get("work_a", 0) > 200, p.stderr
+    assert "matched by build id" not in p.stderr, p.stderr

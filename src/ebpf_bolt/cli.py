@@ -212,6 +212,12 @@ def summary_lines(profile, fmt, output, text):
         if fmt == "preagg":
             lines.append("mispredicts left out: LLVM 22 takes none on T "
                          "records; --format preagg-bf keeps them")
+    if "objects_seen" in i:
+        # what translating in the kernel took: its mapping lookups are the
+        # only expensive step (bpf_find_vma, once per process and mapping)
+        lines.append(f"objects: {i['objects_seen']:,} mapped at sampled "
+                     f"addresses; {plural(st['vma_lookups'], 'mapping lookup')}"
+                     f" from samples, {st['unresolved']:,} addresses unplaced")
     dropped = st["map_full"] + st["update_failed"] + st["scratch_failed"]
     lost = (f", trace counts lost {st['traces_lost']:,}"
             if profile.kind == "branch" else "")

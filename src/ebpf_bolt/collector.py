@@ -950,6 +950,7 @@ class Recorder(Handle):
                 processes=len(processes), object_samples=got,
                 user_samples=total,
                 top_objects=self._top_objects(per_object),
+                objects_seen=len(self.objects.objects),
                 drain_seconds=time.monotonic() - t0,
                 warnings=list(self.warnings))
             self.profiles.append(profile)
