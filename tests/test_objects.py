@@ -267,3 +267,28 @@ def test_other_path_in_another_mount_namespace_is_matched(ebpf_bolt_cmd,
                "unshare", "--mount", "--pid", "--fork", "sh", "-c", inner)
     assert functions(out).get("work_a", 0) > 200, p.stderr
     assert "matched by build id" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("btf", ["lacks-types", "missing"])
+def test_kernel_without_the_btf_needed_is_refused(ebpf_bolt_cmd, tmp_path,
+                                                  btf):
+    """A kernel whose BTF lacks the structures and tracepoints read, or has
+    none (simulated with libbpf's btf_custom_path: --btf): one error line
+    naming BTF, exit 8, nothing written and the command never run."""
+    path = tmp_path / "mini.btf"
+    if btf == "lacks-types":
+        src = tmp_path / "mini.c"
+        src.write_text("int x;\n")
+        obj = tmp_path / "mini.o"
+        subprocess.run(["clang", "-g", "-target", "bpf", "-c", str(src), "-o",
+                        str(obj)], check=True)
+        subprocess.run(["llvm-objcopy", f"--dump-section=.BTF={path}",
+                        str(obj)], check=True)
+    out, ran = tmp_path / "x.fdata", tmp_path / "ran"
+    p = subprocess.run([ebpf_bolt_cmd, "--btf", str(path), "-o", str(out),
+                        "--", "touch", str(ran)], capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert p.returncode == 8, p.stderr
+    assert "BTF" in p.stderr and "hint:" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert not out.exists() and not ran.exists()

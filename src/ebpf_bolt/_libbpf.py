@@ -42,6 +42,17 @@ class bpf_map_batch_opts(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
+class bpf_object_open_opts(ctypes.Structure):
+    """libbpf >= 1.0's layout, as far as this tool sets it (sz tells
+    libbpf where it ends)."""
+    _fields_ = [("sz", c_size_t), ("object_name", c_char_p),
+                ("relaxed_maps", ctypes.c_bool), ("pin_root_path", c_char_p),
+                ("_removed_attach_prog_fd", c_uint32),
+                ("kconfig", c_char_p), ("btf_custom_path", c_char_p),
+                ("kernel_log_buf", c_char_p), ("kernel_log_size", c_size_t),
+                ("kernel_log_level", c_uint32)]
+
+
 class bpf_test_run_opts(ctypes.Structure):
     _fields_ = [
         ("sz", c_size_t),

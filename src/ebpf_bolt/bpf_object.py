@@ -141,7 +141,7 @@ class Link(Handle):
 
 class BoltObject(Handle):
     def __init__(self, config=None, map_entries=None, programs=None, path=None,
-                 prealloc=None, shared=None):
+                 prealloc=None, shared=None, btf=None):
         """Open and load the object.
 
         config: layout.Config written to .rodata before load.
@@ -155,6 +155,9 @@ class BoltObject(Handle):
             with ENOMEM, so the branch paths preallocate.
         shared: {map name: fd} of another object's maps to use instead of
             creating them (give their sizes in map_entries too).
+        btf: a BTF file describing the running kernel, instead of
+            /sys/kernel/btf/vmlinux (libbpf's btf_custom_path): for kernels
+            built without it, with a file from their debug package.
         """
         lib = _libbpf.lib()
         self._lib = lib
@@ -164,7 +167,13 @@ class BoltObject(Handle):
         if not os.path.exists(self.path):
             raise BpfError(f"BPF object missing: {self.path}",
                            "reinstall ebpf-bolt (pip install .)")
-        self._obj = lib.bpf_object__open_file(self.path.encode(), None)
+        opts = None
+        if btf is not None:
+            opts = _libbpf.bpf_object_open_opts(
+                sz=ctypes.sizeof(_libbpf.bpf_object_open_opts),
+                btf_custom_path=os.fsencode(btf))
+            opts = ctypes.byref(opts)
+        self._obj = lib.bpf_object__open_file(self.path.encode(), opts)
         try:
             self.ncpus = possible_cpus()
             cfg = Config.from_buffer_copy(config or Config())

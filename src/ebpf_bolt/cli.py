@@ -82,6 +82,8 @@ def _parser():
                         "instruction-pointer samples; auto: lbr if available")
     p.add_argument("--max-entries", type=int, help="sample map size "
                    "(default: what fits a 64 MiB kernel memory budget)")
+    p.add_argument("--btf", metavar="FILE", help="the running kernel's BTF, "
+                   "where /sys/kernel/btf/vmlinux is missing")
     p.add_argument("--threads", action="store_true",
                    help="also count samples per thread and report them")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -442,7 +444,7 @@ def record(args, command):
                    max_entries=args.max_entries, count_threads=args.threads,
                    notice=notice, verbose=args.verbose, warn=warning,
                    binaries=args.binaries or (), all_objects=args.all_objects,
-                   all_processes=args.all)
+                   all_processes=args.all, btf=args.btf)
     # what is recorded must not become the profile: the command's program
     # as it will be run, or what /proc/PID/exe points to, and the objects
     inputs = ([f"/proc/{pid}/exe"] if pid is not None

@@ -382,6 +382,23 @@ def choose_event(mode, frequency, notice):
     raise _open_error(err, pe.CPU_CLOCK, frequency)
 
 
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+
+
+def check_btf(btf):
+    """The BPF object reads kernel structures through BTF relocations and
+    attaches to tracepoints by their BTF types: without BTF nothing can be
+    recorded (a missing file is refused here, BTF that lacks the types
+    when the object loads)."""
+    path = btf or KERNEL_BTF
+    if not os.path.isfile(path):
+        raise KernelUnsupported(
+            f"no BTF for this kernel: {path} " + ("does not exist" if btf
+                                                  else "is missing"),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's are), "
+            "or give its BTF with --btf FILE")
+
+
 def _identity(path):
     st = os.stat(path)
     return kernel_dev(st.st_dev), st.st_ino
@@ -554,7 +571,7 @@ class Recorder(Handle):
                  frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
                  count_threads=False, notice=None, verbose=False,
                  warn=None, binaries=(), all_objects=False,
-                 all_processes=False):
+                 all_processes=False, btf=None):
         if all_processes:
             if pid is not None or command is not None:
                 raise UsageError("-a/--all records every process: give no "
@@ -594,6 +611,7 @@ class Recorder(Handle):
         self.mode_requested, self.max_entries = mode, max_entries
         self.count_threads = count_threads
         self.all_processes, self.all_objects = all_processes, all_objects
+        self.btf = btf   # the kernel's BTF, where /sys/kernel/btf has none
         if isinstance(binaries, (str, bytes, os.PathLike)):
             binaries = [binaries]
         self.binaries = [Binary.open(b) for b in binaries]
@@ -753,11 +771,13 @@ class Recorder(Handle):
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
                      user_addr_end=USER_ADDR_END)
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
+        check_btf(self.btf)
         try:
             # IP samples insert at most one key per program run: maps can
             # fill on demand; branch stacks insert up to 64 per run.
             self.obj = BoltObject(cfg, sizes, programs=[program, *TRACKERS],
-                                  prealloc=True if self.mode == "lbr" else None)
+                                  prealloc=True if self.mode == "lbr" else None,
+                                  btf=self.btf)
         except _libbpf.LibbpfError as e:
             if e.errno in (errno.ENOMEM, errno.E2BIG) and self.max_entries:
                 raise UsageError(
@@ -776,8 +796,9 @@ class Recorder(Handle):
             raise KernelUnsupported(
                 f"the kernel refused the BPF object ({e})",
                 "run with -v to see the verifier's log; recording needs "
-                "Linux 5.17 or later with BTF (/sys/kernel/btf/vmlinux)") \
-                from None
+                "Linux 5.17 or later and the kernel's BTF, which must "
+                "describe its tasks, mappings and sched tracepoints "
+                "(/sys/kernel/btf/vmlinux, or --btf FILE)") from None
         # the process tree is followed from before the first sample
         for tracker in TRACKERS:
             try:
@@ -1013,7 +1034,7 @@ class Recorder(Handle):
 def collect(pid=None, command=None, duration=None,
             frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
             count_threads=False, notice=None, verbose=False, warn=None,
-            binaries=(), all_objects=False, all_processes=False):
+            binaries=(), all_objects=False, all_processes=False, btf=None):
     """Profile a process (`pid`) and the processes it starts, a command
     (`command`, an argv list) and every process it starts, or every process
     (`all_processes`, with `binaries` or `all_objects`), and return the
@@ -1036,7 +1057,7 @@ def collect(pid=None, command=None, duration=None,
                   count_threads=count_threads, notice=notice,
                   verbose=verbose, warn=warn, binaries=binaries,
                   all_objects=all_objects,
-                  all_processes=all_processes) as rec:
+                  all_processes=all_processes, btf=btf) as rec:
         rec.start()
         rec.run()
         rec.finish()
