@@ -8,10 +8,12 @@
 #   sudo scripts/kernel-check.sh [KERNEL_PACKAGE|FILE.deb] [PYTEST ARGS...]
 #   sudo scripts/kernel-check.sh "" -m kernel_matrix tests     (what CI runs)
 #   sudo scripts/kernel-check.sh linux-image-6.1.0-56-amd64 tests/test_replay.py
+#   sudo scripts/kernel-check.sh bullseye/linux-image-amd64 tests/test_record.py
 #
 # KERNEL_PACKAGE defaults to the one linux-image-amd64 depends on (Debian
-# 12: 6.1); PYTEST ARGS default to the tests marked kernel_matrix. Needs
-# scripts/setup.sh run first; installs qemu-system-x86 and busybox-static.
+# 12: 6.1); SUITE/PACKAGE takes it from another Debian release, where
+# linux-image-amd64 stands for the kernel it depends on. PYTEST ARGS
+# default to the tests marked kernel_matrix. Needs scripts/setup.sh run first; installs qemu-system-x86 and busybox-static.
 # Under emulation tests run ~5x slower: pick a few. EBPF_BOLT_STRICT_SKIPS
 # is passed on to the guest. Exits with pytest's status in the guest, or 1
 # when the guest gave none (it then prints the guest's last lines); the
@@ -57,7 +59,23 @@ else
     # apt downloads as user _apt, into a directory that user may write
     mkdir deb
     chown _apt deb 2>/dev/null || true
-    (cd deb && apt_retry apt-get download "$PKG" >/dev/null)
+    if [[ $PKG == */* ]]; then
+        # SUITE/PACKAGE, e.g. bullseye/linux-image-amd64 (Debian 11: 5.10):
+        # another release's archive, through apt options and lists of its own
+        suite=${PKG%%/*} PKG=${PKG#*/}
+        mkdir -p apt/lists/partial apt/archives/partial
+        printf 'deb http://deb.debian.org/debian %s main\n' "$suite" > apt/sources.list
+        printf 'deb http://deb.debian.org/debian-security %s-security main\n' \
+            "$suite" >> apt/sources.list
+        APT=(-o Dir::Etc::sourcelist="$WORK/apt/sources.list" -o Dir::Etc::sourceparts=-
+             -o Dir::State::Lists="$WORK/apt/lists" -o Dir::Cache="$WORK/apt")
+        apt-get "${APT[@]}" update -q >/dev/null
+        [ "$PKG" != linux-image-amd64 ] ||
+            PKG=$(apt-cache "${APT[@]}" depends "$PKG" | sed -n 's/ *Depends: //p' | head -1)
+        (cd deb && apt-get "${APT[@]}" download "$PKG" >/dev/null)
+    else
+        (cd deb && apt_retry apt-get download "$PKG" >/dev/null)
+    fi
     DEB=$(ls "$WORK"/deb/*.deb)
 fi
 dpkg-deb -x "$DEB" kernel
