@@ -54,6 +54,14 @@ struct eb_proc {
 	struct eb_range range[EB_PROC_RANGES];
 };
 
+/* A CPU's last IP sample (last_sample, a per-CPU array): its process and
+ * the range its IP fell in, valid while ranges_gen is `gen`. */
+struct eb_last_sample {
+	__u32 tgid;
+	__u32 gen;
+	struct eb_range range;
+};
+
 /* An object's file identity, as the kernel holds it: the inode number,
  * the super block's dev_t (MAJOR << 20 | MINOR, unlike stat's st_dev) and
  * the inode generation (a replaced file that reuses a freed inode number

@@ -16,7 +16,8 @@ from .handle import Handle
 from . import _libbpf
 from .errors import BpfError
 from .layout import (COUNTERS, DRAIN_MAX_CPUS, MAX_OBJECTS, BranchStack,
-                     CacheSet, Config, DrainArgs, IpSlot, ObjectInfo,
+                     CacheSet, Config, DrainArgs, IpSlot, LastSample,
+                     ObjectInfo,
                      ObjectKey, Proc, ReplayIps, Stats, Trace, TraceCounts,
                      TraceRecord)
 
@@ -45,7 +46,8 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
         "object_ids": (ctypes.sizeof(ObjectKey), _U32, PLAIN_HASH),
         "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
         "object_procs": (_U64, 1, PLAIN_HASH),
-        "exit_pending": (_U32, _U32, PERCPU_ARRAY)}
+        "exit_pending": (_U32, _U32, PERCPU_ARRAY),
+        "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY)}
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.

@@ -146,6 +146,11 @@ class Proc(ctypes.Structure):
                 ("range", Range * PROC_RANGES)]
 
 
+class LastSample(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint32), ("gen", ctypes.c_uint32),
+                ("range", Range)]
+
+
 class ObjectKey(ctypes.Structure):
     _fields_ = [("ino", ctypes.c_uint64), ("dev", ctypes.c_uint32),
                 ("generation", ctypes.c_uint32)]
@@ -190,6 +195,7 @@ MIRRORS = {
     "eb_replay_args": (ReplayArgs, {}),
     "eb_range": (Range, {}),
     "eb_proc": (Proc, {}),
+    "eb_last_sample": (LastSample, {}),
     "eb_object_key": (ObjectKey, {}),
     "eb_object": (ObjectInfo, {}),
     "eb_trace_record": (TraceRecord, {}),
