@@ -438,9 +438,11 @@ static __always_inline void count_thread(struct eb_stats *st)
 
 	if (!cfg.count_threads)
 		return;
-	/* thread ids as the target's PID namespace numbers them */
-	bpf_get_ns_current_pid_tgid(cfg.tid_pidns_dev, cfg.tid_pidns_ino, &ns,
-				    sizeof(ns));
+	/* thread ids as the target's PID namespace numbers them; an exiting
+	 * thread that has left its namespace has none (not counted) */
+	if (bpf_get_ns_current_pid_tgid(cfg.tid_pidns_dev, cfg.tid_pidns_ino,
+					&ns, sizeof(ns)))
+		return;
 	tid = ns.pid;
 	count_failure(st, add_count(&thread_samples, &tid, 1),
 		      EB_THREAD_MAP_FULL);

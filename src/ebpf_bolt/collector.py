@@ -885,6 +885,7 @@ class Recorder(Handle):
         try:
             while True:
                 self.objects.poll()
+                self._check_cgroup()   # a move is noticed while it lives
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.stopped_by = "duration"
@@ -896,7 +897,6 @@ class Recorder(Handle):
                     break
                 if time.monotonic() >= next_tick:
                     next_tick += tick
-                    self._check_cgroup()   # once per tick
                     if progress:
                         progress(time.monotonic() - self.t_start,
                                  self.duration, self.obj.stats())
