@@ -33,6 +33,32 @@ def file_identity(path):
     return kernel_dev(st.st_dev), st.st_ino
 
 
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+BTRFS_SUPER_MAGIC = 0x9123683E
+
+
+def _fs_type(fd):
+    """statfs's f_type of the file system holding `fd`, or None."""
+    buf = ctypes.create_string_buffer(256)   # struct statfs: f_type first
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def holds(fd, dev, ino):
+    """True when the open file `fd` is the file the kernel keyed as (dev,
+    ino). stat may show another device than the inode's super block
+    (btrfs subvolumes) and, on overlayfs, the overlay's inode where the
+    mapping holds the real (upper or lower) file: those are accepted."""
+    st = os.fstat(fd)
+    if (kernel_dev(st.st_dev), st.st_ino) == (dev, ino):
+        return True
+    fs = _fs_type(fd)
+    return (fs == OVERLAYFS_SUPER_MAGIC or
+            (fs == BTRFS_SUPER_MAGIC and st.st_ino == ino))
+
+
 @dataclass
 class ObjectFile:
     """One object the kernel numbered: `id` is its number in the keys."""
@@ -103,11 +129,17 @@ class ObjectTable:
                       f"opened ({os.strerror(e.errno)})"
             return o
         try:
-            st = os.fstat(o.fd)
-            if (kernel_dev(st.st_dev), st.st_ino) != (o.dev, o.ino):
-                # overlayfs and btrfs show stat another device or inode
-                # than the mapping holds: keep the file, note nothing
-                pass
+            if not holds(o.fd, o.dev, o.ino):
+                # the process exec'd or unmapped the object, and another
+                # file is mapped at those addresses now (two non-PIE
+                # programs both start at 0x401000): not this object
+                os.close(o.fd)
+                o.fd = None
+                o.error = (f"process {info.tgid} maps another file at "
+                           f"{info.start:x}-{info.end:x} now ({o.path}); "
+                           "the object's own file was not opened")
+                o.path = None
+                return o
             o.elf = ElfFile(f"/proc/self/fd/{o.fd}")
         except (OSError, ElfError) as e:
             o.error = f"not an ELF file this tool reads ({e})"
