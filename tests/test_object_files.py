@@ -57,3 +57,23 @@ def test_another_file_at_the_noted_range_is_not_taken_for_it():
     o = table()._open(1, info_for(other, os.getpid(), start, end))
     assert o.elf is None and o.fd is None
     assert "another file" in o.error, o.error
+
+
+def test_an_object_whose_process_exited_is_opened_through_another():
+    """The process the kernel noted exited before the poll (a build's
+    short processes number ld.so and libc first): the file is opened
+    through another process that maps it, here this one."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    start, end, path = own_mapping("libc")
+    t = table()
+    o = t._open(1, info_for(path, dead.pid, start, end))
+    assert o.fd is None and "exited" in o.error
+    t.objects[1] = o
+    t.reopen_missing()
+    try:
+        assert o.error is None and o.elf is not None
+        assert o.name == os.path.realpath(path)
+    finally:
+        os.close(o.fd)

@@ -894,6 +894,7 @@ class Recorder(Handle):
             raise ValueError("finish() needs start() and run() first")
         t0 = time.monotonic()
         self.objects.poll()
+        self.objects.reopen_missing()
         self.objects.read_processes()
         self._check_cgroup()
         message = max_rate_warning(self.max_rate_start,
@@ -965,6 +966,11 @@ class Recorder(Handle):
             for oid in sorted(per_object, key=per_object.get, reverse=True):
                 o = table.objects.get(oid)
                 if o is None or o.elf is None:
+                    name = o.name if o else f"[object {oid}]"
+                    why = (o.error if o and o.error else
+                           "its file was never read")
+                    self.warn(f"{name}: {per_object[oid]:,} samples get no "
+                              f"profile: {why}")
                     continue
                 out.append((Binary(o.name, o.elf, o.identity), [o],
                             "identity"))

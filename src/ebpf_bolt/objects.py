@@ -145,6 +145,49 @@ class ObjectTable:
             o.error = f"not an ELF file this tool reads ({e})"
         return o
 
+    def reopen_missing(self):
+        """Open the objects whose noted process exited (or exec'd) before
+        the poll through any process that maps them now, this one
+        included (ld.so and libc, which short processes number first).
+        Tried once, when the recording ends: it reads every process's
+        maps."""
+        missing = {o.ino: o for o in self.objects.values()
+                   if o.fd is None}
+        if not missing:
+            return
+        pids = ["self"] + [d for d in os.listdir("/proc") if d.isdigit()]
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[4].isdigit():
+                    continue
+                o = missing.get(int(fields[4]))
+                if o is None:
+                    continue
+                link = f"/proc/{pid}/map_files/{fields[0]}"
+                try:
+                    path = os.readlink(link)
+                    fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                if not holds(fd, o.dev, o.ino):
+                    os.close(fd)
+                    continue
+                try:
+                    elf = ElfFile(f"/proc/self/fd/{fd}")
+                except (OSError, ElfError):
+                    os.close(fd)
+                    continue
+                o.fd, o.path, o.elf, o.error = fd, path, elf, None
+                del missing[o.ino]
+                if not missing:
+                    return
+
     def read_processes(self):
         """Fill each object's set of processes from object_procs."""
         keys, _, n = self._obj.read_all("object_procs")
