@@ -188,6 +188,7 @@ struct {
 } object_procs SEC(".maps");
 
 __u32 objects_given;   /* object numbers handed out (the last one) */
+__u32 procs_given;     /* procs entries made (eb_proc.serial: the last) */
 __u32 target_seen;     /* 1 once the target's tgid is in procs */
 
 /* all zero: a process with no ranges yet (in .bss: .rodata holds cfg only) */
@@ -366,6 +367,11 @@ static __always_inline int is_target(void)
 	return ns.tgid == cfg.target_tgid;
 }
 
+static __always_inline __u32 new_serial(void)
+{
+	return __sync_fetch_and_add(&procs_given, 1) + 1;
+}
+
 /* The current process's entry, created for the target (the first time
  * any program meets it: a sample, fork or exec) and, with -a, for any
  * process; NULL when it is not recorded. */
@@ -378,12 +384,18 @@ static __always_inline struct eb_proc *current_proc(__u32 tgid,
 		return p;
 	if (!cfg.all_processes && !is_target())
 		return NULL;
-	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST) &&
-	    st)
-		st->counter[EB_PROCS_FULL]++;
+	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST)) {
+		if (st)
+			st->counter[EB_PROCS_FULL]++;
+		p = NULL;
+	} else {
+		p = bpf_map_lookup_elem(&procs, &tgid);
+		if (p)
+			p->serial = new_serial();
+	}
 	if (!cfg.all_processes)
 		target_seen = 1;
-	return bpf_map_lookup_elem(&procs, &tgid);
+	return p ? p : bpf_map_lookup_elem(&procs, &tgid);
 }
 
 /* The filters every sample goes through: the recorded process's entry,
@@ -439,6 +451,8 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		}
 		/* the child has sampled none of the ranges yet */
 		copy = bpf_map_lookup_elem(&procs, &tgid);
+		if (copy)
+			copy->serial = new_serial();
 		for (i = 0; copy && i < EB_PROC_RANGES; i++)
 			copy->range[i].sampled = 0;
 	} else {
@@ -472,36 +486,46 @@ int BPF_PROG(on_exec)
 	return 0;
 }
 
-/* The process whose group exited last on this CPU: its entry is deleted
- * at the next group exit here, not at once, as its last thread is still
- * sampled (in the kernel) after the tracepoint; deleted at once, those
- * samples would count as another process's. At most one entry per CPU
- * lingers so; a reused process id is reset at its fork anyway. */
+/* The process whose group exited last on this CPU, as serial << 32 |
+ * tgid: its entry is deleted at the next group exit here, not at once, as
+ * its last thread is still sampled (in the kernel) after the tracepoint;
+ * deleted at once, those samples would count as another process's. At
+ * most one entry per CPU lingers so. Its tgid may meanwhile be freed and
+ * given to a new recorded process (on_fork makes it a new entry): the
+ * serial tells the two apart, so that the new one is not deleted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } exit_pending SEC(".maps");
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *task)
 {
-	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
-	__u32 *pending;
+	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0, old_tgid;
+	struct eb_proc *p, *old;
+	__u64 *pending, me;
 
 	/* the tracepoint fires per thread, after the thread left signal->live
 	 * (on 6.16+ it also passes group_dead, computed from the same count) */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
+	p = bpf_map_lookup_elem(&procs, &tgid);
+	me = p ? (__u64)p->serial << 32 | tgid : 0;
 	pending = bpf_map_lookup_elem(&exit_pending, &zero);
 	if (!pending) {
 		bpf_map_delete_elem(&procs, &tgid);
 		return 0;
 	}
-	if (*pending && *pending != tgid)
-		bpf_map_delete_elem(&procs, pending);
-	*pending = tgid;
+	if (*pending && *pending != me) {
+		old_tgid = (__u32)*pending;
+		old = bpf_map_lookup_elem(&procs, &old_tgid);
+		/* only the entry that exited: not a new process's of that id */
+		if (old && old->serial == *pending >> 32)
+			bpf_map_delete_elem(&procs, &old_tgid);
+	}
+	*pending = me;
 	return 0;
 }
 

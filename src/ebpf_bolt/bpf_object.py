@@ -45,7 +45,7 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
         "object_ids": (ctypes.sizeof(ObjectKey), _U32, PLAIN_HASH),
         "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
         "object_procs": (_U64, 1, PLAIN_HASH),
-        "exit_pending": (_U32, _U32, PERCPU_ARRAY)}
+        "exit_pending": (_U32, _U64, PERCPU_ARRAY)}
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.
