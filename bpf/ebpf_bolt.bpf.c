@@ -529,25 +529,55 @@ int BPF_PROG(on_exit, struct task_struct *task)
 	return 0;
 }
 
-/* A new mapping without MAP_FIXED: ranges it overlaps were unmapped, and
- * their addresses may now hold another object. */
-SEC("tp_btf/vm_unmapped_area")
-int BPF_PROG(on_unmapped_area, unsigned long addr,
-	     struct vm_unmapped_area_info *info)
+/* Forget the current process's ranges that overlap [addr, end): their
+ * addresses may hold another object from now on. */
+static __always_inline void forget_ranges(__u64 addr, __u64 end)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32, i;
 	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
-	__u64 end;
 
-	if (!p || addr >= cfg.user_addr_end)  /* an error code, or not ours */
-		return 0;
-	end = addr + BPF_CORE_READ(info, length);
+	if (!p)
+		return;
 	for (i = 0; i < EB_PROC_RANGES; i++) {
 		struct eb_range *r = &p->range[i];
 
 		if (r->start < end && addr < r->end)
 			WRITE_ONCE(r->end, 0);
 	}
+}
+
+/* A new mapping at an address the kernel chose: ranges it overlaps were
+ * unmapped, and their addresses may now hold another object. */
+SEC("tp_btf/vm_unmapped_area")
+int BPF_PROG(on_unmapped_area, unsigned long addr,
+	     struct vm_unmapped_area_info *info)
+{
+	if (addr >= cfg.user_addr_end)  /* an error code */
+		return 0;
+	forget_ranges(addr, addr + BPF_CORE_READ(info, length));
+	return 0;
+}
+
+/* The syscall tracepoints' context (format under
+ * /sys/kernel/tracing/events/syscalls/sys_enter_mmap). */
+struct syscall_enter {
+	__u64 common;
+	__s64 nr;
+	__u64 args[6];
+};
+
+/* A mapping at an address the caller gives (MAP_FIXED, or a hint the
+ * kernel takes as it is when free) never reaches vm_unmapped_area:
+ * ld.so maps a library linked at a fixed base (-Ttext-segment) with its
+ * base as the hint, so one dlclosed and another dlopened there reuse the
+ * addresses (seen: libb.so's samples credited to liba.so). */
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int on_mmap(struct syscall_enter *ctx)
+{
+	__u64 addr = ctx->args[0], len = ctx->args[1];
+
+	if (addr && addr < cfg.user_addr_end)
+		forget_ranges(addr, addr + len);
 	return 0;
 }
 

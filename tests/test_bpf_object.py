@@ -26,7 +26,7 @@ HEADER = ROOT / "bpf" / "ebpf_bolt.h"
 
 SHIPPED_PROGRAMS = {"sample_ip", "sample_branches", "replay_branches",
                     "drain_traces", "on_fork", "on_exec", "on_exit",
-                    "on_unmapped_area"}
+                    "on_unmapped_area", "on_mmap"}
 TEST_PROGRAMS = {"replay_ips"}        # tests/bpf_builds.py TEST_PROGRAMS
 # maps of fixed size, not in MAPS
 FIXED_MAPS = {"stats", "scratch"}

@@ -244,3 +244,25 @@ def test_process_id_reused_while_an_exit_is_pending(tmp_path, ebpf_bolt_cmd):
     shares = functions(out)
     assert shares.get("spin", 0) > 0.9 * sum(shares.values()) > 0, \
         (shares, p.stderr)
+
+
+def test_library_dlopened_where_a_dlclosed_one_was(tmp_path, ebpf_bolt_cmd):
+    """Two libraries linked at one fixed base, dlopened one after the
+    other by one process: the second lands where the first was, mapped at
+    its hint address, which never reaches vm_unmapped_area. Each one's
+    samples go to its own profile (seen: liba.so's profile had them all,
+    libb.so had none)."""
+    from workloads import compile_c
+    base = "-Wl,-Ttext-segment=0x20000000"
+    libs = [compile_c(tmp_path / f"lib{x}.so", "fixedbase.c",
+                      ["-fPIC", "-shared", base, f"-DFN=lib{x}_fn",
+                       f"-DSALT={n}"]) for x, n in (("a", 3), ("b", 5))]
+    prog = compile_c(tmp_path / "dlcycle", "dlcycle.c", ["-ldl"])
+    out = tmp_path / "out"
+    p = record(ebpf_bolt_cmd, "--all-objects", "-o", out, "--", prog, *libs)
+    at = [line.split(" at ")[1].split(":")[0]
+          for line in p.stdout.splitlines()]
+    assert len(at) == 2 and at[0] == at[1], p.stdout   # the same address
+    a, b = functions(out / "liba.so.fdata"), functions(out / "libb.so.fdata")
+    assert set(a) == {"liba_fn"} and set(b) == {"libb_fn"}, (a, b)
+    assert 0.7 < sum(a.values()) / sum(b.values()) < 1.4, (a, b)

@@ -49,7 +49,8 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.
-TRACKERS = ("on_fork", "on_exec", "on_exit", "on_unmapped_area")
+TRACKERS = ("on_fork", "on_exec", "on_exit", "on_unmapped_area",
+            "on_mmap")
 # Maps only the tests' build of the object has (-DEB_TEST_PROGRAMS,
 # tests/bpf_builds.py): skipped where the object lacks them.
 TEST_ONLY_MAPS = frozenset({"replay_ip_buf"})

@@ -185,8 +185,8 @@ def mem_available():
 # File descriptors a recording takes besides one event per CPU: the BPF
 # object's maps, programs, BTF and libbpf's feature probes, the pidfd
 # (measured on Linux 6.18: below ~20 libbpf's probes fail; the rest is
-# margin).
-FDS_BESIDES_EVENTS = 32
+# margin, which each tracker program and its link take two of).
+FDS_BESIDES_EVENTS = 40
 
 
 def check_fd_limit(ncpus):
