@@ -205,6 +205,8 @@ struct {
 	__type(key, __u32);
 	__type(value, struct eb_last_sample);
 } last_sample SEC(".maps");
+
+__u32 procs_given;     /* procs entries made (eb_proc.serial: the last) */
 __u32 target_seen;     /* 1 once the target's tgid is in procs */
 
 /* all zero: a process with no ranges yet (in .bss: .rodata holds cfg only) */
@@ -410,6 +412,11 @@ static __always_inline int is_target(void)
 	return ns.tgid == cfg.target_tgid;
 }
 
+static __always_inline __u32 new_serial(void)
+{
+	return __sync_fetch_and_add(&procs_given, 1) + 1;
+}
+
 /* The current process's entry, created for the target (the first time
  * any program meets it: a sample, fork or exec) and, with -a, for any
  * process; NULL when it is not recorded. */
@@ -422,12 +429,18 @@ static __always_inline struct eb_proc *current_proc(__u32 tgid,
 		return p;
 	if (!cfg.all_processes && !is_target())
 		return NULL;
-	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST) &&
-	    st)
-		st->counter[EB_PROCS_FULL]++;
+	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST)) {
+		if (st)
+			st->counter[EB_PROCS_FULL]++;
+		p = NULL;
+	} else {
+		p = bpf_map_lookup_elem(&procs, &tgid);
+		if (p)
+			p->serial = new_serial();
+	}
 	if (!cfg.all_processes)
 		target_seen = 1;
-	return bpf_map_lookup_elem(&procs, &tgid);
+	return p ? p : bpf_map_lookup_elem(&procs, &tgid);
 }
 
 /* --threads: one more sample of the current thread */
@@ -481,6 +494,10 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		struct eb_proc *copy;
 		__u32 i;
 
+		/* an entry left by an exited process of the same id: the
+		 * CPUs' last_sample slots may hold its ranges */
+		if (bpf_map_lookup_elem(&procs, &tgid))
+			__sync_fetch_and_add(&ranges_gen, 1);
 		if (bpf_map_update_elem(&procs, &tgid, p, BPF_ANY)) {
 			struct eb_stats *st = get_stats();
 
@@ -490,6 +507,8 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		}
 		/* the child has sampled none of the ranges yet */
 		copy = bpf_map_lookup_elem(&procs, &tgid);
+		if (copy)
+			copy->serial = new_serial();
 		for (i = 0; copy && i < EB_PROC_RANGES; i++)
 			copy->range[i].sampled = 0;
 	} else {
@@ -525,55 +544,61 @@ int BPF_PROG(on_exec)
 	return 0;
 }
 
-/* The process whose group exited last on this CPU: its entry is deleted
- * at the next group exit here, not at once, as its last thread is still
- * sampled (in the kernel) after the tracepoint; deleted at once, those
- * samples would count as another process's. At most one entry per CPU
- * lingers so; a reused process id is reset at its fork anyway. */
+/* The process whose group exited last on this CPU, as serial << 32 |
+ * tgid: its entry is deleted at the next group exit here, not at once, as
+ * its last thread is still sampled (in the kernel) after the tracepoint;
+ * deleted at once, those samples would count as another process's. At
+ * most one entry per CPU lingers so. Its tgid may meanwhile be freed and
+ * given to a new recorded process (on_fork makes it a new entry): the
+ * serial tells the two apart, so that the new one is not deleted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } exit_pending SEC(".maps");
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *task)
 {
-	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
-	__u32 *pending;
+	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0, old_tgid;
+	struct eb_proc *p, *old;
+	__u64 *pending, me;
 
 	/* the tracepoint fires per thread, after the thread left signal->live
 	 * (on 6.16+ it also passes group_dead, computed from the same count) */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
+	p = bpf_map_lookup_elem(&procs, &tgid);
+	me = p ? (__u64)p->serial << 32 | tgid : 0;
 	pending = bpf_map_lookup_elem(&exit_pending, &zero);
 	if (!pending) {
 		if (!bpf_map_delete_elem(&procs, &tgid))
 			__sync_fetch_and_add(&ranges_gen, 1);
 		return 0;
 	}
-	if (*pending && *pending != tgid &&
-	    !bpf_map_delete_elem(&procs, pending))
-		__sync_fetch_and_add(&ranges_gen, 1);
-	*pending = tgid;
+	if (*pending && *pending != me) {
+		old_tgid = (__u32)*pending;
+		old = bpf_map_lookup_elem(&procs, &old_tgid);
+		/* only the entry that exited: not a new process's of that id */
+		if (old && old->serial == *pending >> 32 &&
+		    !bpf_map_delete_elem(&procs, &old_tgid))
+			__sync_fetch_and_add(&ranges_gen, 1);
+	}
+	*pending = me;
 	return 0;
 }
 
-/* A new mapping without MAP_FIXED: ranges it overlaps were unmapped, and
- * their addresses may now hold another object. */
-SEC("tp_btf/vm_unmapped_area")
-int BPF_PROG(on_unmapped_area, unsigned long addr,
-	     struct vm_unmapped_area_info *info)
+/* Forget the current process's ranges that overlap [addr, end): their
+ * addresses may hold another object from now on. */
+static __always_inline void forget_ranges(__u64 addr, __u64 end)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32, i;
 	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 	int cleared = 0;
-	__u64 end;
 
-	if (!p || addr >= cfg.user_addr_end)  /* an error code, or not ours */
-		return 0;
-	end = addr + BPF_CORE_READ(info, length);
+	if (!p)
+		return;
 	for (i = 0; i < EB_PROC_RANGES; i++) {
 		struct eb_range *r = &p->range[i];
 
@@ -584,6 +609,21 @@ int BPF_PROG(on_unmapped_area, unsigned long addr,
 	}
 	if (cleared)
 		__sync_fetch_and_add(&ranges_gen, 1);
+}
+
+/* A new mapping at an address the kernel chose: ranges it overlaps were
+ * unmapped, and their addresses may now hold another object. (A mapping
+ * at an address the caller fixes, MAP_FIXED or a fixed-base library, does
+ * not pass here: the sys_enter_mmap tracepoint would see it, but enabling
+ * a syscall tracepoint puts every task's every syscall on the slow path,
+ * so that case stays a known limit, README.) */
+SEC("tp_btf/vm_unmapped_area")
+int BPF_PROG(on_unmapped_area, unsigned long addr,
+	     struct vm_unmapped_area_info *info)
+{
+	if (addr >= cfg.user_addr_end)  /* an error code */
+		return 0;
+	forget_ranges(addr, addr + BPF_CORE_READ(info, length));
 	return 0;
 }
 

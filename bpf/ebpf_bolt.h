@@ -50,7 +50,9 @@ struct eb_range {
 /* A recorded process (procs map, keyed by global tgid). */
 struct eb_proc {
 	__u32 next;            /* the range slot a new range takes next */
-	__u32 reserved;
+	__u32 serial;          /* this entry's own number (never 0): a
+	                        * deferred delete (on_exit) of an earlier
+	                        * process with the same tgid spares it */
 	struct eb_range range[EB_PROC_RANGES];
 };
 

@@ -46,7 +46,7 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
         "object_ids": (ctypes.sizeof(ObjectKey), _U32, PLAIN_HASH),
         "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
         "object_procs": (_U64, 1, PLAIN_HASH),
-        "exit_pending": (_U32, _U32, PERCPU_ARRAY),
+        "exit_pending": (_U32, _U64, PERCPU_ARRAY),
         "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY)}
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}

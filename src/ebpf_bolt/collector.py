@@ -185,8 +185,8 @@ def mem_available():
 # File descriptors a recording takes besides one event per CPU: the BPF
 # object's maps, programs, BTF and libbpf's feature probes, the pidfd
 # (measured on Linux 6.18: below ~20 libbpf's probes fail; the rest is
-# margin).
-FDS_BESIDES_EVENTS = 32
+# margin, which each tracker program and its link take two of).
+FDS_BESIDES_EVENTS = 40
 
 
 def check_fd_limit(ncpus):
@@ -915,6 +915,7 @@ class Recorder(Handle):
             raise ValueError("finish() needs start() and run() first")
         t0 = time.monotonic()
         self.objects.poll()
+        self.objects.reopen_missing()
         self.objects.read_processes()
         self._check_cgroup()
         message = max_rate_warning(self.max_rate_start,
@@ -987,6 +988,11 @@ class Recorder(Handle):
             for oid in sorted(per_object, key=per_object.get, reverse=True):
                 o = table.objects.get(oid)
                 if o is None or o.elf is None:
+                    name = o.name if o else f"[object {oid}]"
+                    why = (o.error if o and o.error else
+                           "its file was never read")
+                    self.warn(f"{name}: {per_object[oid]:,} samples get no "
+                              f"profile: {why}")
                     continue
                 out.append((Binary(o.name, o.elf, o.identity), [o],
                             "identity"))

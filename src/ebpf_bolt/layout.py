@@ -142,7 +142,7 @@ class Range(ctypes.Structure):
 
 
 class Proc(ctypes.Structure):
-    _fields_ = [("next", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+    _fields_ = [("next", ctypes.c_uint32), ("serial", ctypes.c_uint32),
                 ("range", Range * PROC_RANGES)]
 
 

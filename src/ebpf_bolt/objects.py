@@ -33,6 +33,32 @@ def file_identity(path):
     return kernel_dev(st.st_dev), st.st_ino
 
 
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+BTRFS_SUPER_MAGIC = 0x9123683E
+
+
+def _fs_type(fd):
+    """statfs's f_type of the file system holding `fd`, or None."""
+    buf = ctypes.create_string_buffer(256)   # struct statfs: f_type first
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def holds(fd, dev, ino):
+    """True when the open file `fd` is the file the kernel keyed as (dev,
+    ino). stat may show another device than the inode's super block
+    (btrfs subvolumes) and, on overlayfs, the overlay's inode where the
+    mapping holds the real (upper or lower) file: those are accepted."""
+    st = os.fstat(fd)
+    if (kernel_dev(st.st_dev), st.st_ino) == (dev, ino):
+        return True
+    fs = _fs_type(fd)
+    return (fs == OVERLAYFS_SUPER_MAGIC or
+            (fs == BTRFS_SUPER_MAGIC and st.st_ino == ino))
+
+
 @dataclass
 class ObjectFile:
     """One object the kernel numbered: `id` is its number in the keys."""
@@ -103,15 +129,64 @@ class ObjectTable:
                       f"opened ({os.strerror(e.errno)})"
             return o
         try:
-            st = os.fstat(o.fd)
-            if (kernel_dev(st.st_dev), st.st_ino) != (o.dev, o.ino):
-                # overlayfs and btrfs show stat another device or inode
-                # than the mapping holds: keep the file, note nothing
-                pass
+            if not holds(o.fd, o.dev, o.ino):
+                # the process exec'd or unmapped the object, and another
+                # file is mapped at those addresses now (two non-PIE
+                # programs both start at 0x401000): not this object
+                os.close(o.fd)
+                o.fd = None
+                o.error = (f"process {info.tgid} maps another file at "
+                           f"{info.start:x}-{info.end:x} now ({o.path}); "
+                           "the object's own file was not opened")
+                o.path = None
+                return o
             o.elf = ElfFile(f"/proc/self/fd/{o.fd}")
         except (OSError, ElfError) as e:
             o.error = f"not an ELF file this tool reads ({e})"
         return o
+
+    def reopen_missing(self):
+        """Open the objects whose noted process exited (or exec'd) before
+        the poll through any process that maps them now, this one
+        included (ld.so and libc, which short processes number first).
+        Tried once, when the recording ends: it reads every process's
+        maps."""
+        missing = {o.ino: o for o in self.objects.values()
+                   if o.fd is None}
+        if not missing:
+            return
+        pids = ["self"] + [d for d in os.listdir("/proc") if d.isdigit()]
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[4].isdigit():
+                    continue
+                o = missing.get(int(fields[4]))
+                if o is None:
+                    continue
+                link = f"/proc/{pid}/map_files/{fields[0]}"
+                try:
+                    path = os.readlink(link)
+                    fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                if not holds(fd, o.dev, o.ino):
+                    os.close(fd)
+                    continue
+                try:
+                    elf = ElfFile(f"/proc/self/fd/{fd}")
+                except (OSError, ElfError):
+                    os.close(fd)
+                    continue
+                o.fd, o.path, o.elf, o.error = fd, path, elf, None
+                del missing[o.ino]
+                if not missing:
+                    return
 
     def read_processes(self):
         """Fill each object's set of processes from object_procs."""
