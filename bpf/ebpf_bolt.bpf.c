@@ -421,13 +421,15 @@ static __always_inline __u32 new_serial(void)
  * any program meets it: a sample, fork or exec) and, with -a, for any
  * process; NULL when it is not recorded. */
 static __always_inline struct eb_proc *current_proc(__u32 tgid,
-						    struct eb_stats *st)
+						    struct eb_stats *st,
+						    int at_exec)
 {
 	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
 
 	if (p)
 		return p;
-	if (!cfg.all_processes && !is_target())
+	if (!cfg.all_processes &&
+	    (!is_target() || (cfg.target_at_exec && !at_exec)))
 		return NULL;
 	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST)) {
 		if (st)
@@ -471,9 +473,12 @@ static __always_inline struct eb_proc *sample_proc(struct eb_stats *st,
 
 	st->counter[EB_SAMPLES]++;
 	*tgid = pid_tgid >> 32;
-	p = current_proc(*tgid, st);
+	p = current_proc(*tgid, st, 0);
 	if (!p) {
-		st->counter[EB_OTHER_PROCESS]++;
+		if (cfg.target_at_exec && is_target())
+			st->counter[EB_BEFORE_EXEC]++;
+		else
+			st->counter[EB_OTHER_PROCESS]++;
 		return NULL;
 	}
 	count_thread(st);
@@ -489,7 +494,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (tgid == creator)  /* a thread: same process */
 		return 0;
-	p = current_proc(creator, get_stats());
+	p = current_proc(creator, get_stats(), 0);
 	if (p) {
 		struct eb_proc *copy;
 		__u32 i;
@@ -525,7 +530,7 @@ int BPF_PROG(on_exec)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct eb_proc *p = current_proc(tgid, get_stats());
+	struct eb_proc *p = current_proc(tgid, get_stats(), 1);
 	__u64 start_code;
 	__u32 i;
 

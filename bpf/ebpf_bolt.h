@@ -101,7 +101,9 @@ struct eb_config {
 	__u32 ip_cache_mask;   /* IP cache slots - 1 (a power of two - 1) */
 	__u32 all_processes;   /* 1: record every process (-a) */
 	__u32 page_shift;      /* log2 of the page size: vm_pgoff's unit */
-	__u32 reserved;
+	__u32 target_at_exec;  /* 1: the target is recorded from its exec on
+	                        * (a command: before it, the process is
+	                        * ebpf-bolt's own forked child, in Python) */
 	__u64 tid_pidns_dev;   /* PID namespace in which thread ids are */
 	__u64 tid_pidns_ino;   /* counted (--threads): the target's own */
 };
@@ -129,6 +131,8 @@ enum eb_counter {
 	EB_PROCS_FULL,         /* processes not recorded: procs map full */
 	EB_OBJECTS_FULL,       /* objects not told apart: object table full */
 	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
+	EB_BEFORE_EXEC,        /* samples of the command's process before its
+	                        * exec (ebpf-bolt's forked child): not kept */
 	EB_NR_COUNTERS
 };
 

@@ -340,3 +340,16 @@ def test_library_dlopened_where_a_dlclosed_one_was(tmp_path, ebpf_bolt_cmd):
     a, b = functions(out / "liba.so.fdata"), functions(out / "libb.so.fdata")
     assert set(a) == {"liba_fn"} and set(b) == {"libb_fn"}, (a, b)
     assert 0.7 < sum(a.values()) / sum(b.values()) < 1.4, (a, b)
+
+
+def test_command_is_recorded_from_its_exec(ebpf_bolt_cmd, tmp_path):
+    """Before its exec, the command's process is ebpf-bolt's own forked
+    child running Python: its samples are counted apart (before_exec),
+    and libpython is not among the objects recorded."""
+    outdir = tmp_path / "objs"
+    p = record(ebpf_bolt_cmd, "--all-objects", "-o", outdir, "--", "sh",
+               "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done")
+    index = json.loads((outdir / "index.json").read_text())
+    paths = [o["path"] for o in index["objects"]]
+    assert not any("python" in os.path.basename(x) for x in paths), paths
+    assert any(x.endswith("dash") for x in paths), paths

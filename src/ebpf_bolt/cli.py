@@ -181,7 +181,7 @@ def _check_format(fmt):
 
 def summary_lines(profile, fmt, output, text):
     i, st = profile.info, profile.stats
-    kept = st["samples"] - st["other_process"]
+    kept = st["samples"] - st["other_process"] - st["before_exec"]
     in_binary = profile.total()
     lines = []
     pie = "PIE" if i["is_pie"] else "non-PIE"
@@ -346,7 +346,7 @@ def loss_warnings(profile, fmt):
     st, out = profile.stats, []
     entries = profile.info.get("map_entries")
     if profile.kind == "basic":
-        kept = st["samples"] - st["other_process"]
+        kept = st["samples"] - st["other_process"] - st["before_exec"]
         lost = st["map_full"]
         if lost:
             more = _raise_entries(entries, st["map_full"])

@@ -24,7 +24,7 @@ COUNTERS = (
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
     "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
-    "traces_outside",
+    "traces_outside", "before_exec",
 )
 
 # Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
@@ -46,7 +46,7 @@ class Config(ctypes.Structure):
                 ("ip_cache_mask", ctypes.c_uint32),
                 ("all_processes", ctypes.c_uint32),
                 ("page_shift", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32),
+                ("target_at_exec", ctypes.c_uint32),
                 ("tid_pidns_dev", ctypes.c_uint64),
                 ("tid_pidns_ino", ctypes.c_uint64)]
 
