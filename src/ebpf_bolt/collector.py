@@ -768,6 +768,7 @@ class Recorder(Handle):
                      pidns_ino=ino, tid_pidns_dev=dev, tid_pidns_ino=ino,
                      count_threads=int(self.count_threads),
                      all_processes=int(self.all_processes),
+                     target_at_exec=int(self.command is not None),
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
                      user_addr_end=USER_ADDR_END)
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
