@@ -425,14 +425,17 @@ static __always_inline struct eb_proc *current_proc(__u32 tgid,
 						    int at_exec)
 {
 	struct eb_proc *p = bpf_map_lookup_elem(&procs, &tgid);
+	int err;
 
 	if (p)
 		return p;
 	if (!cfg.all_processes &&
 	    (!is_target() || (cfg.target_at_exec && !at_exec)))
 		return NULL;
-	if (bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST)) {
-		if (st)
+	err = bpf_map_update_elem(&procs, &tgid, &empty_proc, BPF_NOEXIST);
+	if (err) {
+		/* -EEXIST: another CPU made it meanwhile (not a full map) */
+		if (st && err != -EEXIST)
 			st->counter[EB_PROCS_FULL]++;
 		p = NULL;
 	} else {

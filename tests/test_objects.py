@@ -133,6 +133,14 @@ def test_dlopened_library_is_profiled(ebpf_bolt_cmd, dlfront, libhot,
                dlfront, libhot, "300", "600")
     got = functions(out)
     assert sum(got.values()) > 1000, (got, p.stderr)
+    # BOLT applies it, and the program dlopening the result runs the same
+    bolted = bolt_applies(libhot, out, tmp_path, None)
+    a = subprocess.run([dlfront, libhot, "-", "50"], input="x",
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    b = subprocess.run([dlfront, bolted, "-", "50"], input="x",
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert a.returncode == b.returncode == 0, (a.stderr, b.stderr)
+    assert last_line(a.stdout) == last_line(b.stdout) != ""
 
 
 def test_all_objects_writes_a_directory_with_its_index(ebpf_bolt_cmd, front,
@@ -353,3 +361,15 @@ def test_command_is_recorded_from_its_exec(ebpf_bolt_cmd, tmp_path):
     paths = [o["path"] for o in index["objects"]]
     assert not any("python" in os.path.basename(x) for x in paths), paths
     assert any(x.endswith("dash") for x in paths), paths
+
+
+def test_same_binary_twice_is_one_profile(ebpf_bolt_cmd, twofunc, tmp_path):
+    """--binary X and --binary through a link to X name one file: one
+    profile, written to -o FILE as for one object, under X's absolute
+    path."""
+    link = tmp_path / "link"
+    link.symlink_to(twofunc)
+    out = tmp_path / "one.fdata"
+    p = record(ebpf_bolt_cmd, "-o", out, "--binary", twofunc, "--binary",
+               link, "--", twofunc, "a", "200")
+    assert out.is_file() and functions(out).get("work_a", 0) > 50, p.stderr

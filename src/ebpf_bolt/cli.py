@@ -450,7 +450,7 @@ def record(args, command):
     inputs = ([f"/proc/{pid}/exe"] if pid is not None
               else _command_inputs(command) if command else [])
     inputs += list(args.binaries or ())
-    if args.all_objects or len(args.binaries or ()) > 1:
+    if args.all_objects or len(rec.binaries) > 1:
         return record_objects(args, rec, inputs, progress, frequency,
                               duration)
     try:

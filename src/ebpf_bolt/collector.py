@@ -614,7 +614,11 @@ class Recorder(Handle):
         self.btf = btf   # the kernel's BTF, where /sys/kernel/btf has none
         if isinstance(binaries, (str, bytes, os.PathLike)):
             binaries = [binaries]
-        self.binaries = [Binary.open(b) for b in binaries]
+        self.binaries = []
+        for b in map(Binary.open, binaries):
+            # the same file twice (or a link and its target): one profile
+            if all(b.identity != seen.identity for seen in self.binaries):
+                self.binaries.append(b)
         self.objects = None   # ObjectTable once loaded
         self.notice = notice or (lambda msg: None)
         self._warn_callback = warn or self.notice

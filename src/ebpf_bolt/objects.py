@@ -225,7 +225,8 @@ class Binary:
     @classmethod
     def open(cls, path, what="--binary"):
         from .errors import UsageError
-        path = os.fsdecode(path)
+        # absolute: the profile's index and apply command name it so
+        path = os.path.abspath(os.fsdecode(path))
         try:
             elf = ElfFile(path)
             identity = file_identity(path)
