@@ -18,6 +18,9 @@
 # is passed on to the guest. Exits with pytest's status in the guest, or 1
 # when the guest gave none (it then prints the guest's last lines); the
 # guest is stopped after KERNEL_CHECK_TIMEOUT seconds (default 2400).
+# KERNEL_CHECK_APPEND adds to the guest kernel's command line, e.g.
+# KERNEL_CHECK_APPEND=possible_cpus=192: 192 possible CPUs (2 online), so
+# every per-CPU map is allocated 192 times, as on a big host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -137,7 +140,7 @@ if [ ! -d $(quote "/host$ROOT/.venv") ]; then
     mount -o bind $(quote "/hostro$ROOT") $(quote "/host$ROOT")
 fi
 cp /run-tests /host/tmp/kernel-check-run-tests
-echo "kernel-check: guest kernel \$(uname -r), \$(nproc) CPUs"
+echo "kernel-check: guest kernel \$(uname -r), \$(nproc) CPUs online, possible \$(cat /sys/devices/system/cpu/possible)"
 chroot /host /bin/sh /tmp/kernel-check-run-tests
 echo "kernel-check: pytest exit \$?"
 poweroff -f
@@ -151,7 +154,7 @@ timeout "${KERNEL_CHECK_TIMEOUT:-2400}" \
     qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3G -nographic -no-reboot \
     -kernel "$VMLINUZ" -initrd initrd.gz \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    -append "console=ttyS0 edd=off panic=-1 quiet" </dev/null 2>&1 | tee guest.log \
+    -append "console=ttyS0 edd=off panic=-1 quiet ${KERNEL_CHECK_APPEND:-}" </dev/null 2>&1 | tee guest.log \
     | tr -d '\r' | grep --line-buffered -v '^\s*$' | sed -u -n '/kernel-check:/,$p' || true
 status=$(tr -d '\r' < guest.log | sed -n 's/.*kernel-check: pytest exit \([0-9]*\)$/\1/p' | tail -1)
 if [ -z "$status" ]; then

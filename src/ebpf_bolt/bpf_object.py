@@ -75,18 +75,32 @@ def percpu_value_size(value_size):
     return (value_size + 7) // 8 * 8
 
 
-def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH):
-    """Kernel memory of a map: a per-CPU hash holds one value per possible
-    CPU per entry plus each element's header (~48 bytes + key + pointer)."""
+def hash_buckets_bytes(max_entries):
+    """A hash map's bucket array, allocated whole at creation, filled on
+    demand or not: roundup_pow_of_two(max_entries) buckets of 16 bytes
+    (struct bucket: a list head and a lock; kernel/bpf/hashtab.c
+    htab_map_alloc, counted by htab_map_mem_usage, fdinfo's memlock)."""
+    return 16 << max(max_entries - 1, 0).bit_length()
+
+
+def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH,
+                     elements=None):
+    """Kernel memory of a map, as fdinfo's memlock counts it: a per-CPU
+    hash holds one value per possible CPU per element plus each element's
+    header (48 bytes + key + a pointer to the values), and its buckets.
+    `elements`: the elements allocated, where a hash fills on demand
+    (default: all max_entries, preallocated)."""
     value = percpu_value_size(value_size)
     if kind == ARRAY:
         return max_entries * value
     if kind in (PERCPU_ARRAY, CPU_TABLE):
         return max_entries * value * ncpus
+    n = max_entries if elements is None else elements
     if kind == PLAIN_HASH:
-        return max_entries * (48 + (key_size + 7) // 8 * 8 + value)
+        return n * (48 + (key_size + 7) // 8 * 8 + value) + \
+            hash_buckets_bytes(max_entries)
     elem = 48 + (key_size + 7) // 8 * 8 + 8
-    return max_entries * (value * ncpus + elem)
+    return n * (value * ncpus + elem) + hash_buckets_bytes(max_entries)
 
 
 def kernel_drain_supported(ncpus):
@@ -289,9 +303,11 @@ class BoltObject(Handle):
         total = 0
         for name, entries in self.map_entries.items():
             ksz, vsz, kind = MAPS[name]
+            elements = None
             if kind == HASH and used is not None and not self.prealloc:
-                entries = min(entries, used.get(name, 0))
-            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind)
+                elements = min(entries, used.get(name, 0))
+            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind,
+                                      elements)
         return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
 
     # --- attach ------------------------------------------------------------

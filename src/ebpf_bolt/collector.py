@@ -18,7 +18,8 @@ import mmap
 from .objects import Binary, ObjectTable, kernel_dev
 from .translate import (object_samples, object_traces, samples_by_object,
                         traces_per_object)
-from .bpf_object import (TRACKERS, BoltObject, map_kernel_bytes, possible_cpus,
+from .bpf_object import (TRACKERS, BoltObject, hash_buckets_bytes,
+                         map_kernel_bytes, possible_cpus,
                          prealloc_needed, MAPS)
 from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
@@ -59,8 +60,13 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
     ksz, vsz, kind = MAPS[map_name]
-    per_entry = map_kernel_bytes(ksz, vsz, 1, ncpus, kind)
-    return max(MIN_ENTRIES, min(MAX_ENTRIES, budget // per_entry))
+    # the most entries whose elements and buckets (a power of two of them,
+    # so up to 32 bytes per entry) fit the budget
+    per_element = map_kernel_bytes(ksz, vsz, 1, ncpus, kind) - 16
+    n = budget // (per_element + 16)
+    while n > MIN_ENTRIES and map_kernel_bytes(ksz, vsz, n, ncpus, kind) > budget:
+        n = (budget - hash_buckets_bytes(n)) // per_element
+    return max(MIN_ENTRIES, min(MAX_ENTRIES, n))
 
 
 _MAP_WHAT = {"ip_counts": "IP map", "trace_counts": "trace map"}
