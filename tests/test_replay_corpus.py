@@ -185,11 +185,11 @@ def test_corpus_has_every_kind_of_case():
     valid = sum(v is None for v in verdicts)
     assert 0.05 * CASES < valid < 0.6 * CASES, valid
     said = " ".join(" ".join(v[1]) for v in verdicts if v)
+    # ("longer than": a line over MAX_LINE, the HUGE cases, is there)
     for phrase in ("not UTF-8", "NUL byte", "longer than", "at least 3",
                    "field 1 (from address)", "field 2 (to address)",
                    "field 3 (prediction flag)"):
         assert phrase in said, phrase
-    assert 1 <= len(HUGE) <= 10, len(HUGE)
 
 
 @pytest.fixture(scope="module")
