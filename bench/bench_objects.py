@@ -100,8 +100,7 @@ def child(spec_path, out_path):
     spec = json.loads(Path(spec_path).read_text())
     from ebpf_bolt import bpf_object
     from ebpf_bolt.collector import Recorder
-    from bench_replay import ProgramClock
-    from bench_sample_ip import run_count
+    from bench_sample_ip import timed_recording
 
     if spec.get("prealloc") is not None:
         # BoltObject asks this when Recorder leaves prealloc to the kernel
@@ -111,32 +110,10 @@ def child(spec_path, out_path):
           "max_entries": spec.get("max_entries")}
     if spec.get("binaries"):
         kw["binaries"] = spec["binaries"]   # after the change only
-    rec = Recorder(**kw)
-    # the workload inherits stdout and stderr: its lines stay out
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    try:
-        rec.start()
-        clock = ProgramClock(rec.obj.program_fd("sample_ip"))
-        try:
-            t0, n0 = clock(), run_count(clock)
-            rec.run()
-            t1, n1 = clock(), run_count(clock)
-        finally:
-            clock.close()
-        prof = rec.finish()
-    finally:
-        rec.close()
-        for fd, old in zip((1, 2), saved):
-            os.dup2(old, fd)
-            os.close(old)
+    ns, runs, prof = timed_recording(Recorder(**kw))
     st = prof.stats
-    runs = n1 - n0
     Path(out_path).write_text(json.dumps({
-        "ns": (t1 - t0) / runs if runs else None, "runs": runs,
+        "ns": ns, "runs": runs,
         "samples": st["samples"],
         "target": st["samples"] - st.get("other_process", 0),
         "vma_lookups": st.get("vma_lookups"),

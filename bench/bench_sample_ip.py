@@ -55,10 +55,11 @@ def object_file(path):
         bpf_object.object_path = shipped
 
 
-def _record_once(cmd):
-    rec = Recorder(command=cmd, mode="ip")
-    # the workload inherits stdout and stderr: its lines stay out of the
-    # report (an error is raised, and shown, after they are restored)
+def timed_recording(rec):
+    """Run the Recorder `rec` (not started) to its end with the workload's
+    output kept out of the report, timing sample_ip with BPF_ENABLE_STATS:
+    (ns per program run, program runs, Profile). An error is raised, and
+    shown, after stdout and stderr are restored."""
     saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -79,9 +80,14 @@ def _record_once(cmd):
         for fd, old in zip((1, 2), saved):
             os.dup2(old, fd)
             os.close(old)
-    st = prof.stats
     runs = n1 - n0
-    return ((t1 - t0) / runs if runs else float("nan"), runs,
+    return ((t1 - t0) / runs if runs else None), runs, prof
+
+
+def _record_once(cmd):
+    ns, runs, prof = timed_recording(Recorder(command=cmd, mode="ip"))
+    st = prof.stats
+    return (float("nan") if ns is None else ns, runs,
             st["samples"] - st["other_process"], prof.info["distinct_addresses"])
 
 
