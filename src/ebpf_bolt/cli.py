@@ -16,7 +16,7 @@ from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, HASH_MAX_ENTRIES,
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
-from .output import OutputFile
+from .output import OutputDirectory, OutputFile, profile_names
 from .targets import interpreters
 from .perf_event import max_sample_rate
 from .targets import PID_HINT, check_pid
@@ -457,17 +457,9 @@ def record(args, command):
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
         with rec, OutputFile(args.output, inputs=inputs) as out:
-            rec.start(check_mode=_check_format(args.format),
-                      check_binary=lambda exe: out.check_inputs([exe]))
-            _say(f"recording {rec.target.describe()} "
-                 f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
-                 f"events {rec.scope})"
-                 + ("; Ctrl-C stops" if duration is None or duration > 2
-                    else ""))
-            rec.run(progress)
-            _deferring = True
-            progress.clear()
-            profile = rec.finish()
+            profile = _record_until_done(
+                rec, args, progress, frequency, duration,
+                check_binary=lambda exe: out.check_inputs([exe]))
             fmt = args.format or profile.default_format
             text = profile.render(fmt)
             # the executable recorded, and what the process runs now if it
@@ -488,26 +480,33 @@ def record(args, command):
     return 0
 
 
+def _record_until_done(rec, args, progress, frequency, duration,
+                       check_binary=None):
+    """The steps every output shares: start (checks before anything runs),
+    say what is recorded, record until the end, drain. Returns the first
+    profile; all are in rec.profiles."""
+    global _deferring
+    rec.start(check_mode=_check_format(args.format), check_binary=check_binary)
+    _say(f"recording {rec.target.describe()} "
+         f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
+         f"events {rec.scope})"
+         + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
+    rec.run(progress)
+    _deferring = True   # signals now wait until the profile is written
+    progress.clear()
+    return rec.finish()
+
+
 def record_objects(args, rec, inputs, progress, frequency, duration):
     """Record, then write one profile per object into the -o directory,
     with its index.json (complete or absent, as a single file is)."""
     global _deferring
-    from .output import OutputDirectory, profile_names
     if args.output in (None, "-"):
         raise UsageError("several objects get a profile: -o must name a "
                          "directory", "give -o DIR")
     try:
         with rec, OutputDirectory(args.output, inputs=inputs) as out:
-            rec.start(check_mode=_check_format(args.format))
-            _say(f"recording {rec.target.describe()} "
-                 f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
-                 f"events {rec.scope})"
-                 + ("; Ctrl-C stops" if duration is None or duration > 2
-                    else ""))
-            rec.run(progress)
-            _deferring = True
-            progress.clear()
-            rec.finish()
+            _record_until_done(rec, args, progress, frequency, duration)
             fmt = args.format
             entries, texts = [], []
             for profile in rec.profiles:
