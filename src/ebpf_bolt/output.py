@@ -37,6 +37,7 @@ sibling directory, which one rename(2) puts in place::
             out.add(name, text)
         out.commit({"objects": [...]})
 """
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -428,16 +429,12 @@ class OutputFile(Handle):
             return
         self._closed = True
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = None
         if self._tmpname is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._tmpname, dir_fd=self._dirfd)
-            except OSError:
-                pass
             self._tmpname = None
         if self._dirfd is not None:
             os.close(self._dirfd)
@@ -749,18 +746,14 @@ class OutputDirectory(Handle):
         self._closed = True
         if self._tmpfd is not None:
             for name in self._names:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self._tmpfd)
-                except OSError:
-                    pass
             os.close(self._tmpfd)
             self._tmpfd = None
         self._names = []
         if self._tmpname is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(self._tmpname, dir_fd=self._parentfd)
-            except OSError:
-                pass
             self._tmpname = None
         if self._parentfd is not None:
             os.close(self._parentfd)
