@@ -16,8 +16,8 @@ from . import _libbpf, bolt
 from . import perf_event as pe
 import mmap
 from .objects import Binary, ObjectTable, kernel_dev
-from .translate import (object_samples, object_traces, samples_by_object,
-                        traces_per_object)
+from .translate import (object_samples, object_traces, rows_by_object,
+                        samples_by_object)
 from .bpf_object import (TRACKERS, BoltObject, hash_buckets_bytes,
                          map_kernel_bytes, possible_cpus,
                          prealloc_needed, MAPS)
@@ -942,7 +942,10 @@ class Recorder(Handle):
         else:
             columns = drain_traces(self.obj, self.notice)
             in_map = len(columns[0])
-            per_object = traces_per_object(columns)
+            rows = rows_by_object(columns)
+            counts = columns[3]
+            per_object = {oid: sum(counts[i] for i in r)
+                          for oid, r in rows.items()}
         total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
@@ -958,7 +961,8 @@ class Recorder(Handle):
                     for k, v in s.items():
                         samples[k] = samples.get(k, 0) + v
                 else:
-                    t, out = object_traces(columns, oid, binary.elf)
+                    t, out = object_traces(columns, oid, binary.elf,
+                                           rows.get(oid, ()))
                     for k, (c, m) in t.items():
                         p = traces.get(k)
                         traces[k] = (c, m) if p is None else (p[0] + c, p[1] + m)

@@ -29,7 +29,7 @@ from .layout import (BRANCH_MISPRED, MAX_BRANCHES, PROC_RANGES,
                      USER_ADDR_END, BranchStack, Config, Proc, ReplayArgs,
                      cache_sets)
 from .profile import Profile
-from .translate import object_traces
+from .translate import object_traces, rows_by_object
 from .errors import UsageError
 
 STACK_BYTES = ctypes.sizeof(BranchStack)
@@ -345,16 +345,19 @@ class Replayer(_MappedInput):
 
     def profiles(self, notice=None):
         """The Profile of each object, in the order given: one drain, then
-        one translation per object (translate.object_traces).
+        one translation per object (translate.object_traces), over the rows
+        of that object (found in one pass where there are several).
         stats["traces_outside_binary"]: the traces counted but not in this
         object's profile (no from or to in it, including those the kernel
         dropped for having none in any object)."""
         columns = drain_traces(self.obj, notice)
         stats = self.stats()
         total = sum(columns[3]) + stats["traces_outside"]
+        rows = rows_by_object(columns) if len(self.objects) > 1 else {}
         out = []
         for oid, (path, elf, base) in enumerate(self.objects, 1):
-            traces, _ = object_traces(columns, oid, elf)
+            traces, _ = object_traces(columns, oid, elf, rows.get(oid) if
+                                      rows else None)
             st = dict(stats)
             st["traces_outside_binary"] = total - sum(
                 c for c, _ in traces.values())

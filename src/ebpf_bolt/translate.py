@@ -118,17 +118,22 @@ def _uniform_shift(columns, oid, elf):
     return TraceTable((frm, to, shifted, counts, mispreds))
 
 
-def object_traces(columns, oid, elf):
+def object_traces(columns, oid, elf, rows=None):
     """The traces of object `oid` (drained columns of keys) in its ELF
     addresses: ({(from, to, ft_end): (count, mispreds)}, traces of this
-    object whose addresses fell outside its code)."""
+    object whose addresses fell outside its code). `rows`: the rows with
+    an address in the object (rows_by_object), so that several objects'
+    profiles cost one pass over the columns, not one each."""
     fast = _uniform_shift(columns, oid, elf)
     if fast is not None:
         return fast, 0
     tr = segment_translator(elf)
     frm, to, ft_end, counts, mispreds = columns
+    if rows is None:
+        rows = range(len(frm))
     out, outside = {}, 0
-    for f, t, e, c, m in zip(frm, to, ft_end, counts, mispreds):
+    for i in rows:
+        f, t, e, c, m = frm[i], to[i], ft_end[i], counts[i], mispreds[i]
         f_in = f >> OBJECT_SHIFT == oid
         t_in = t >> OBJECT_SHIFT == oid
         if not (f_in or t_in):
@@ -149,16 +154,16 @@ def object_traces(columns, oid, elf):
     return out, outside
 
 
-def traces_per_object(columns):
-    """{object: traces with an address in it}: how many traces each
-    object got, for choosing and reporting objects."""
+def rows_by_object(columns):
+    """{object: array of the rows (traces) with a from or to in it}, in
+    one pass: what each object's profile reads (object_traces), and, with
+    the counts, how many traces each object got."""
     frm, to = columns[0], columns[1]
-    counts = columns[3]
     out = {}
-    for f, t, c in zip(frm, to, counts):
+    for i, (f, t) in enumerate(zip(frm, to)):
         a, b = f >> OBJECT_SHIFT, t >> OBJECT_SHIFT
         if a:
-            out[a] = out.get(a, 0) + c
+            out.setdefault(a, array("I")).append(i)
         if b and b != a:
-            out[b] = out.get(b, 0) + c
+            out.setdefault(b, array("I")).append(i)
     return out
