@@ -12,6 +12,7 @@ objects are matched by identity anyway.
 """
 import ctypes
 import mmap
+from array import array
 import os
 from dataclasses import dataclass, field
 
@@ -191,7 +192,6 @@ class ObjectTable:
     def read_processes(self):
         """Fill each object's set of processes from object_procs."""
         keys, _, n = self._obj.read_all("object_procs")
-        from array import array
         for pair in array("Q", keys):
             o = self.objects.get(pair >> 32)
             if o is not None:
