@@ -60,22 +60,199 @@ const volatile struct eb_config cfg = {
 	.user_addr_end = 0xffff800000000000ULL,
 };
 
-/* Basic samples: user-space IP -> sample count. Sized from user space. */
+/*
+ * The count tables: the profile itself, one table shared by all CPUs per
+ * mode, so kernel memory is slots x slot size whatever the number of CPUs.
+ * (Per-CPU hashes cost entries x value x possible CPUs: at 192 CPUs,
+ * 64 MiB held ~21,000 traces; a clang-sized profile needs ~100,000.)
+ * Each is an open-addressing hash table in a plain array, sized from user
+ * space (cfg.ip_slots, cfg.trace_slots), mmapable so the drain reads it
+ * in place:
+ * - a key's first slot is a multiply-shift hash of it scaled to the table
+ *   (hash_slot); a taken slot sends it to the next one (linear probing:
+ *   neighbours share cache lines), up to EB_MAX_PROBES;
+ * - a free slot is claimed with cmpxchg on its first word, counts are added
+ *   with atomic adds: no lock, no allocation, so nothing fails in NMI
+ *   context, and no update is lost when CPUs race;
+ * - slots are never freed while recording: a key once seen in a slot stays
+ *   there, which is what lets readers probe without locks.
+ * The per-CPU caches in front (IP cache, trace cache) absorb the hot keys,
+ * so the shared table sees mostly first sightings and evictions
+ * (docs/design/objects-and-capacity.md, section 4, has the figures).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, __u64);
+	__type(key, __u32);
+	__type(value, struct eb_ip_entry);
 } ip_counts SEC(".maps");
 
-/* Branch traces (from, to, fall-through end) -> taken and mispredict
- * counts, filled from branch stacks. Sized from user space. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, struct eb_trace);
-	__type(value, struct eb_trace_counts);
+	__type(key, __u32);
+	__type(value, struct eb_trace_entry);
 } trace_counts SEC(".maps");
+
+/* A key's first slot: the high half of a multiplicative hash (it depends
+ * on every bit of the key), scaled to [0, nslots) by a multiply (Lemire's
+ * reduction: no division, any table size). */
+static __always_inline __u32 hash_slot(__u64 h, __u32 nslots)
+{
+	return (__u32)(((h >> 32) * (__u64)nslots) >> 32);
+}
+
+/* Table results besides 0 (stored) */
+#define EB_TABLE_FULL (-E2BIG)  /* no free slot within EB_MAX_PROBES */
+#define EB_TABLE_RACED 1        /* stored, after passing a slot of the same
+				 * key still being written: maybe twice */
+
+/*
+ * Probing: the first EB_INLINE_PROBES slots in a plain loop, the rest (up
+ * to EB_MAX_PROBES) through bpf_loop. A key is found or placed within a
+ * few slots nearly always (2.5 on average for a key already there at 3/4
+ * load), and the verifier walks a bounded loop once per iteration: with
+ * all 256 probes inline, every program calling the table took 0.4 s to
+ * load; bpf_loop's callback is verified once.
+ */
+#define EB_INLINE_PROBES 8
+
+struct ip_probe {
+	__u64 ip;
+	__u64 n;
+	__u32 idx;             /* the slot to try next */
+	__u32 done;            /* 1: counted */
+};
+
+/* Try one slot: 1 when the search ends (counted, or no slot), 0 to go on
+ * to the next slot. */
+static __always_inline long probe_ip(struct ip_probe *pr)
+{
+	struct eb_ip_entry *e = bpf_map_lookup_elem(&ip_counts, &pr->idx);
+	__u64 old;
+
+	if (!e)
+		return 1;
+	old = READ_ONCE(e->ip);
+	if (!old)  /* free: claim it, unless another CPU just did */
+		old = __sync_val_compare_and_swap(&e->ip, 0, pr->ip);
+	if (!old || old == pr->ip) {
+		__sync_fetch_and_add(&e->count, pr->n);
+		pr->done = 1;
+		return 1;
+	}
+	if (++pr->idx >= cfg.ip_slots)
+		pr->idx = 0;
+	return 0;
+}
+
+static long probe_ip_cb(__u32 i, void *data)
+{
+	return probe_ip(data);
+}
+
+/* Add `n` samples to IP key `ip` (never 0: 0 marks a free slot). */
+__noinline int table_add_ip(__u64 ip, __u64 n)
+{
+	struct ip_probe pr = {
+		.ip = ip, .n = n,
+		.idx = hash_slot(ip * 0x9E3779B97F4A7C15ULL, cfg.ip_slots),
+	};
+	int i;
+
+	for (i = 0; i < EB_INLINE_PROBES; i++)
+		if (probe_ip(&pr))
+			return pr.done ? 0 : EB_TABLE_FULL;
+	bpf_loop(EB_MAX_PROBES - EB_INLINE_PROBES, probe_ip_cb, &pr, 0);
+	return pr.done ? 0 : EB_TABLE_FULL;
+}
+
+/*
+ * A trace takes three words; the claim (cmpxchg) covers the first, and the
+ * other two are written after it. Every stored word has EB_SLOT_USED
+ * flipped, so none is 0 (addresses outside every object are 0); a reader
+ * that finds `from` but a 0 in `to` or `ft_end` meets a claim still being
+ * written and cannot tell whose it is. It goes on probing rather than
+ * wait (the writer may be a replay run that was preempted), so the trace
+ * may end up in two slots: the counts stay exact, the drain adds the two
+ * up, and `raced` (EB_TABLE_RACED, counted) tells it to.
+ * Words, once written, never change, so no memory barrier is needed: a
+ * non-zero word read is the final one on any architecture.
+ */
+struct trace_probe {
+	__u64 from, to, ft_end;  /* flipped */
+	__u64 count, mispreds;
+	__u32 idx;
+	__u16 done;
+	__u16 raced;
+};
+
+static __always_inline long probe_trace(struct trace_probe *pr)
+{
+	struct eb_trace_entry *e = bpf_map_lookup_elem(&trace_counts, &pr->idx);
+	__u64 old, w1, w2;
+
+	if (!e)
+		return 1;
+	old = READ_ONCE(e->key.from);
+	if (!old) {
+		old = __sync_val_compare_and_swap(&e->key.from, 0, pr->from);
+		if (!old) {  /* claimed: this slot is the trace's */
+			WRITE_ONCE(e->key.to, pr->to);
+			WRITE_ONCE(e->key.ft_end, pr->ft_end);
+			goto add;
+		}
+	}
+	if (old == pr->from) {
+		w1 = READ_ONCE(e->key.to);
+		w2 = READ_ONCE(e->key.ft_end);
+		if (w1 == pr->to && w2 == pr->ft_end)
+			goto add;
+		if (!w1 || !w2)
+			pr->raced = 1;
+	}
+	if (++pr->idx >= cfg.trace_slots)
+		pr->idx = 0;
+	return 0;
+add:
+	__sync_fetch_and_add(&e->count, pr->count);
+	if (pr->mispreds)
+		__sync_fetch_and_add(&e->mispreds, pr->mispreds);
+	pr->done = 1;
+	return 1;
+}
+
+static long probe_trace_cb(__u32 i, void *data)
+{
+	return probe_trace(data);
+}
+
+/* Add counts to trace (from, to, ft_end). */
+__noinline int table_add_trace(__u64 from, __u64 to, __u64 ft_end,
+			       __u64 count, __u64 mispreds)
+{
+	__u64 h = from * 0x9E3779B97F4A7C15ULL;
+	struct trace_probe pr = {
+		.from = from ^ EB_SLOT_USED, .to = to ^ EB_SLOT_USED,
+		.ft_end = ft_end ^ EB_SLOT_USED,
+		.count = count, .mispreds = mispreds,
+	};
+	int i;
+
+	h = (h ^ to) * 0xC2B2AE3D27D4EB4FULL;
+	h = (h ^ ft_end) * 0x9E3779B97F4A7C15ULL;
+	pr.idx = hash_slot(h, cfg.trace_slots);
+	for (i = 0; i < EB_INLINE_PROBES; i++)
+		if (probe_trace(&pr))
+			goto out;
+	bpf_loop(EB_MAX_PROBES - EB_INLINE_PROBES, probe_trace_cb, &pr, 0);
+out:
+	if (!pr.done)
+		return EB_TABLE_FULL;
+	return pr.raced ? EB_TABLE_RACED : 0;
+}
 
 /* Optional per-thread sample counts, so a run can show which threads
  * were sampled (threads created during the recording included). */
@@ -704,39 +881,43 @@ static __always_inline __u32 ip_slot(__u64 ip)
 	return (__u32)((ip * 0x9E3779B97F4A7C15ULL) >> 40) & cfg.ip_cache_mask;
 }
 
+/* Add `n` samples to IP key `ip` in the table, counting a refusal. */
+static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st)
+{
+	int err = table_add_ip(ip, n);
+
+	if (err)
+		st->counter[EB_MAP_FULL]++;
+	return err;
+}
+
 /* Count one sample at `ip`, an address as the maps key it (object and
  * offset, never 0). */
 static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct eb_ip_slot *table, *slot;
-	int err;
 
 	table = cache_table(&ip_cache, cpu);
 	if (!table) {  /* no table for this CPU: straight to the map */
-		count_failure(st, add_count(&ip_counts, &ip, 1), EB_MAP_FULL);
+		add_ip(ip, 1, st);
 		return;
 	}
 	slot = &table[ip_slot(ip)];
 	if (slot->ip == ip && slot->credit) {
 		if (++slot->count == EB_IP_FLUSH_AT) {
-			count_failure(st, add_count(&ip_counts, &ip, slot->count),
-				      EB_MAP_FULL);
+			add_ip(ip, slot->count, st);
 			slot->count = 0;
 		}
 		credit_hit(&slot->credit);
 		return;
 	}
-	err = add_count(&ip_counts, &ip, 1);
-	if (err) {  /* not in the map: it must not take the slot */
-		count_failure(st, err, EB_MAP_FULL);
-		return;
-	}
+	if (add_ip(ip, 1, st))
+		return;  /* not in the map: it must not take the slot */
 	if (!credit_worn(&slot->credit))
 		return;
 	if (slot->credit && slot->count)  /* the owner is in the map already */
-		count_failure(st, add_count(&ip_counts, &slot->ip, slot->count),
-			      EB_MAP_FULL);
+		add_ip(slot->ip, slot->count, st);
 	slot->ip = ip;
 	slot->count = 0;
 	slot->credit = 1;
@@ -823,6 +1004,8 @@ static long replay_ip(__u32 index, void *data)
 	rs->st->counter[EB_SAMPLES]++;
 	if (rs->buf->ip[index] >= cfg.user_addr_end)  /* as sample_ip does */
 		rs->st->counter[EB_KERNEL_IP]++;
+	else if (!rs->buf->ip[index])
+		rs->st->counter[EB_ANON_IP]++;
 	else
 		count_ip(rs->buf->ip[index], rs->st);
 	rs->done++;
@@ -889,32 +1072,20 @@ struct {
 	__uint(value_size, sizeof(struct eb_cache_set));
 } trace_cache SEC(".maps");
 
-/* Add counts to this CPU's value of one trace in the trace map; returns 0,
- * or the error (after counting it) when the map refused a new trace. */
+/* Add counts to one trace in the trace map; returns 0, or the error
+ * (after counting it) when the map refused a new trace. */
 static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
 				      __u64 mispreds, struct eb_stats *st)
 {
-	struct eb_trace_counts *val = bpf_map_lookup_elem(&trace_counts, key);
-	struct eb_trace_counts init = { .count = count, .mispreds = mispreds };
-	int err;
+	int err = table_add_trace(key->from, key->to, key->ft_end, count,
+				  mispreds);
 
-	if (val) {
-		val->count += count;
-		val->mispreds += mispreds;
+	if (err == EB_TABLE_RACED) {
+		st->counter[EB_TABLE_RACES]++;
 		return 0;
 	}
-	err = bpf_map_update_elem(&trace_counts, key, &init, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* inserted by another CPU between lookup and update */
-		val = bpf_map_lookup_elem(&trace_counts, key);
-		if (val) {
-			val->count += count;
-			val->mispreds += mispreds;
-			return 0;
-		}
-	}
 	if (err) {
-		count_failure(st, err, EB_MAP_FULL);
+		st->counter[EB_MAP_FULL]++;
 		st->counter[EB_TRACES_LOST] += count;
 	}
 	return err;
@@ -1147,103 +1318,65 @@ int replay_branches(struct eb_replay_args *args)
 	return 0;
 }
 
-/* ---- Drain: the trace map summed over CPUs, for user space ---------- */
+/* ---- Drain: the caches' pending counts into the tables --------------- */
 
 /*
- * The kernel's batch lookup copies every CPU's value of every trace to
- * user space, which sums them: here that took ~0.5 us per trace even for
- * a plain hash (per-bucket locking and copies), and with many CPUs it
- * moves ncpus * 16 bytes per trace. drain_traces walks the map in the
- * kernel instead (bpf_for_each_map_elem), sums each trace's per-CPU values
- * (bpf_map_lookup_percpu_elem) and writes one 40-byte record per trace
- * into drain_out, which user space reads through mmap. drain_out holds a
- * window of the walk: a map larger than it is read in several runs, each
- * skipping the records already read (the map does not change while it is
- * drained: the programs that fill it are detached by then).
+ * A cache way or slot holds counts not yet in its table (its key is there
+ * already). Once the programs have stopped, flush_caches adds them with
+ * the same table functions the samples use and empties the caches, so the
+ * tables alone hold every count and user space reads them in place
+ * (drain.py). Run with BPF_PROG_RUN, once, with nothing else running.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct eb_trace_record);
-} drain_out SEC(".maps");
-
-struct drain_state {
-	__u32 first;
-	__u32 capacity;
-	__u32 walked;
-	__u32 written;
-	__u32 this_cpu;
-	__u64 lowest;
-	__u64 highest;
-	__u64 br_only;
+struct flush_state {
+	struct eb_stats *st;
+	__u32 per_cpu;         /* sets or slots of one CPU's cache */
 };
 
-/* The bounds of the drained addresses cost a few compares here; they let
- * user space see that one mapping holds every address (the usual case)
- * without a pass over a million traces. */
-static __always_inline void bound(struct drain_state *ds, __u64 addr)
+static long flush_trace_set(__u32 index, void *data)
 {
-	if (addr < ds->lowest)
-		ds->lowest = addr;
-	if (addr > ds->highest)
-		ds->highest = addr;
+	struct flush_state *fs = data;
+	struct eb_cache_set *table = cache_table(&trace_cache,
+						 index / fs->per_cpu);
+	struct eb_cache_slot *way;
+	int w;
+
+	if (!table)
+		return 1;
+	for (w = 0; w < EB_CACHE_WAYS; w++) {
+		way = &table[index & cfg.cache_mask].way[w];
+		if (way->credit && (way->count || way->mispreds))
+			add_trace(&way->key, way->count, way->mispreds, fs->st);
+		__builtin_memset(way, 0, sizeof(*way));
+	}
+	return 0;
 }
 
-static long drain_one(void *map, const struct eb_trace *key,
-		      struct eb_trace_counts *this_cpu, struct drain_state *ds)
+static long flush_ip_slot(__u32 index, void *data)
 {
-	__u32 idx = ds->walked++ - ds->first;
-	struct eb_trace_record *rec;
-	__u32 cpu;
+	struct flush_state *fs = data;
+	struct eb_ip_slot *table = cache_table(&ip_cache, index / fs->per_cpu);
+	struct eb_ip_slot *slot;
 
-	if (ds->walked <= ds->first)
-		return 0;  /* read by an earlier run */
-	rec = bpf_map_lookup_elem(&drain_out, &idx);
-	if (!rec || idx >= ds->capacity) {
-		ds->walked--;  /* not written: the next run starts here */
+	if (!table)
 		return 1;
-	}
-	rec->key = *key;
-	bound(ds, key->from);
-	bound(ds, key->to);
-	if (key->ft_end == EB_BR_ONLY)
-		ds->br_only++;
-	else
-		bound(ds, key->ft_end);
-	rec->count = 0;
-	rec->mispreds = 0;
-	for (cpu = 0; cpu < cfg.ncpus && cpu < EB_DRAIN_MAX_CPUS; cpu++) {
-		/* the walk hands over this CPU's value: one lookup saved */
-		struct eb_trace_counts *v = cpu == ds->this_cpu ? this_cpu :
-			bpf_map_lookup_percpu_elem(&trace_counts, key, cpu);
-
-		if (v) {
-			rec->count += v->count;
-			rec->mispreds += v->mispreds;
-		}
-	}
-	ds->written++;
+	slot = &table[index & cfg.ip_cache_mask];
+	if (slot->credit && slot->count)
+		add_ip(slot->ip, slot->count, fs->st);
+	__builtin_memset(slot, 0, sizeof(*slot));
 	return 0;
 }
 
 SEC("syscall")
-int drain_traces(struct eb_drain_args *args)
+int flush_caches(void *args)
 {
-	struct drain_state ds = {
-		.first = args->first,
-		.capacity = args->capacity,
-		.this_cpu = bpf_get_smp_processor_id(),
-		.lowest = ~0ULL,
-	};
+	struct flush_state fs = { .st = get_stats() };
 
-	bpf_for_each_map_elem(&trace_counts, drain_one, &ds, 0);
-	args->written = ds.written;
-	args->walked = ds.walked;
-	args->lowest = ds.lowest;
-	args->highest = ds.highest;
-	args->br_only = ds.br_only;
+	if (!fs.st)
+		return 1;
+	fs.per_cpu = cfg.cache_mask + 1;
+	bpf_loop(cfg.ncpus * fs.per_cpu, flush_trace_set, &fs, 0);
+	fs.per_cpu = cfg.ip_cache_mask + 1;
+	bpf_loop(cfg.ncpus * fs.per_cpu, flush_ip_slot, &fs, 0);
 	return 0;
 }
 

@@ -106,6 +106,8 @@ struct eb_config {
 	                        * ebpf-bolt's own forked child, in Python) */
 	__u64 tid_pidns_dev;   /* PID namespace in which thread ids are */
 	__u64 tid_pidns_ino;   /* counted (--threads): the target's own */
+	__u32 ip_slots;        /* slots of the IP table (ip_counts) */
+	__u32 trace_slots;     /* slots of the trace table (trace_counts) */
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -133,6 +135,9 @@ enum eb_counter {
 	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
 	EB_BEFORE_EXEC,        /* samples of the command's process before its
 	                        * exec (ebpf-bolt's forked child): not kept */
+	EB_TABLE_RACES,        /* traces stored past a slot of the same trace
+	                        * another CPU was still writing: perhaps in
+	                        * two slots, which the drain adds up */
 	EB_NR_COUNTERS
 };
 
@@ -149,7 +154,29 @@ struct eb_trace {
 	__u64 ft_end;
 };
 
-struct eb_trace_counts {
+/*
+ * Slots of the count tables (ip_counts, trace_counts: arrays shared by all
+ * CPUs, used as open-addressing hash tables; ebpf_bolt.bpf.c says how).
+ * A key's slot is found within EB_MAX_PROBES of its first one: at the
+ * load user space sizes the tables for (3/4), a simulation of a million
+ * random keys needed at most 167 probes.
+ */
+#define EB_MAX_PROBES 256
+
+/* An IP table slot: ip 0 marks it free (IP keys are never 0). */
+struct eb_ip_entry {
+	__u64 ip;
+	__u64 count;
+};
+
+/* A trace table slot. The key's words are stored with EB_SLOT_USED
+ * flipped, so none is 0 and from == 0 marks the slot free: a trace may
+ * have an address outside every object (0), and ft_end may be EB_BR_ONLY
+ * (bit 62 is otherwise clear: object numbers stay below 2^12). */
+#define EB_SLOT_USED 0x4000000000000000ULL  /* bit 62 */
+
+struct eb_trace_entry {
+	struct eb_trace key;
 	__u64 count;
 	__u64 mispreds;
 };
@@ -224,31 +251,6 @@ struct eb_replay_args {
 	__u32 count;           /* stacks to aggregate */
 	__u32 done;            /* out: stacks aggregated */
 	__u32 bad;             /* out: stacks rejected (nr too large) */
-};
-
-/* CPUs whose values drain_traces sums at most: machines with more drain
- * through the batch lookup (layout.DRAIN_MAX_CPUS). */
-#define EB_DRAIN_MAX_CPUS 1024
-
-/* Drain (BPF_PROG_RUN of drain_traces): one record per trace, counts
- * summed over CPUs, written into the mmapped drain_out array. */
-struct eb_trace_record {
-	struct eb_trace key;
-	__u64 count;
-	__u64 mispreds;
-};
-
-/* Context of drain_traces: records [first, first + capacity) of the walk
- * of trace_counts go to drain_out; written back after the run. */
-struct eb_drain_args {
-	__u32 first;           /* index, in walk order, of the first record */
-	__u32 capacity;        /* records drain_out holds */
-	__u32 written;         /* out: records written */
-	__u32 walked;          /* out: traces visited; < first + capacity
-	                        * when the walk reached the end of the map */
-	__u64 lowest;          /* out, over the records written: lowest and */
-	__u64 highest;         /* highest from, to or ft_end (but BR_ONLY) */
-	__u64 br_only;         /* out: records whose ft_end is EB_BR_ONLY */
 };
 
 #endif /* EBPF_BOLT_H */

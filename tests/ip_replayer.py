@@ -12,7 +12,8 @@ from ebpf_bolt.bpf_object import BoltObject, possible_cpus
 from ebpf_bolt.collector import check_privileges
 from ebpf_bolt.drain import drain_ip_counts
 from ebpf_bolt.layout import (REPLAY_IPS, USER_ADDR_END, Config, ReplayIpArgs,
-                              ReplayIps, ip_cache_slots)
+                              ReplayIps, ip_cache_slots,
+                              table_slots)
 from ebpf_bolt.replay import _MappedInput, run_on_cpu
 
 
@@ -25,12 +26,10 @@ class IpReplayer(_MappedInput):
         check_privileges()
         self._mem = None
         self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
-                              {"ip_counts": max_entries,
+                              {"ip_counts": table_slots(max_entries),
                                "ip_cache": slots or ip_cache_slots(possible_cpus()),
                                "replay_ip_buf": 1},
-                              # preallocated: thousands of inserts in one
-                              # run exhaust the on-demand allocator's caches
-                              programs=["replay_ips"], prealloc=True, path=path)
+                              programs=["replay_ips"], path=path)
         size = -(-ctypes.sizeof(ReplayIps) // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"), size,
                               mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)

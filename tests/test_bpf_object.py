@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "bpf" / "ebpf_bolt.h"
 
 SHIPPED_PROGRAMS = {"sample_ip", "sample_branches", "replay_branches",
-                    "drain_traces", "on_fork", "on_exec", "on_exit",
+                    "flush_caches", "on_fork", "on_exec", "on_exit",
                     "on_unmapped_area"}
 TEST_PROGRAMS = {"replay_ips"}        # tests/bpf_builds.py TEST_PROGRAMS
 # maps of fixed size, not in MAPS
@@ -157,7 +157,8 @@ def test_header_defines_match_layout():
     defines = header_defines()
     assert {"EB_MAX_BRANCHES", "EB_BR_ONLY", "EB_BRANCH_MISPRED",
             "EB_CACHE_WAYS", "EB_CACHE_MAX_CREDIT", "EB_IP_FLUSH_AT",
-            "EB_REPLAY_IPS", "EB_DRAIN_MAX_CPUS"} <= set(defines), defines
+            "EB_REPLAY_IPS", "EB_MAX_PROBES", "EB_SLOT_USED"} <= set(defines), \
+        defines
     mirrored = {name: getattr(layout, name[3:], None) for name in defines}
     assert mirrored == defines
 
@@ -203,15 +204,16 @@ def test_every_program_loads_and_verifies():
 
 @pytest.mark.root
 def test_only_the_named_programs_load():
-    """Recording loads its one program: the others may need helpers the
-    kernel lacks (replay needs bpf_loop, 5.17), which must not stop
-    recording on older kernels."""
+    """Recording loads its one program and the drain's (flush_caches): the
+    others may need what the kernel lacks, which must not stop recording
+    where it could run."""
+    from ebpf_bolt.bpf_object import FLUSH
     with BoltObject(map_entries={name: 16 for name in MAPS},
                     programs=["sample_ip"]) as obj:
         names = obj.program_names()
         assert set(names) == SHIPPED_PROGRAMS, names
-        assert obj.program_fd("sample_ip") > 0
-        for name in set(names) - {"sample_ip"}:
+        assert obj.program_fd("sample_ip") > 0 and obj.program_fd(FLUSH) > 0
+        for name in set(names) - {"sample_ip", FLUSH}:
             with pytest.raises(OSError):
                 obj.program_fd(name)
 

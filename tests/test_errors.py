@@ -815,9 +815,9 @@ def test_replay_binary_not_a_regular_file(kind, ebpf_bolt_cmd, tmp_path,
 # --- 12. replay options: --cpu, --max-entries ---------------------------------
 
 def _replay_per_entry_bytes():
-    from ebpf_bolt.bpf_object import MAPS, map_kernel_bytes, possible_cpus
-    ksz, vsz, kind = MAPS["trace_counts"]
-    return map_kernel_bytes(ksz, vsz, 1, possible_cpus(), kind)
+    """Bytes of trace table per trace of room: 4/3 slots of 40 bytes."""
+    from ebpf_bolt.bpf_object import MAPS
+    return MAPS["trace_counts"][1] * 4 / 3
 
 
 def _own_memory_cgroup():
@@ -880,7 +880,7 @@ def memory_cgroup():
     ("--max-entries", "-7", ["--max-entries -7"]),
     ("--max-entries", "1e5", ["--max-entries", "invalid int value"]),
     ("--max-entries", str(2**32), ["above the largest map"]),
-    ("--max-entries", "2000000", ["GiB of kernel memory", "more than half",
+    ("--max-entries", "4000000", ["GiB of kernel memory", "more than half",
                                   "cgroup"]),
     ("--load-base", "-0x1000", ["--load-base", "not a 64-bit address"]),
     ("--load-base", "zz", ["--load-base", "zz"]),
@@ -888,13 +888,14 @@ def memory_cgroup():
 def test_replay_bad_option(root, via, opt, value, says, capsys, ebpf_bolt_cmd,
                            outdir, tmp_path, replay_binary, memory_cgroup):
     prefix = None
-    if value == "2000000":
-        # in a memory cgroup of 256 MiB, 2,000,000 preallocated traces
-        # (~110 bytes each per 2 CPUs, more with more CPUs) need more than
-        # half of it: refused before anything is allocated. (MemAvailable
-        # alone moves with other processes, so it cannot be the test's
-        # condition; a container's limit is what the check must see.)
-        assert 2_000_000 * _replay_per_entry_bytes() > 128 << 20
+    if value == "4000000":
+        # in a memory cgroup of 256 MiB, room for 4,000,000 traces (a
+        # table of 53 bytes per trace, whatever the number of CPUs) needs
+        # more than half of it: refused before anything is allocated.
+        # (MemAvailable alone moves with other processes, so it cannot be
+        # the test's condition; a container's limit is what the check must
+        # see.)
+        assert 4_000_000 * _replay_per_entry_bytes() > 128 << 20
         prefix = memory_cgroup(256 << 20)
     stacks = tmp_path / "stacks.txt"
     stacks.write_bytes(GOOD_LINE)
@@ -908,10 +909,9 @@ def test_replay_bad_option(root, via, opt, value, says, capsys, ebpf_bolt_cmd,
         # the limit named, and the option that fixes it
         assert "lower --max-entries" in hint, res
         assert "kernel version" not in res.stderr and "5.7" not in res.stderr
-        assert_defaults_of_this_machine(hint)
-        from ebpf_bolt.bpf_object import possible_cpus
+        assert_default_sizes(hint)
         from ebpf_bolt.collector import default_max_entries
-        default = default_max_entries("trace_counts", possible_cpus())
+        default = default_max_entries("trace_counts")
         assert f"{default:,}" in hint, res
     assert time.monotonic() - t0 < 10, "a huge map was allocated"
     assert snapshot(stacks, replay_binary) == before
@@ -1068,7 +1068,7 @@ def test_pid_of_a_thread_records_its_process(root, via, capsys, ebpf_bolt_cmd,
 @pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("value,says", [
     ("0", ["--max-entries 0"]), ("-3", ["--max-entries -3"]),
-    (str(2**27 + 1), ["above the largest map", "134,217,728"]),
+    (str(2**30 + 1), ["above the largest map", "1,073,741,824"]),
     (str(2**40), ["above the largest map"]),
 ])
 def test_record_max_entries(root, via, value, says, capsys, ebpf_bolt_cmd,
@@ -1080,21 +1080,20 @@ def test_record_max_entries(root, via, value, says, capsys, ebpf_bolt_cmd,
     assert "kernel version" not in res.stderr and "5.7" not in res.stderr
     if int(value) > 0:
         assert "lower --max-entries" in hint, res
-        assert_defaults_of_this_machine(hint)
+        assert_default_sizes(hint)
     assert os.path.exists(f"/proc/{sleeper}"), "the target was harmed"
 
 
-def assert_defaults_of_this_machine(hint):
-    """A figure in a --max-entries hint is a default map size for this
-    machine's possible CPUs (one hint said 932,067, the default for 1)."""
-    from ebpf_bolt.bpf_object import possible_cpus
+def assert_default_sizes(hint):
+    """A figure in a --max-entries hint is a default map size (one hint
+    said 932,067, a default for another number of CPUs, when defaults
+    had a CPU factor) or the budget."""
     from ebpf_bolt.collector import MAP_BUDGET, default_max_entries
-    defaults = {f"{default_max_entries(m, possible_cpus()):,}"
+    defaults = {f"{default_max_entries(m):,}"
                 for m in ("ip_counts", "trace_counts")}
     assert len(defaults) == 2, defaults
     for figure in re.findall(r"\d+(?:,\d{3})*", hint):
-        assert figure in defaults | {str(MAP_BUDGET >> 20),
-                                     str(possible_cpus())}, hint
+        assert figure in defaults | {str(MAP_BUDGET >> 20)}, hint
 
 
 @covers(errors.UsageError)

@@ -67,12 +67,16 @@ def test_kernel_ips_are_counted_apart(test_object):
 
 @pytest.mark.parametrize("slots", [1, None])
 def test_full_map_refuses_exactly_the_new_ips(slots, test_object):
-    """--max-entries M: once M IPs are in the map, every sample of another
-    IP is refused and counted (map_full), never cached; the M keep exact
-    counts, whatever the cache held when the map filled."""
-    m, k, repeat = 500, 31, 3
+    """--max-entries M: a table of S = 4M/3 slots (all within reach of a
+    probe: S <= MAX_PROBES). Once S IPs are in it, every sample of another
+    IP is refused and counted (map_full), never cached; the S keep exact
+    counts, whatever the cache held when the table filled."""
+    from ebpf_bolt.layout import MAX_PROBES, table_slots
+    m, k, repeat = 150, 31, 3
+    s = table_slots(m)
+    assert s <= MAX_PROBES
     rng = random.Random(SEED)
-    stored = [BASE + 8 * i for i in range(m)]
+    stored = [BASE + 8 * i for i in range(s)]
     refused = [BASE + 0x100000 + 8 * i for i in range(k)]
     with IpReplayer(test_object, max_entries=m, slots=slots) as rep:
         first = rng.choices(stored, k=5000)

@@ -300,59 +300,68 @@ def test_tiny_cache_evicts_exactly(stacks, pie, sets):
         assert_counters(rep.stats(), counters)
 
 
-@pytest.mark.parametrize("window", [None, 1000, 2999], ids=["one-run", "w1000", "w2999"])
-def test_kernel_drain_matches_batch_lookup(stacks, pie, window, monkeypatch):
-    """drain_traces (the map walked and summed over CPUs in the kernel,
-    in windows when the map outgrows drain_out) gives exactly what the
-    kernel's batch lookup and a sum in Python give."""
-    from array import array
-    from ebpf_bolt import bpf_object
-    if not bpf_object.kernel_drain_supported(bpf_object.possible_cpus()):
-        pytest.skip("kernel before 5.19: the batch lookup is the only drain")
-    if window:
-        monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", window)
+# --- 1a. the shared trace table under concurrency --------------------------
+
+def two_cpus():
     cs = cpus()
-    with Replayer(pie, max_entries=ENTRIES) as rep:
-        for i, cpu in enumerate(cs):
-            rep.feed(stacks[i::len(cs)], cpu=cpu)
-            rep.feed(stacks[:500], cpu=cpu)      # traces on several CPUs
-        from ebpf_bolt.drain import flush_trace_cache
-        flush_trace_cache(rep.obj)
-        w, bounds = rep.obj.drain_trace_records()
-        keys, values, n = rep.obj.read_all("trace_counts")
-        counts, mispreds = rep.obj.sum_u64_values(values, 2)
-    k = array("Q", keys)
-    batch = dict(zip(zip(k[0::3], k[1::3], k[2::3]), zip(counts, mispreds)))
-    walked = dict(zip(zip(w[0::5], w[1::5], w[2::5]), zip(w[3::5], w[4::5])))
-    assert len(w) == 5 * n > 5 * 3 * (window or 0)  # several windows were read
-    assert walked == batch
-    from ebpf_bolt.translate import column_bounds, object_traces
-    assert bounds == column_bounds(w[0::5], w[1::5], w[2::5])  # across windows
-    expected, _ = rules.aggregate(stacks + stacks[:500] * len(cs))
-    got, _ = object_traces((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]), 1,
-                           ElfFile(pie[0][0]))
-    assert_same_traces(dict(got.items()), rules.object_view(
-        expected, code_ranges(*pie[0]))[0])
+    if len(cs) < 2:
+        pytest.skip("needs two CPUs to run the replay on at once")
+    return cs[:2]
 
 
-def test_failed_kernel_drain_falls_back_to_batch_lookup(stacks, pie, monkeypatch):
-    """The drain's own object fails to load (here: a 0-entry output array,
-    which the kernel refuses, as it may refuse 80 MiB under a memory
-    limit): the batch lookup reads the map, said in a notice."""
-    from ebpf_bolt import bpf_object
-    from ebpf_bolt.drain import drain_traces
-    from ebpf_bolt.translate import object_traces
-    monkeypatch.setattr(bpf_object, "DRAIN_WINDOW", 0)
-    expected, _ = rules.aggregate(stacks)
-    notices = []
-    with Replayer(pie, max_entries=ENTRIES) as rep:
+@pytest.mark.parametrize("sets", [None, 1], ids=["cache", "no-cache"])
+def test_cpus_at_once_count_exactly(stacks, pie, sets):
+    """Two CPUs replay all the stacks at the same time (one thread pinned
+    to each, in the kernel together): every trace is claimed and counted
+    in the one table both update, and no count is lost to a race. With a
+    1-set cache nearly every trace goes to the table, the most shared
+    updates."""
+    expected, counters = rules.aggregate(stacks)
+    cs = two_cpus()
+    with Replayer(pie, max_entries=ENTRIES, sets=sets) as rep:
+        rep.feed_at_once([(cpu, stacks) for cpu in cs])
+        assert_profiles(rep, rules.scale(expected, 2))
+        assert_counters(rep.stats(), {k: v * 2 for k, v in counters.items()})
+
+
+def test_cpus_hammering_the_same_traces(stacks, pie):
+    """The worst case for a shared counter: both CPUs count the same few
+    traces over and over (one 32-deep stack, 3,000 times each, with a
+    1-set cache that keeps 2 of its traces): every count arrives."""
+    hot = max(stacks, key=len)[:32]
+    expected, counters = rules.aggregate([hot])
+    cs = two_cpus()
+    with Replayer(pie, max_entries=ENTRIES, sets=1) as rep:
+        rep.feed_at_once([(cpu, [hot] * 3000) for cpu in cs])
+        assert_profiles(rep, rules.scale(expected, 6000))
+        assert_counters(rep.stats(),
+                        {k: v * 6000 for k, v in counters.items()})
+
+
+def test_trace_in_two_slots_is_added_up(stacks, pie):
+    """A CPU that finds its trace's slot claimed but not yet written (the
+    claimer was preempted: replay runs can be) stores it in another slot.
+    Made here by clearing a slot's `to` word between two replays and
+    putting it back: the drain must add the two slots up, and the kernel
+    must have counted the race (table_races) so that it does."""
+    import mmap
+    from array import array
+    from ebpf_bolt.bpf_object import MAPS
+    expected, counters = rules.aggregate(stacks)
+    with Replayer(pie, max_entries=ENTRIES, sets=1) as rep:
         rep.feed(stacks)
-        columns = drain_traces(rep.obj, notices.append)
-    got, _ = object_traces(columns, 1, ElfFile(pie[0][0]))
-    assert_same_traces(dict(got.items()), rules.object_view(
-        expected, code_ranges(*pie[0]))[0])
-    if bpf_object.kernel_drain_supported(bpf_object.possible_cpus()):
-        assert len(notices) == 1 and "in-kernel drain failed" in notices[0]
+        size = rep.obj.table_bytes("trace_counts")
+        with mmap.mmap(rep.obj.map_fd("trace_counts"), size) as mem:
+            words = array("Q", mem[:size])
+            slot = max(range(len(words) // 5),
+                       key=lambda i: words[5 * i + 3])   # the hottest trace
+            to = mem[(5 * slot + 1) * 8:(5 * slot + 2) * 8]
+            mem[(5 * slot + 1) * 8:(5 * slot + 2) * 8] = bytes(8)
+            rep.feed(stacks)
+            mem[(5 * slot + 1) * 8:(5 * slot + 2) * 8] = to
+        assert MAPS["trace_counts"][1] == 40
+        assert rep.stats()["table_races"] > 0
+        assert_profiles(rep, rules.scale(expected, 2))
 
 
 # --- 1b. the translated profile ---------------------------------------------
@@ -527,24 +536,26 @@ def test_golden(name, workload_nopie):
 # --- 3. a full trace map loses exactly what it refuses ----------------------
 
 def test_full_map_loses_exactly_the_excess(workload_pie):
-    """--max-entries M, M + K distinct traces: exactly K are refused (each
-    a failed insert, one lost count), the first M are kept with exact counts.
-    The replay map is preallocated: the kernel refuses an insert (E2BIG)
-    exactly when its free list of M elements is empty (htab alloc_htab_elem);
-    filled on demand it also failed with ENOMEM long before M (see dda6564),
-    which update_failed == 0 checks."""
-    m, k = 2000, 37
+    """--max-entries M gives a table of S = 4M/3 slots; S + K distinct
+    traces: exactly K are refused (each a failed insert, one lost count),
+    the first S are kept with exact counts. With S below the probe limit
+    (MAX_PROBES), a free slot is found wherever it is, so the table takes
+    exactly S traces."""
+    from ebpf_bolt.layout import MAX_PROBES, table_slots
+    m, k = 150, 37
+    s = table_slots(m)
+    assert m < s <= MAX_PROBES
     (lo, hi, _), = code_ranges(workload_pie, LOAD_BASE)
     distinct = [[(lo + 8 * i, lo + 0x10000 + 8 * i, i % 3 == 0)]
-                for i in range(m + k)]
-    assert lo + 0x10000 + 8 * (m + k) < hi
+                for i in range(s + k)]
+    assert lo + 0x10000 + 8 * (s + k) < hi
     cs = cpus()
     with Replayer([(workload_pie, LOAD_BASE)], max_entries=m) as rep:
         rep.feed(distinct, cpu=cs[0])
         st = rep.stats()
         assert (st["map_full"], st["traces_lost"], st["update_failed"]) == (k, k, 0)
-        assert len(rep.profile().traces) == m
-        assert_profiles(rep, rules.aggregate(distinct[:m])[0], lossless=False)
+        assert len(rep.profile().traces) == s
+        assert_profiles(rep, rules.aggregate(distinct[:s])[0], lossless=False)
         # every CPU again: stored traces count on, each refused one is lost again
         for cpu in cs:
             rep.feed(distinct, cpu=cpu)
@@ -552,9 +563,26 @@ def test_full_map_loses_exactly_the_excess(workload_pie):
         lost = k * (1 + len(cs))
         assert (st["map_full"], st["traces_lost"],
                 st["update_failed"]) == (lost, lost, 0)
-        assert_profiles(rep, rules.scale(rules.aggregate(distinct[:m])[0],
+        assert_profiles(rep, rules.scale(rules.aggregate(distinct[:s])[0],
                                          1 + len(cs)), lossless=False)
-        assert st["traces"] - st["traces_lost"] == m * (1 + len(cs))
+        assert st["traces"] - st["traces_lost"] == s * (1 + len(cs))
+
+
+def test_room_given_is_kept(workload_pie):
+    """--max-entries M: M distinct traces, however their addresses fall,
+    are all kept (the table has 4M/3 slots: probing finds room)."""
+    m = 20000
+    rng = random.Random(SEED + 7)
+    (lo, hi, _), = code_ranges(workload_pie, LOAD_BASE)
+    pairs = set()
+    while len(pairs) < m:
+        pairs.add((rng.randrange(lo, hi), rng.randrange(lo, hi)))
+    distinct = [[(f, t, False)] for f, t in sorted(pairs)]
+    with Replayer([(workload_pie, LOAD_BASE)], max_entries=m) as rep:
+        rep.feed(distinct, cpu=cpus()[0])
+        st = rep.stats()
+        assert (st["map_full"], st["traces_lost"]) == (0, 0)
+        assert_profiles(rep, rules.aggregate(distinct)[0])
 
 
 # --- 4. both dialects, read by the real perf2bolt ---------------------------

@@ -37,7 +37,7 @@ def recorded(binary, mode="ip", fmt=None, **stats):
         pid=1234, frequency=4999, scope="per task, inherited by the threads "
         "and processes it creates", duration=1.0,
         stopped_by="target exited", distinct_addresses=1, map_entries=1024,
-        kernel_bytes_cap=1 << 20, kernel_bytes=1 << 16, prealloc=False,
+        table_slots=1366, table_bytes=1 << 15, kernel_bytes=1 << 16,
         ncpus=2, threads={}, is_pie=True, load_bias=LOAD_BASE,
         build_id=None, drain_seconds=0.0)
     return prof
@@ -114,7 +114,7 @@ def test_recording_branch_losses(workload_pie, stats, expected):
     (1024, 1, 2048),
     (64, 158_702, 262_144),  # 158,766 needed: 4096 was suggested
     (4096, 154_670, 262_144),
-    (1 << 26, 1 << 26, 1 << 27),   # capped: the largest map the kernel makes
+    (1 << 29, 1 << 29, 1 << 30),   # capped: the largest map the kernel makes
 ])
 def test_raise_entries_suggests_room_for_every_refused_insert(
         entries, refused, suggested):
@@ -122,11 +122,11 @@ def test_raise_entries_suggests_room_for_every_refused_insert(
     of the run (each refused insert is at most one new key): the hint
     suggests the power of two at or above that, with a quarter more, up to
     the largest map check_max_entries accepts."""
-    from ebpf_bolt.collector import HASH_MAX_ENTRIES
+    from ebpf_bolt.collector import TABLE_MAX_ENTRIES
     got = cli._raise_entries(entries, refused)
     assert got == (f"raise --max-entries (now {entries:,}), e.g. "
                    f"--max-entries {suggested}"), got
-    assert suggested >= min(entries + refused, HASH_MAX_ENTRIES)
+    assert suggested >= min(entries + refused, TABLE_MAX_ENTRIES)
     assert cli._raise_entries(None, refused) == "raise --max-entries"
 
 
@@ -144,9 +144,10 @@ def test_replay_outside_binary(workload_pie):
 
 @pytest.mark.root
 def test_replay_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
-    """3,000 distinct traces into a 1,024-entry map: 1,976 counts (65.9%)
-    are lost; the warning gives the figure and an --max-entries that holds
-    them all, and the replay with it warns of nothing."""
+    """3,000 distinct traces into a map with room for 150 (a table of 200
+    slots, all within a probe's reach: it takes exactly 200): 2,800 counts
+    (93.3%) are lost; the warning gives the figure and an --max-entries
+    that holds them all, and the replay with it warns of nothing."""
     text = ElfFile(workload_pie).text_segments()[0]
     assert text.memsz > 8 * 3000
     base = LOAD_BASE + text.vaddr
@@ -154,15 +155,15 @@ def test_replay_overflow_warns(workload_pie, ebpf_bolt_cmd, tmp_path):
                      for i in range(3000))
     args = [ebpf_bolt_cmd, "replay", "--binary", str(workload_pie),
             "--load-base", hex(LOAD_BASE), "-o", str(tmp_path / "p.preagg")]
-    res = run(args + ["--max-entries", "1024"], input=stacks)
+    res = run(args + ["--max-entries", "150"], input=stacks)
     assert res.returncode == 0, res.stderr   # the profile is still written
     m = re.search(r"ebpf-bolt: warning: ([\d,]+) of 3,000 trace counts "
                   r"\(([\d.]+)%\) lost: the trace map was full .*"
-                  r"raise --max-entries \(now 1,024\), e\.g\. "
+                  r"raise --max-entries \(now 150\), e\.g\. "
                   r"--max-entries (\d+)", res.stderr)
     assert m, res.stderr
-    assert int(m.group(1).replace(",", "")) == 3000 - 1024
-    assert m.group(2) == "65.9"
+    assert int(m.group(1).replace(",", "")) == 3000 - 200
+    assert m.group(2) == "93.3"
     assert int(m.group(3)) >= 3000
     res = run(args + ["--max-entries", m.group(3)], input=stacks)
     assert res.returncode == 0, res.stderr

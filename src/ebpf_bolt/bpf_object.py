@@ -15,11 +15,9 @@ from operator import add
 from .handle import Handle
 from . import _libbpf
 from .errors import BpfError
-from .layout import (COUNTERS, DRAIN_MAX_CPUS, MAX_OBJECTS, BranchStack,
-                     CacheSet, Config, DrainArgs, IpSlot, LastSample,
-                     ObjectInfo,
-                     ObjectKey, Proc, ReplayIps, Stats, Trace, TraceCounts,
-                     TraceRecord)
+from .layout import (COUNTERS, MAX_OBJECTS, BranchStack, CacheSet, Config,
+                     IpEntry, IpSlot, LastSample, ObjectInfo, ObjectKey, Proc,
+                     ReplayIps, Stats, TraceEntry)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -30,17 +28,18 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 # CPU_TABLE: an array with one element per possible CPU, each element a
 # table of `entries` values (the size given is the table's length).
 # HASH is a per-CPU hash; PLAIN_HASH a hash shared by all CPUs, always
-# preallocated (samples insert into it from the interrupt).
+# preallocated (samples insert into it from the interrupt). TABLE: a count
+# table, an array shared by all CPUs used as a hash table (its size is its
+# slots; layout.table_slots), which user space reads through mmap.
 HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
-PLAIN_HASH = "plain_hash"
+PLAIN_HASH, TABLE = "plain_hash", "table"
 _U32, _U64 = ctypes.sizeof(ctypes.c_uint32), ctypes.sizeof(ctypes.c_uint64)
-MAPS = {"ip_counts": (_U64, _U64, HASH),
+MAPS = {"ip_counts": (_U32, ctypes.sizeof(IpEntry), TABLE),
         "thread_samples": (_U32, _U64, HASH),
-        "trace_counts": (ctypes.sizeof(Trace), ctypes.sizeof(TraceCounts), HASH),
+        "trace_counts": (_U32, ctypes.sizeof(TraceEntry), TABLE),
         "trace_cache": (_U32, ctypes.sizeof(CacheSet), CPU_TABLE),
         "ip_cache": (_U32, ctypes.sizeof(IpSlot), CPU_TABLE),
         "replay_stacks": (_U32, ctypes.sizeof(BranchStack), ARRAY),
-        "drain_out": (_U32, ctypes.sizeof(TraceRecord), ARRAY),
         "replay_ip_buf": (_U32, ctypes.sizeof(ReplayIps), ARRAY),
         "procs": (_U32, ctypes.sizeof(Proc), PLAIN_HASH),
         "object_ids": (ctypes.sizeof(ObjectKey), _U32, PLAIN_HASH),
@@ -52,14 +51,12 @@ MAPS = {"ip_counts": (_U64, _U64, HASH),
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.
 TRACKERS = ("on_fork", "on_exec", "on_exit", "on_unmapped_area")
+# The drain's program (drain.py), loaded with every set of programs: it
+# moves the caches' pending counts into the count tables.
+FLUSH = "flush_caches"
 # Maps only the tests' build of the object has (-DEB_TEST_PROGRAMS,
 # tests/bpf_builds.py): skipped where the object lacks them.
 TEST_ONLY_MAPS = frozenset({"replay_ip_buf"})
-
-# Records per run of drain_traces at most (drain_out, 40 bytes each, held
-# only while draining): 80 MiB. A bigger map is walked in several runs,
-# each re-walking what earlier ones read.
-DRAIN_WINDOW = 1 << 21
 
 
 def object_path():
@@ -89,8 +86,11 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH,
     hash holds one value per possible CPU per element plus each element's
     header (48 bytes + key + a pointer to the values), and its buckets.
     `elements`: the elements allocated, where a hash fills on demand
-    (default: all max_entries, preallocated)."""
+    (default: all max_entries, preallocated). A count table is an array,
+    whole from the start: slots x slot size, with no CPU factor."""
     value = percpu_value_size(value_size)
+    if kind == TABLE:  # mmapable: page-aligned (kernel/bpf/arraymap.c)
+        return -(-max_entries * value // mmap.PAGESIZE) * mmap.PAGESIZE
     if kind == ARRAY:
         return max_entries * value
     if kind in (PERCPU_ARRAY, CPU_TABLE):
@@ -101,12 +101,6 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH,
             hash_buckets_bytes(max_entries)
     elem = 48 + (key_size + 7) // 8 * 8 + 8
     return n * (value * ncpus + elem) + hash_buckets_bytes(max_entries)
-
-
-def kernel_drain_supported(ncpus):
-    """drain_traces needs bpf_map_lookup_percpu_elem (Linux 5.19); older
-    kernels drain through the batch lookup."""
-    return kernel_version() >= (5, 19) and ncpus <= DRAIN_MAX_CPUS
 
 
 def kernel_version():
@@ -126,7 +120,6 @@ def prealloc_needed():
 
 
 BPF_F_NO_PREALLOC = 1
-BPF_EXIST = 2
 ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
@@ -201,6 +194,8 @@ class BoltObject(Handle):
                     raise ValueError(f"{cache} size must be a power of two")
                 setattr(cfg, field, sets - 1)
             cfg.ncpus = self.ncpus
+            cfg.ip_slots = (map_entries or {}).get("ip_counts", 1)
+            cfg.trace_slots = (map_entries or {}).get("trace_counts", 1)
             rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
             lib.bpf_map__set_initial_value(rodata, ctypes.byref(cfg),
                                            ctypes.sizeof(cfg))
@@ -226,6 +221,7 @@ class BoltObject(Handle):
                     lib.bpf_map__set_map_flags(self._map(name),
                                                BPF_F_NO_PREALLOC)
             if programs is not None:
+                programs = {*programs, FLUSH}
                 for name in self.program_names():
                     lib.bpf_program__set_autoload(self._prog(name),
                                                   name in programs)
@@ -309,6 +305,12 @@ class BoltObject(Handle):
             total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind,
                                       elements)
         return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
+
+    def table_bytes(self, name):
+        """Kernel memory of one map (a count table: all of it from load)."""
+        ksz, vsz, kind = MAPS[name]
+        return map_kernel_bytes(ksz, vsz, self.map_entries[name], self.ncpus,
+                                kind)
 
     # --- attach ------------------------------------------------------------
     def attach(self, program, perf_fd):
@@ -453,20 +455,6 @@ class BoltObject(Handle):
         (totals,) = self.sum_u64_values(values, 1)
         return dict(zip(array(key_format, keys), totals))
 
-    def add_to_value(self, name, key, words):
-        """Add `words` (one per u64 of the value) to one key's per-CPU value
-        (on CPU 0: only the sum over CPUs means anything). The key must
-        exist; user space only, between program runs."""
-        ksz, vsz, _ = MAPS[name]
-        nwords = percpu_value_size(vsz) // 8
-        buf = (ctypes.c_uint64 * (nwords * self.ncpus))()
-        kbuf = ctypes.create_string_buffer(bytes(key), ksz)
-        fd = self.map_fd(name)
-        self._lib.bpf_map_lookup_elem(fd, kbuf, buf)
-        for i, w in enumerate(words):
-            buf[i] += w
-        self._lib.bpf_map_update_elem(fd, kbuf, buf, BPF_EXIST)
-
     def update_elem(self, name, key, value):
         """Write one element of a map that is not per-CPU (key and value:
         ctypes objects of the map's sizes), from user space."""
@@ -478,57 +466,37 @@ class BoltObject(Handle):
         self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
                                       ctypes.byref(value), 0)
 
-    def run_program(self, name, args):
+    def run_program(self, name, args=None):
         """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
-        read back after the run) as its context; returns its retval."""
+        read back after the run; None: no context) as its context; returns
+        its retval."""
         opts = _libbpf.bpf_test_run_opts(
-            sz=ctypes.sizeof(_libbpf.bpf_test_run_opts),
-            ctx_in=ctypes.cast(ctypes.pointer(args), ctypes.c_void_p),
-            ctx_size_in=ctypes.sizeof(args))
+            sz=ctypes.sizeof(_libbpf.bpf_test_run_opts))
+        if args is not None:
+            opts.ctx_in = ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)
+            opts.ctx_size_in = ctypes.sizeof(args)
         self._lib.bpf_prog_test_run_opts(self.program_fd(name),
                                          ctypes.byref(opts))
         return opts.retval
 
-    def drain_trace_records(self):
-        """The trace map summed over CPUs, walked in the kernel by
-        drain_traces: (u64 words, five per trace: from, to, ft_end, count,
-        mispreds; (lowest, highest, br_only) as in profile.TraceColumns),
-        or None on kernels without it (use read_all() there).
-        The program and its output array are loaded only now, in a second
-        object that shares the trace map, so recording holds no memory for
-        them. Run only while nothing updates the map: each run resumes the
-        walk by position."""
-        if not kernel_drain_supported(self.ncpus):
-            return None
-        traces = self.map_entries["trace_counts"]
-        with BoltObject(map_entries={"trace_counts": traces,
-                                     "drain_out": min(traces, DRAIN_WINDOW)},
-                        programs=["drain_traces"], path=self.path,
-                        shared={"trace_counts": self.map_fd("trace_counts")},
-                        prealloc=self.prealloc) as drainer:
-            return drainer._walk_trace_map()
-
-    def _walk_trace_map(self):
-        capacity = self.map_entries["drain_out"]
-        size = -(-capacity * ctypes.sizeof(TraceRecord) // mmap.PAGESIZE)
+    def read_table(self, name, chunk=1 << 20):
+        """A count table's slots, as arrays of u64 words of up to `chunk`
+        slots each, read through mmap (the table is in the kernel's memory,
+        shared with the programs): read it once they have stopped. Chunks
+        keep the copy small next to a table of 64 MiB or more."""
+        slot = MAPS[name][1]
+        size = map_kernel_bytes(0, slot, self.map_entries[name], 1, TABLE)
         # populated up front: one call instead of a page fault per 4 KiB
-        mem = mmap.mmap(self.map_fd("drain_out"), size * mmap.PAGESIZE,
+        mem = mmap.mmap(self.map_fd(name), size,
                         mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                         mmap.PROT_READ)
-        words = array("Q")
-        lowest, highest, br_only = (1 << 64) - 1, 0, 0
         try:
-            while True:
-                args = DrainArgs(first=len(words) // 5, capacity=capacity)
-                self.run_program("drain_traces", args)
-                with memoryview(mem) as view:  # one copy, straight from the map
-                    words.frombytes(view[:args.written * ctypes.sizeof(TraceRecord)])
-                if args.written:
-                    lowest = min(lowest, args.lowest)
-                    highest = max(highest, args.highest)
-                    br_only += args.br_only
-                if args.written < capacity:  # the walk reached the end
-                    return words, (lowest, highest, br_only)
+            with memoryview(mem) as view:
+                end = self.map_entries[name] * slot
+                for start in range(0, end, chunk * slot):
+                    words = array("Q")
+                    words.frombytes(view[start:min(end, start + chunk * slot)])
+                    yield words
         finally:
             mem.close()
 

@@ -11,7 +11,7 @@ import sys
 import threading
 
 from . import __version__, bolt
-from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, HASH_MAX_ENTRIES,
+from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
                         MODES, Recorder)
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
@@ -80,8 +80,9 @@ def _parser():
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="lbr: branch stacks (needs LBR/BRBE hardware); ip: "
                         "instruction-pointer samples; auto: lbr if available")
-    p.add_argument("--max-entries", type=int, help="sample map size "
-                   "(default: what fits a 64 MiB kernel memory budget)")
+    p.add_argument("--max-entries", type=int, help="distinct IPs or traces "
+                   "the sample map has room for (default: what fits a "
+                   "64 MiB kernel memory budget)")
     p.add_argument("--btf", metavar="FILE", help="the running kernel's BTF, "
                    "where /sys/kernel/btf/vmlinux is missing")
     p.add_argument("--threads", action="store_true",
@@ -227,11 +228,14 @@ def summary_lines(profile, fmt, output, text):
                  f"failures {st['update_failed']:,}{lost})" +
                  (f"; raise --max-entries (now {i['map_entries']:,})"
                   if st["map_full"] else ""))
-    how = ("preallocated" if i["prealloc"] else
-           f"filled on demand, cap {i['kernel_bytes_cap'] / 2**20:.1f} MiB")
-    lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB ({how}; "
-                 f"{i['map_entries']:,} map entries x {i['ncpus']} possible "
-                 f"CPUs); drain and translation {i['drain_seconds']:.3f} s")
+    what = "IPs" if profile.kind == "basic" else "traces"
+    lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB: the "
+                 f"{what}' table {i['table_bytes'] / 2**20:.2f} MiB "
+                 f"({i['table_slots']:,} slots, shared by all CPUs: room for "
+                 f"{i['map_entries']:,} {what}), caches and process tables "
+                 f"{(i['kernel_bytes'] - i['table_bytes']) / 2**20:.2f} MiB "
+                 f"({i['ncpus']} possible CPUs); drain and translation "
+                 f"{i['drain_seconds']:.3f} s")
     user = i.get("user_samples") or 0
     if user and i.get("object_samples", 0) * 2 < user and i.get("top_objects"):
         lines.append(f"{profile.binary} got {_share(i['object_samples'], user)}"
@@ -322,7 +326,7 @@ def _raise_entries(entries, refused):
     if not entries:
         return "raise --max-entries"
     need = (entries + refused) * 5 // 4
-    suggested = min(1 << max(need - 1, 1).bit_length(), HASH_MAX_ENTRIES)
+    suggested = min(1 << max(need - 1, 1).bit_length(), TABLE_MAX_ENTRIES)
     return (f"raise --max-entries (now {entries:,}), e.g. --max-entries "
             f"{suggested}")
 
@@ -589,9 +593,12 @@ def _replay_parser():
                    "with several --binary, a directory")
     p.add_argument("--format", choices=("preagg", "preagg-bf", "yaml"),
                    default="preagg")
-    p.add_argument("--max-entries", type=int, help="trace map size")
+    p.add_argument("--max-entries", type=int, help="traces the trace map "
+                   "has room for")
     p.add_argument("--cpu", type=int, action="append", dest="cpus",
-                   help="CPU to run on (repeat to spread stacks; default 0)")
+                   help="CPU to run on (repeat: the stacks are dealt to "
+                        "the CPUs, which replay them at the same time; "
+                        "default: the first CPU allowed)")
     return p
 
 
@@ -673,7 +680,6 @@ def replay_objects_of(binaries, load_base=None):
 
 
 def replay_command(args):
-    from .bpf_object import possible_cpus
     from .collector import check_fd_limit, check_max_entries
     from .replay import parse_stacks, replay_objects
     objects = replay_objects_of(args.binaries, args.load_base)
@@ -685,8 +691,7 @@ def replay_command(args):
     _check_cpus(args.cpus)
     check_fd_limit(0)   # no events, but the BPF object's fds
     if args.max_entries is not None:
-        check_max_entries(args.max_entries, "trace_counts", possible_cpus(),
-                          prealloc=True)   # replay preallocates its map
+        check_max_entries(args.max_entries, "trace_counts")
     if args.stacks == "-":
         if sys.stdin is None:   # started with stdin closed
             raise UsageError("no stacks file given and stdin is closed",

@@ -18,15 +18,14 @@ import mmap
 from .objects import Binary, ObjectTable, kernel_dev
 from .translate import (object_samples, object_traces, rows_by_object,
                         samples_by_object)
-from .bpf_object import (TRACKERS, BoltObject, hash_buckets_bytes,
-                         map_kernel_bytes, possible_cpus,
-                         prealloc_needed, MAPS)
+from .bpf_object import (TRACKERS, BoltObject, map_kernel_bytes,
+                         possible_cpus, MAPS)
 from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import (USER_ADDR_END, Config,
-                     cache_sets, ip_cache_slots)
+from .layout import (USER_ADDR_END, Config, cache_sets, ip_cache_slots,
+                     table_room, table_slots)
 from .drain import drain_ip_counts, drain_traces
 from .profile import Profile
 from .targets import (CommandTarget, ProcessTarget, SystemTarget, _split_example,
@@ -37,15 +36,14 @@ from .targets import (CommandTarget, ProcessTarget, SystemTarget, _split_example
 # lock step with them (the reason bcc and bpftrace use 49/99 Hz).
 DEFAULT_FREQUENCY = 4999
 DEFAULT_DURATION = 10.0     # seconds, for -p PID
-# Kernel memory budget of the sample map: max_entries x (value x possible
-# CPUs + element header). 64 MiB gives ~40,000 IP entries on a 192-CPU host
-# (8-byte values) and ~350,000 on a 16-CPU one; --max-entries overrides.
+# Kernel memory budget of the count table (of the mode's one: ip_counts or
+# trace_counts), shared by all CPUs: 64 MiB has room for 3.1M IPs or 1.25M
+# traces whatever the number of CPUs; --max-entries overrides.
 MAP_BUDGET = 64 << 20
-MIN_ENTRIES, MAX_ENTRIES = 1024, 1 << 20
-# The largest hash map the kernel makes: htab_map_alloc (kernel/bpf/
-# hashtab.c) rounds max_entries up to a power of two of buckets and refuses
-# (E2BIG) more than U32_MAX / sizeof(struct bucket) (16 bytes) of them.
-HASH_MAX_ENTRIES = 1 << 27
+MIN_ENTRIES = 1024
+# The largest --max-entries: its table's slots (4/3 of it) must fit the
+# u32 max_entries of an array map.
+TABLE_MAX_ENTRIES = 1 << 30
 MODES = ("auto", "lbr", "ip")
 # Processes recorded at once (procs map, ~600 bytes each, preallocated),
 # and (object, process) pairs noted for the summary.
@@ -58,21 +56,16 @@ OBJECT_POLL = 0.02
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
-def default_max_entries(map_name, ncpus, budget=MAP_BUDGET):
-    ksz, vsz, kind = MAPS[map_name]
-    # the most entries whose elements and buckets (a power of two of them,
-    # so up to 32 bytes per entry) fit the budget
-    per_element = map_kernel_bytes(ksz, vsz, 1, ncpus, kind) - 16
-    n = budget // (per_element + 16)
-    while n > MIN_ENTRIES and map_kernel_bytes(ksz, vsz, n, ncpus, kind) > budget:
-        n = (budget - hash_buckets_bytes(n)) // per_element
-    return max(MIN_ENTRIES, min(MAX_ENTRIES, n))
+def default_max_entries(map_name, ncpus=None, budget=MAP_BUDGET):
+    """Keys the count table of `map_name` has room for within the budget
+    (the same on every machine: the table has no per-CPU part)."""
+    return max(MIN_ENTRIES, table_room(budget // MAPS[map_name][1]))
 
 
 _MAP_WHAT = {"ip_counts": "IP map", "trace_counts": "trace map"}
 
 
-def check_max_entries(entries, map_name=None, ncpus=None, prealloc=False):
+def check_max_entries(entries, map_name=None, ncpus=None):
     """Refuse, before anything is loaded, a --max-entries the kernel would
     refuse or that needs more memory than the machine has available.
     Without `map_name` (the mode not yet known) only what is wrong for any
@@ -84,20 +77,19 @@ def check_max_entries(entries, map_name=None, ncpus=None, prealloc=False):
         hint = ("lower --max-entries (by default the map takes what fits "
                 f"{MAP_BUDGET >> 20} MiB of kernel memory)")
     else:
-        default = default_max_entries(map_name, ncpus)
+        default = default_max_entries(map_name)
         hint = (f"lower --max-entries (the {_MAP_WHAT.get(map_name, map_name)}"
-                f"'s default here, with {ncpus} possible CPUs, is "
-                f"{default:,}: what fits {MAP_BUDGET >> 20} MiB)")
-    if entries > HASH_MAX_ENTRIES:
+                f"'s default is {default:,}: what fits "
+                f"{MAP_BUDGET >> 20} MiB)")
+    if entries > TABLE_MAX_ENTRIES:
         raise UsageError(f"--max-entries {entries:,} is above the largest map "
-                         f"the kernel makes ({HASH_MAX_ENTRIES:,} entries)", hint)
+                         f"the kernel makes ({TABLE_MAX_ENTRIES:,} entries)",
+                         hint)
     if map_name is None:
         return
     ksz, vsz, kind = MAPS[map_name]
-    # a preallocated map takes all its memory at load; one filled on demand
-    # takes its bucket array (16 bytes per bucket, a power of two of them)
-    need = (map_kernel_bytes(ksz, vsz, entries, ncpus, kind) if prealloc
-            else 16 << max(entries - 1, 1).bit_length())
+    # the table takes all its memory at load
+    need = map_kernel_bytes(ksz, vsz, table_slots(entries), 1, kind)
     avail = memory_available()
     # kernel memory is not swapped out: a map taking most of what is free
     # would push other processes out or into the OOM killer
@@ -672,9 +664,7 @@ class Recorder(Handle):
             if self.max_entries is not None:
                 check_max_entries(
                     self.max_entries,
-                    "ip_counts" if self.mode == "ip" else "trace_counts",
-                    possible_cpus(),
-                    prealloc=self.mode == "lbr" or prealloc_needed())
+                    "ip_counts" if self.mode == "ip" else "trace_counts")
             self._check_frequency()
             self._open_events()
             # attaching enables the events (libbpf issues the ioctl): for a
@@ -763,8 +753,8 @@ class Recorder(Handle):
     def _load_and_attach(self):
         ncpus = possible_cpus()
         self.map_name = "ip_counts" if self.mode == "ip" else "trace_counts"
-        entries = self.max_entries or default_max_entries(self.map_name, ncpus)
-        sizes = {self.map_name: entries}
+        entries = self.max_entries or default_max_entries(self.map_name)
+        sizes = {self.map_name: table_slots(entries)}
         if self.mode == "lbr":
             sizes["trace_cache"] = cache_sets(ncpus)
         else:
@@ -784,10 +774,7 @@ class Recorder(Handle):
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         check_btf(self.btf)
         try:
-            # IP samples insert at most one key per program run: maps can
-            # fill on demand; branch stacks insert up to 64 per run.
             self.obj = BoltObject(cfg, sizes, programs=[program, *TRACKERS],
-                                  prealloc=True if self.mode == "lbr" else None,
                                   btf=self.btf)
         except _libbpf.LibbpfError as e:
             if e.errno in (errno.ENOMEM, errno.E2BIG) and self.max_entries:
@@ -940,7 +927,7 @@ class Recorder(Handle):
             by_object = samples_by_object(runtime)
             per_object = {oid: sum(c.values()) for oid, c in by_object.items()}
         else:
-            columns = drain_traces(self.obj, self.notice)
+            columns = drain_traces(self.obj)
             in_map = len(columns[0])
             rows = rows_by_object(columns)
             counts = columns[3]
@@ -977,11 +964,12 @@ class Recorder(Handle):
                 pid=self.target.pid, frequency=self.frequency,
                 scope=self.scope, duration=self.t_stop - self.t_start,
                 stopped_by=self.stopped_by, distinct_addresses=in_map,
-                map_entries=self.obj.map_entries[self.map_name],
-                kernel_bytes_cap=self.obj.kernel_bytes(),
+                map_entries=table_room(self.obj.map_entries[self.map_name]),
+                table_slots=self.obj.map_entries[self.map_name],
+                table_bytes=self.obj.table_bytes(self.map_name),
                 kernel_bytes=self.obj.kernel_bytes(
-                    {self.map_name: in_map, "thread_samples": len(threads)}),
-                prealloc=self.obj.prealloc, ncpus=self.obj.ncpus,
+                    {"thread_samples": len(threads)}),
+                ncpus=self.obj.ncpus,
                 threads=threads, is_pie=binary.elf.is_pie,
                 build_id=binary.build_id, matched_by=how if objects else None,
                 processes=len(processes), object_samples=got,

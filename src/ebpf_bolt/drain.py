@@ -1,74 +1,80 @@
-"""Drain: the kernel's counts, summed over CPUs, read once the programs
-have stopped (the data path's step after the per-CPU maps; translation
-follows, in translate.py).
+"""Drain: the kernel's counts, read once the programs have stopped (the
+data path's step after the count tables; translation follows, in
+translate.py).
 
-Both caches in front of the maps (the IP cache of sample_ip, the trace
-cache of the branch worker) follow one rule: a cached key is in its map
-already, and the counts a way still holds are added to that key when
-draining. The trace map is read by the in-kernel walk (drain_traces,
-summed over CPUs there), or by the batch lookup where that walk is not
-available or fails. ``Recorder`` and ``Replayer`` both drain through here.
+The counts are in two places: the count tables shared by all CPUs
+(ip_counts, trace_counts: open-addressing hash tables in mmapable arrays,
+ebpf_bolt.bpf.c) and the per-CPU caches in front of them, whose ways hold
+counts not yet added to keys the tables already have. flush_caches (a
+syscall program) adds those with the samples' own code and empties the
+caches; then the tables alone hold every count, and are read here in one
+copy each. ``Recorder`` and ``Replayer`` both drain through here.
 """
-import struct
+import sys
 from array import array
+from itertools import compress
 
-from .layout import CACHE_SLOT_FORMAT, IP_SLOT_FORMAT
+from .bpf_object import FLUSH
+from .layout import SLOT_USED
 from .profile import TraceColumns
 
+# A stored trace word has SLOT_USED (bit 62) flipped. Flipping it back, a
+# byte at a time over whole columns (bytes.translate), costs no Python
+# operation per trace: bit 62 is bit 6 of the word's most significant byte.
+_FLIP = bytes(b ^ (SLOT_USED >> 56) for b in range(256))
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
 
-def flush_trace_cache(obj):
-    """Move the counts still pending in the CPUs' trace caches into the
-    trace map (each cached trace is in the map already), then empty the
-    caches: afterwards the map alone holds every count. Call it once the
-    programs have stopped running."""
-    pending = {}
-    for cpu in range(obj.ncpus):
-        ways = [way for way in struct.iter_unpack(
-                    CACHE_SLOT_FORMAT, obj.cpu_table("trace_cache", cpu))
-                if way[5] and (way[3] or way[4])]  # owned, pending
-        for frm, to, ft_end, count, mis, _credit, _ in ways:
-            c, m = pending.get((frm, to, ft_end), (0, 0))
-            pending[frm, to, ft_end] = (c + count, m + mis)
-        if ways:
-            obj.clear_cpu_table("trace_cache", cpu)
-    for key, (count, mis) in pending.items():
-        obj.add_to_value("trace_counts", array("Q", key).tobytes(), (count, mis))
+
+def _unflip(words):
+    raw = bytearray(words.tobytes())
+    raw[_TOP_BYTE::8] = raw[_TOP_BYTE::8].translate(_FLIP)
+    return array("Q", raw)
+
+
+def flush_caches(obj):
+    """Add the counts pending in the CPUs' caches to the count tables and
+    empty the caches (flush_caches, in the kernel). Only while no program
+    runs: afterwards the tables alone hold every count."""
+    obj.run_program(FLUSH)
 
 
 def drain_ip_counts(obj):
-    """{key: samples} summed over CPUs (keys as the maps hold them: object
-    << 48 | file offset): the IP map plus the counts still pending in the
-    CPUs' IP caches (each cached key is in the map already, so no key is
-    added here). Call it once the programs have stopped running."""
-    counts = obj.read_u64_counts("ip_counts", "Q")
-    for cpu in range(obj.ncpus):
-        for ip, count, credit in struct.iter_unpack(
-                IP_SLOT_FORMAT, obj.cpu_table("ip_cache", cpu)):
-            if credit and count:  # owned, pending
-                counts[ip] = counts.get(ip, 0) + count
+    """{key: samples} (keys as the table holds them: object << 48 | file
+    offset), caches included."""
+    flush_caches(obj)
+    counts = {}
+    for words in obj.read_table("ip_counts"):
+        keys = words[0::2]
+        counts.update(compress(zip(keys, words[1::2]), keys))
     return counts
 
 
-def drain_traces(obj, notice=None):
-    """The trace map summed over CPUs, as columns (from, to, ft_end, count,
-    mispreds) of keys: a million traces stay cheap, with no Python object
-    per trace until something asks for one. If the in-kernel drain fails
-    (its output array is up to 80 MiB, which a container's memory limit may
-    refuse), the batch lookup reads the map: a recording is never lost to
-    the faster path."""
-    flush_trace_cache(obj)
-    try:
-        drained = obj.drain_trace_records()
-    except OSError as e:  # LibbpfError included
-        drained = None
-        if notice:
-            notice(f"in-kernel drain failed ({e}); reading the trace map "
-                   "with the batch lookup instead")
-    if drained is not None:
-        w, bounds = drained
-        return TraceColumns((w[0::5], w[1::5], w[2::5], w[3::5], w[4::5]),
-                            bounds)
-    keys, values, n = obj.read_all("trace_counts")
-    counts, mispreds = obj.sum_u64_values(values, 2) if n else ([], [])
-    k = array("Q", keys)
-    return TraceColumns((k[0::3], k[1::3], k[2::3], counts, mispreds))
+def drain_traces(obj):
+    """The trace table as columns (from, to, ft_end, count, mispreds), caches
+    included: a million traces stay cheap, with no Python object per trace
+    until something asks for one."""
+    flush_caches(obj)
+    cols = [array("Q") for _ in range(5)]
+    for words in obj.read_table("trace_counts"):
+        used = words[0::5]  # from: 0 only in a free slot
+        for i, col in enumerate(cols):
+            col.extend(compress(words[i::5], used))
+    cols[:3] = [_unflip(c) for c in cols[:3]]
+    if obj.stats()["table_races"]:
+        cols = _merge_duplicates(cols)
+    return TraceColumns(cols)
+
+
+def _merge_duplicates(cols):
+    """Columns with each trace once: a trace stored while another CPU was
+    writing its first slot may have a second one (table_races), whose
+    counts belong to the same trace."""
+    merged = {}
+    for frm, to, ft, count, mis in zip(*cols):
+        c, m = merged.get((frm, to, ft), (0, 0))
+        merged[frm, to, ft] = (c + count, m + mis)
+    out = [array("Q") for _ in range(5)]
+    for (frm, to, ft), (count, mis) in merged.items():
+        for col, v in zip(out, (frm, to, ft, count, mis)):
+            col.append(v)
+    return out

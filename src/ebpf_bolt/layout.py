@@ -11,9 +11,24 @@ BRANCH_MISPRED = 1
 CACHE_MAX_CREDIT = 8
 # an IP slot's pending count goes to the map when it reaches this
 IP_FLUSH_AT = 0x80000000
-# CPUs whose values drain_traces sums at most: more drain through the
-# kernel's batch lookup
-DRAIN_MAX_CPUS = 1024
+# Count tables (ip_counts, trace_counts): a key is stored within
+# MAX_PROBES slots of its first one; a stored key word has SLOT_USED
+# flipped (ebpf_bolt.h).
+MAX_PROBES = 256
+SLOT_USED = 1 << 62
+# The tables are sized for a load of 3/4: room for N keys is 4N/3 slots.
+# Linear probing at 3/4 full takes 8.5 probes on average to find a free
+# slot; a million random keys needed at most 167 (MAX_PROBES: 256).
+
+
+def table_slots(keys):
+    """Slots of a count table with room for `keys` keys."""
+    return -(-keys * 4 // 3)
+
+
+def table_room(slots):
+    """Keys a count table of `slots` slots has room for."""
+    return slots * 3 // 4
 # Lowest kernel address on x86-64 and arm64 (48-bit VA); perf2bolt drops
 # branch entries at or above it when profiling user code.
 USER_ADDR_END = 0xFFFF800000000000
@@ -24,7 +39,7 @@ COUNTERS = (
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
     "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
-    "traces_outside", "before_exec",
+    "traces_outside", "before_exec", "table_races",
 )
 
 # Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
@@ -48,7 +63,9 @@ class Config(ctypes.Structure):
                 ("page_shift", ctypes.c_uint32),
                 ("target_at_exec", ctypes.c_uint32),
                 ("tid_pidns_dev", ctypes.c_uint64),
-                ("tid_pidns_ino", ctypes.c_uint64)]
+                ("tid_pidns_ino", ctypes.c_uint64),
+                ("ip_slots", ctypes.c_uint32),
+                ("trace_slots", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):
@@ -60,8 +77,13 @@ class Trace(ctypes.Structure):
                 ("ft_end", ctypes.c_uint64)]
 
 
-class TraceCounts(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_uint64), ("mispreds", ctypes.c_uint64)]
+class TraceEntry(ctypes.Structure):
+    _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
+                ("mispreds", ctypes.c_uint64)]
+
+
+class IpEntry(ctypes.Structure):
+    _fields_ = [("ip", ctypes.c_uint64), ("count", ctypes.c_uint64)]
 
 
 class Branch(ctypes.Structure):
@@ -167,24 +189,13 @@ class ReplayArgs(ctypes.Structure):
                 ("done", ctypes.c_uint32), ("bad", ctypes.c_uint32)]
 
 
-class TraceRecord(ctypes.Structure):
-    _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
-                ("mispreds", ctypes.c_uint64)]
-
-
-class DrainArgs(ctypes.Structure):
-    _fields_ = [("first", ctypes.c_uint32), ("capacity", ctypes.c_uint32),
-                ("written", ctypes.c_uint32), ("walked", ctypes.c_uint32),
-                ("lowest", ctypes.c_uint64), ("highest", ctypes.c_uint64),
-                ("br_only", ctypes.c_uint64)]
-
-
 # C name -> (ctypes mirror, {C member name: mirror field name})
 MIRRORS = {
     "eb_config": (Config, {}),
     "eb_stats": (Stats, {}),
     "eb_trace": (Trace, {"from": "from_"}),
-    "eb_trace_counts": (TraceCounts, {}),
+    "eb_trace_entry": (TraceEntry, {}),
+    "eb_ip_entry": (IpEntry, {}),
     "eb_branch": (Branch, {"from": "from_"}),
     "eb_cache_slot": (CacheSlot, {}),
     "eb_cache_set": (CacheSet, {}),
@@ -198,6 +209,4 @@ MIRRORS = {
     "eb_last_sample": (LastSample, {}),
     "eb_object_key": (ObjectKey, {}),
     "eb_object": (ObjectInfo, {}),
-    "eb_trace_record": (TraceRecord, {}),
-    "eb_drain_args": (DrainArgs, {}),
 }

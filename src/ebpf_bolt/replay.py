@@ -17,6 +17,7 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from array import array
 
 from .handle import Handle
@@ -27,7 +28,7 @@ from .drain import drain_traces
 from .elf import ElfFile
 from .layout import (BRANCH_MISPRED, MAX_BRANCHES, PROC_RANGES,
                      USER_ADDR_END, BranchStack, Config, Proc, ReplayArgs,
-                     cache_sets)
+                     cache_sets, table_slots)
 from .profile import Profile
 from .translate import object_traces, rows_by_object
 from .errors import UsageError
@@ -285,16 +286,14 @@ class Replayer(_MappedInput):
         self.objects = _objects(objects)
         proc = object_ranges(self.objects)
         ncpus = possible_cpus()
-        self.max_entries = max_entries or default_max_entries("trace_counts",
-                                                              ncpus)
+        self.max_entries = max_entries or default_max_entries("trace_counts")
         self.batch = batch = BATCH
         self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
-                              {"trace_counts": self.max_entries,
+                              {"trace_counts": table_slots(self.max_entries),
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch,
                                "procs": 1},   # procs[0]: the replay's own
-                              programs=["replay_branches"], prealloc=True,
-                              path=path)
+                              programs=["replay_branches"], path=path)
         try:
             self.obj.update_elem("procs", ctypes.c_uint32(0), proc)
             size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -306,32 +305,58 @@ class Replayer(_MappedInput):
             raise
         self.cut = 0
 
-    def load(self, words):
-        """Put packed stacks (at most `batch`) into the replay array."""
+    def load(self, words, first=0):
+        """Put packed stacks into the replay array from stack `first` on."""
         data = words.tobytes()
-        if len(data) > self.batch * STACK_BYTES:
+        if first * STACK_BYTES + len(data) > self.batch * STACK_BYTES:
             raise ValueError("more stacks than the replay batch holds")
-        self._mem[:len(data)] = data
+        self._mem[first * STACK_BYTES:first * STACK_BYTES + len(data)] = data
         return len(data) // STACK_BYTES
 
-    def run(self, count, cpu=0):
-        """One BPF_PROG_RUN over the first `count` loaded stacks on `cpu`;
-        returns the run's ReplayArgs."""
-        args = ReplayArgs(first=0, count=count)
+    def run(self, count, cpu=0, first=0):
+        """One BPF_PROG_RUN over `count` loaded stacks from stack `first` on
+        `cpu`; returns the run's ReplayArgs."""
+        args = ReplayArgs(first=first, count=count)
         run_on_cpu(self.obj, "replay_branches", args, cpu)
         return args
 
-    def feed(self, stacks, cpu=0):
+    def feed(self, stacks, cpu=0, first=0, room=None):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
-        on `cpu`, a batch per run."""
-        for i in range(0, len(stacks), self.batch):
-            words, cut = pack_stacks(stacks[i:i + self.batch])
+        on `cpu`, a run per `room` stacks (default: the whole replay array)
+        loaded from stack `first` on."""
+        room = room or self.batch
+        for i in range(0, len(stacks), room):
+            words, cut = pack_stacks(stacks[i:i + room])
             self.cut += cut
-            count = self.load(words)
-            args = self.run(count, cpu)
+            count = self.load(words, first)
+            args = self.run(count, cpu, first)
             if args.bad or args.done != count:
                 raise _libbpf.LibbpfError("replay_branches", errno.EINVAL,
                                           f"{args.bad} malformed stacks")
+
+    def feed_at_once(self, shares):
+        """Aggregate several lists of stacks at the same time, each on its
+        own CPU: `shares` is [(cpu, stacks)]. One thread per CPU, each
+        with its own part of the replay array, runs the program there
+        while the others do (ctypes lets go of the GIL during the
+        syscall), so the CPUs update the shared trace table
+        concurrently, as sampling CPUs do."""
+        room = self.batch // len(shares)
+        errors = []
+
+        def work(n, cpu, stacks):
+            try:
+                self.feed(stacks, cpu, first=n * room, room=room)
+            except BaseException as e:  # re-raised by the caller's thread
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(n, cpu, stacks))
+                   for n, (cpu, stacks) in enumerate(shares)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def stats(self):
         st = self.obj.stats()
@@ -343,14 +368,14 @@ class Replayer(_MappedInput):
         st["unresolved"] = 0
         return st
 
-    def profiles(self, notice=None):
+    def profiles(self):
         """The Profile of each object, in the order given: one drain, then
         one translation per object (translate.object_traces), over the rows
         of that object (found in one pass where there are several).
         stats["traces_outside_binary"]: the traces counted but not in this
         object's profile (no from or to in it, including those the kernel
         dropped for having none in any object)."""
-        columns = drain_traces(self.obj, notice)
+        columns = drain_traces(self.obj)
         stats = self.stats()
         total = sum(columns[3]) + stats["traces_outside"]
         rows = rows_by_object(columns) if len(self.objects) > 1 else {}
@@ -386,16 +411,17 @@ def replay_objects(objects, stacks, max_entries=None, cpus=None):
     """Aggregate branch stacks through the kernel and return the Profile of
     each of `objects`, [(ELF file path, load base)]. `stacks` is a list of
     stacks (newest entry first, each entry (from, to, mispredicted)) or
-    text lines in perf's brstack form. `cpus`: spread the stacks
-    round-robin over these CPUs (default: the first this thread may use)."""
+    text lines in perf's brstack form. `cpus`: deal the stacks
+    round-robin to these CPUs, which aggregate them at the same time
+    (default: the first CPU this thread may use)."""
     if stacks and isinstance(next(iter(stacks)), str):
         stacks = parse_stacks(stacks)
     stacks = list(stacks)
     # default: the first CPU this thread may run on (a cpuset may lack CPU 0)
     cpus = list(cpus) if cpus else [min(os.sched_getaffinity(0))]
     with Replayer(objects, max_entries) as rep:
-        for i, cpu in enumerate(cpus):
-            rep.feed(stacks[i::len(cpus)], cpu=cpu)
+        rep.feed_at_once([(cpu, stacks[i::len(cpus)])
+                          for i, cpu in enumerate(cpus)])
         return rep.profiles()
 
 

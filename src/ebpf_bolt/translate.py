@@ -62,8 +62,8 @@ def object_samples(offsets, elf):
 
 
 def column_bounds(frm, to, ft_end):
-    """(lowest, highest, br_only) of drained columns, as the in-kernel
-    drain measures them (profile.TraceColumns.bounds): the lowest and
+    """(lowest, highest, br_only) of drained columns
+    (profile.TraceColumns.bounds, where the drain measured them): the lowest and
     highest key among from, to and every ft_end but BR_ONLY, and how many
     ft_end are BR_ONLY."""
     n_br = ft_end.count(BR_ONLY)
