@@ -1016,9 +1016,9 @@ SEC("syscall")
 int replay_ips(struct eb_replay_ip_args *args)
 {
 	struct replay_ip_state rs = { .st = get_stats() };
-	__u32 zero = 0;
+	__u32 buf = args->buf;
 
-	rs.buf = bpf_map_lookup_elem(&replay_ip_buf, &zero);
+	rs.buf = bpf_map_lookup_elem(&replay_ip_buf, &buf);
 	if (!rs.st || !rs.buf)
 		return 1;
 	bpf_loop(args->count, replay_ip, &rs, 0);

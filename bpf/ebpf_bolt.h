@@ -232,8 +232,11 @@ struct eb_replay_ips {
 };
 
 struct eb_replay_ip_args {
-	__u32 count;           /* IPs of replay_ip_buf to count */
+	__u32 count;           /* IPs of replay_ip_buf[buf] to count */
 	__u32 done;            /* out: IPs counted */
+	__u32 buf;             /* the element of replay_ip_buf: one per
+	                        * thread replaying at the same time */
+	__u32 reserved;
 };
 
 /* One branch stack, newest entry first: the live program's scratch copy,

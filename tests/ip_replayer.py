@@ -5,6 +5,7 @@ programs cannot be run with BPF_PROG_RUN."""
 import ctypes
 import errno
 import mmap
+import threading
 from array import array
 
 from ebpf_bolt import _libbpf
@@ -15,6 +16,10 @@ from ebpf_bolt.layout import (REPLAY_IPS, USER_ADDR_END, Config, ReplayIpArgs,
                               ReplayIps, ip_cache_slots,
                               table_slots)
 from ebpf_bolt.replay import _MappedInput, run_on_cpu
+
+
+# IP buffers: threads that can replay at the same time
+BUFFERS = 8
 
 
 class IpReplayer(_MappedInput):
@@ -28,21 +33,43 @@ class IpReplayer(_MappedInput):
         self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
                               {"ip_counts": table_slots(max_entries),
                                "ip_cache": slots or ip_cache_slots(possible_cpus()),
-                               "replay_ip_buf": 1},
+                               "replay_ip_buf": BUFFERS},
                               programs=["replay_ips"], path=path)
-        size = -(-ctypes.sizeof(ReplayIps) // mmap.PAGESIZE) * mmap.PAGESIZE
+        size = -(-ctypes.sizeof(ReplayIps) * BUFFERS // mmap.PAGESIZE) * \
+            mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"), size,
                               mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
-    def feed(self, ips, cpu=0):
+    def feed(self, ips, cpu=0, buf=0):
+        """Count `ips` on `cpu`, through element `buf` of the IP buffer."""
+        at = buf * ctypes.sizeof(ReplayIps)
         for i in range(0, len(ips), REPLAY_IPS):
             chunk = array("Q", ips[i:i + REPLAY_IPS])
-            self._mem[:len(chunk) * chunk.itemsize] = chunk.tobytes()
-            args = ReplayIpArgs(count=len(chunk))
+            self._mem[at:at + len(chunk) * chunk.itemsize] = chunk.tobytes()
+            args = ReplayIpArgs(count=len(chunk), buf=buf)
             run_on_cpu(self.obj, "replay_ips", args, cpu)
             if args.done != len(chunk):
                 raise _libbpf.LibbpfError("replay_ips", errno.EINVAL,
                                           f"{args.done} of {len(chunk)} counted")
+
+    def feed_at_once(self, shares):
+        """Count several lists of IPs at the same time, each on its own CPU
+        (`shares`: [(cpu, ips)], at most BUFFERS), one thread each."""
+        errors = []
+
+        def work(buf, cpu, ips):
+            try:
+                self.feed(ips, cpu, buf)
+            except BaseException as e:
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(n, cpu, ips))
+                   for n, (cpu, ips) in enumerate(shares)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def counts(self):
         return drain_ip_counts(self.obj)

@@ -139,7 +139,8 @@ class ReplayIps(ctypes.Structure):
 
 
 class ReplayIpArgs(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_uint32), ("done", ctypes.c_uint32)]
+    _fields_ = [("count", ctypes.c_uint32), ("done", ctypes.c_uint32),
+                ("buf", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
 class CacheSlot(ctypes.Structure):
