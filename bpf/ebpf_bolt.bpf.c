@@ -255,9 +255,10 @@ out:
 }
 
 /* Optional per-thread sample counts, so a run can show which threads
- * were sampled (threads created during the recording included). */
+ * were sampled (threads created during the recording included). Shared
+ * by all CPUs, as the count tables: a thread may run on any of them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -286,15 +287,15 @@ static __always_inline struct eb_stats *get_stats(void)
  * by another CPU meanwhile (-EEXIST) was not retried.
  */
 
-/* Add `n` to a per-CPU u64 counter keyed by `key`. The value is this CPU's
- * own copy, so a plain add is safe: programs do not nest on one CPU. */
+/* Add `n` to a u64 counter keyed by `key` in a hash shared by all CPUs
+ * (thread_samples): atomic adds, as another CPU may add to it too. */
 static __always_inline int add_count(void *map, const void *key, __u64 n)
 {
 	__u64 *val = bpf_map_lookup_elem(map, key);
 	int err;
 
 	if (val) {
-		*val += n;
+		__sync_fetch_and_add(val, n);
 		return 0;
 	}
 	err = bpf_map_update_elem(map, key, &n, BPF_NOEXIST);
@@ -302,7 +303,7 @@ static __always_inline int add_count(void *map, const void *key, __u64 n)
 		/* another CPU created the key between lookup and update */
 		val = bpf_map_lookup_elem(map, key);
 		if (val) {
-			*val += n;
+			__sync_fetch_and_add(val, n);
 			return 0;
 		}
 	}
@@ -886,6 +887,7 @@ static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st)
 {
 	int err = table_add_ip(ip, n);
 
+	st->counter[EB_TABLE_UPDATES]++;
 	if (err)
 		st->counter[EB_MAP_FULL]++;
 	return err;
@@ -1080,6 +1082,7 @@ static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
 	int err = table_add_trace(key->from, key->to, key->ft_end, count,
 				  mispreds);
 
+	st->counter[EB_TABLE_UPDATES]++;
 	if (err == EB_TABLE_RACED) {
 		st->counter[EB_TABLE_RACES]++;
 		return 0;

@@ -138,6 +138,8 @@ enum eb_counter {
 	EB_TABLE_RACES,        /* traces stored past a slot of the same trace
 	                        * another CPU was still writing: perhaps in
 	                        * two slots, which the drain adds up */
+	EB_TABLE_UPDATES,      /* operations on the shared count tables: the
+	                        * caches' misses and evictions (and flushes) */
 	EB_NR_COUNTERS
 };
 

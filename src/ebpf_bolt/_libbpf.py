@@ -102,7 +102,6 @@ _PROTOTYPES = {
     "bpf_map__name": ([_pp], ctypes.c_char_p, _NONE),
     "bpf_map__set_max_entries": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
-    "bpf_map__reuse_fd": ([_pp, c_int], c_int, _INT),
     "bpf_map__key_size": ([_pp], c_uint32, _NONE),
     "bpf_map__value_size": ([_pp], c_uint32, _NONE),
     "bpf_map__set_map_flags": ([_pp, c_uint32], c_int, _INT),

@@ -27,15 +27,16 @@ OBJECT_NAME = "ebpf_bolt.bpf.o"
 # trace_cache of 1 set is as good as none.
 # CPU_TABLE: an array with one element per possible CPU, each element a
 # table of `entries` values (the size given is the table's length).
-# HASH is a per-CPU hash; PLAIN_HASH a hash shared by all CPUs, always
-# preallocated (samples insert into it from the interrupt). TABLE: a count
-# table, an array shared by all CPUs used as a hash table (its size is its
-# slots; layout.table_slots), which user space reads through mmap.
-HASH, PERCPU_ARRAY, ARRAY, CPU_TABLE = "hash", "percpu_array", "array", "cpu_table"
+# PLAIN_HASH: a hash shared by all CPUs, preallocated (samples insert into
+# it from the interrupt). TABLE: a count table, an array shared by all CPUs
+# used as a hash table (its size is its slots; layout.table_slots), which
+# user space reads through mmap. No map is a per-CPU hash: those cost
+# entries x value x possible CPUs.
+PERCPU_ARRAY, ARRAY, CPU_TABLE = "percpu_array", "array", "cpu_table"
 PLAIN_HASH, TABLE = "plain_hash", "table"
 _U32, _U64 = ctypes.sizeof(ctypes.c_uint32), ctypes.sizeof(ctypes.c_uint64)
 MAPS = {"ip_counts": (_U32, ctypes.sizeof(IpEntry), TABLE),
-        "thread_samples": (_U32, _U64, HASH),
+        "thread_samples": (_U32, _U64, PLAIN_HASH),
         "trace_counts": (_U32, ctypes.sizeof(TraceEntry), TABLE),
         "trace_cache": (_U32, ctypes.sizeof(CacheSet), CPU_TABLE),
         "ip_cache": (_U32, ctypes.sizeof(IpSlot), CPU_TABLE),
@@ -80,14 +81,12 @@ def hash_buckets_bytes(max_entries):
     return 16 << max(max_entries - 1, 0).bit_length()
 
 
-def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH,
-                     elements=None):
-    """Kernel memory of a map, as fdinfo's memlock counts it: a per-CPU
-    hash holds one value per possible CPU per element plus each element's
-    header (48 bytes + key + a pointer to the values), and its buckets.
-    `elements`: the elements allocated, where a hash fills on demand
-    (default: all max_entries, preallocated). A count table is an array,
-    whole from the start: slots x slot size, with no CPU factor."""
+def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind):
+    """Kernel memory of a map, as fdinfo's memlock counts it (Linux 6.4+,
+    each map type's mem_usage). Only per-CPU maps grow with the possible
+    CPUs, and only the small ones are per-CPU: the count tables (TABLE)
+    are arrays shared by all CPUs, slots x slot size; a shared hash holds
+    each element's header (48 bytes), key and value, and its buckets."""
     value = percpu_value_size(value_size)
     if kind == TABLE:  # mmapable: page-aligned (kernel/bpf/arraymap.c)
         return -(-max_entries * value // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -95,12 +94,9 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind=HASH,
         return max_entries * value
     if kind in (PERCPU_ARRAY, CPU_TABLE):
         return max_entries * value * ncpus
-    n = max_entries if elements is None else elements
-    if kind == PLAIN_HASH:
-        return n * (48 + (key_size + 7) // 8 * 8 + value) + \
-            hash_buckets_bytes(max_entries)
-    elem = 48 + (key_size + 7) // 8 * 8 + 8
-    return n * (value * ncpus + elem) + hash_buckets_bytes(max_entries)
+    # PLAIN_HASH, preallocated
+    return max_entries * (48 + (key_size + 7) // 8 * 8 + value) + \
+        hash_buckets_bytes(max_entries)
 
 
 def kernel_version():
@@ -111,15 +107,6 @@ def kernel_version():
         return (0, 0)
 
 
-def prealloc_needed():
-    """Kernels before 6.1 allow only preallocated hash maps in perf_event
-    programs (they may run in NMI context); 6.1 brought an NMI-safe
-    allocator (bpf_mem_alloc), so maps can fill on demand: set-up is fast
-    and memory follows use, with max_entries as the cap."""
-    return kernel_version() < (6, 1)
-
-
-BPF_F_NO_PREALLOC = 1
 ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
 
 
@@ -150,20 +137,16 @@ class Link(Handle):
 
 class BoltObject(Handle):
     def __init__(self, config=None, map_entries=None, programs=None, path=None,
-                 prealloc=None, shared=None, btf=None):
+                 btf=None):
         """Open and load the object.
 
         config: layout.Config written to .rodata before load.
         map_entries: {map name: max_entries}; maps not named get 1 entry so
-            that unused preallocated maps cost no memory.
-        programs: names of programs to load (None loads all).
-        prealloc: preallocate the hash maps (None: only where the kernel
-            requires it). Filling on demand draws on per-CPU caches that are
-            refilled between program runs; a run that inserts thousands of
-            keys (replay, bursts of branch stacks) can drain them and fail
-            with ENOMEM, so the branch paths preallocate.
-        shared: {map name: fd} of another object's maps to use instead of
-            creating them (give their sizes in map_entries too).
+            that unused maps cost no memory (every map is allocated whole
+            at load: hashes are preallocated, since samples insert into
+            them from the interrupt).
+        programs: names of programs to load (None loads all), and the
+            drain's (FLUSH).
         btf: a BTF file describing the running kernel, instead of
             /sys/kernel/btf/vmlinux (libbpf's btf_custom_path): for kernels
             built without it, with a file from their debug package.
@@ -202,24 +185,17 @@ class BoltObject(Handle):
             present = set(self.map_names())
             self._check_layout(present)
             self.map_entries = {}
-            self.prealloc = prealloc_needed() if prealloc is None else prealloc
             for name, (_, vsz, kind) in MAPS.items():
                 if name not in present:  # a test-only map (_check_layout)
                     continue
                 entries = (map_entries or {}).get(
                     name, FIXED_ENTRIES.get(name, 1))
                 self.map_entries[name] = entries
-                if name in (shared or {}):
-                    lib.bpf_map__reuse_fd(self._map(name), shared[name])
-                    continue
                 if kind == CPU_TABLE:
                     lib.bpf_map__set_max_entries(self._map(name), self.ncpus)
                     lib.bpf_map__set_value_size(self._map(name), entries * vsz)
                 elif name not in FIXED_ENTRIES:
                     lib.bpf_map__set_max_entries(self._map(name), entries)
-                if kind == HASH and not self.prealloc:
-                    lib.bpf_map__set_map_flags(self._map(name),
-                                               BPF_F_NO_PREALLOC)
             if programs is not None:
                 programs = {*programs, FLUSH}
                 for name in self.program_names():
@@ -293,17 +269,11 @@ class BoltObject(Handle):
     def program_fd(self, name):
         return self._lib.bpf_program__fd(self._prog(name))
 
-    def kernel_bytes(self, used=None):
-        """Kernel memory the maps may hold (all entries), or hold for
-        `used` = {map name: entries in use} when maps fill on demand."""
-        total = 0
-        for name, entries in self.map_entries.items():
-            ksz, vsz, kind = MAPS[name]
-            elements = None
-            if kind == HASH and used is not None and not self.prealloc:
-                elements = min(entries, used.get(name, 0))
-            total += map_kernel_bytes(ksz, vsz, entries, self.ncpus, kind,
-                                      elements)
+    def kernel_bytes(self):
+        """Kernel memory of the maps, all allocated at load."""
+        total = sum(map_kernel_bytes(MAPS[name][0], MAPS[name][1], entries,
+                                     self.ncpus, MAPS[name][2])
+                    for name, entries in self.map_entries.items())
         return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
 
     def table_bytes(self, name):
@@ -366,20 +336,11 @@ class BoltObject(Handle):
         stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
         return stats
 
-    def _value_stride(self, name):
-        """Bytes the kernel returns per key: one 8-byte-aligned value per
-        possible CPU for per-CPU maps."""
-        _, vsz, kind = MAPS[name]
-        return percpu_value_size(vsz) * (self.ncpus if kind in (
-            HASH, PERCPU_ARRAY) else 1)
-
     def read_all(self, name, batch=8192):
-        """All entries of a per-CPU hash, left in the map: (keys bytes,
-        values bytes, n).
-
-        Values hold ncpus consecutive 8-byte-aligned slots per key. Uses the
-        kernel's batch lookup (5.6+), falling back to key-by-key reads."""
-        ksz, stride = MAPS[name][0], self._value_stride(name)
+        """All entries of a hash, left in the map: (keys bytes, values
+        bytes, n). Uses the kernel's batch lookup (5.6+), falling back to
+        key-by-key reads."""
+        ksz, stride = MAPS[name][0], percpu_value_size(MAPS[name][1])
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         batch = max(1, min(batch, self.map_entries.get(name, batch)))
@@ -410,7 +371,7 @@ class BoltObject(Handle):
         return bytes(keys), bytes(values), len(keys) // ksz
 
     def _read_all_slow(self, name):
-        ksz, stride = MAPS[name][0], self._value_stride(name)
+        ksz, stride = MAPS[name][0], percpu_value_size(MAPS[name][1])
         fd = self.map_fd(name)
         keys, values = bytearray(), bytearray()
         cur, nxt = None, ctypes.create_string_buffer(ksz)
@@ -433,33 +394,16 @@ class BoltObject(Handle):
             cur = ctypes.create_string_buffer(nxt.raw, ksz)
         return bytes(keys), bytes(values), len(keys) // ksz
 
-    def sum_u64_values(self, values, words_per_cpu):
-        """Sum per-CPU values: returns one list per 8-byte word of the value,
-        each with one total per key."""
-        arr = array("Q", values)
-        n = self.ncpus
-        step = words_per_cpu * n
-        out = []
-        for w in range(words_per_cpu):
-            total = arr[w::step]
-            for cpu in range(1, n):
-                total = array("Q", map(add, total, arr[cpu * words_per_cpu + w::step]))
-            out.append(total)
-        return out
-
     def read_u64_counts(self, name, key_format):
-        """{key: count summed over CPUs} for a map with a u64 value."""
+        """{key: count} for a hash with a u64 value."""
         keys, values, n = self.read_all(name)
-        if not n:
-            return {}
-        (totals,) = self.sum_u64_values(values, 1)
-        return dict(zip(array(key_format, keys), totals))
+        return dict(zip(array(key_format, keys), array("Q", values)))
 
     def update_elem(self, name, key, value):
         """Write one element of a map that is not per-CPU (key and value:
         ctypes objects of the map's sizes), from user space."""
         ksz, vsz, kind = MAPS[name]
-        if kind in (HASH, PERCPU_ARRAY) or ctypes.sizeof(key) != ksz or \
+        if kind == PERCPU_ARRAY or ctypes.sizeof(key) != ksz or \
                 ctypes.sizeof(value) != vsz:
             raise ValueError(f"update_elem({name!r}): not a {ksz}-byte key "
                              f"and {vsz}-byte value of a shared map")

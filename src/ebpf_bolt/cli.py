@@ -232,7 +232,9 @@ def summary_lines(profile, fmt, output, text):
     lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB: the "
                  f"{what}' table {i['table_bytes'] / 2**20:.2f} MiB "
                  f"({i['table_slots']:,} slots, shared by all CPUs: room for "
-                 f"{i['map_entries']:,} {what}), caches and process tables "
+                 f"{i['map_entries']:,} {what}; "
+                 f"{plural(st['table_updates'], 'update')} past the per-CPU "
+                 f"caches), caches and process tables "
                  f"{(i['kernel_bytes'] - i['table_bytes']) / 2**20:.2f} MiB "
                  f"({i['ncpus']} possible CPUs); drain and translation "
                  f"{i['drain_seconds']:.3f} s")

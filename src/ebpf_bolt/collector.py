@@ -967,8 +967,7 @@ class Recorder(Handle):
                 map_entries=table_room(self.obj.map_entries[self.map_name]),
                 table_slots=self.obj.map_entries[self.map_name],
                 table_bytes=self.obj.table_bytes(self.map_name),
-                kernel_bytes=self.obj.kernel_bytes(
-                    {"thread_samples": len(threads)}),
+                kernel_bytes=self.obj.kernel_bytes(),
                 ncpus=self.obj.ncpus,
                 threads=threads, is_pie=binary.elf.is_pie,
                 build_id=binary.build_id, matched_by=how if objects else None,

@@ -40,6 +40,7 @@ COUNTERS = (
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
     "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
     "traces_outside", "before_exec", "table_races",
+    "table_updates",
 )
 
 # Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
