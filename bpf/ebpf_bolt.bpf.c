@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * ebpf-bolt kernel side: aggregate samples into per-CPU maps in the kernel,
+ * ebpf-bolt kernel side: aggregate samples in the kernel (per-CPU caches in
+ * front of count tables shared by all CPUs),
  * so that user space reads one summary at the end instead of every sample.
  *
  * Samples are keyed by object and file offset (ebpf_bolt.h), translated
@@ -1056,7 +1057,7 @@ struct {
  *   two ways of 4096 sets and 0.3% with 8192 sets, the default where
  *   memory allows, in a simulation of the same policy).
  * - Ways keep counts not yet in the map: they go to the map when the way
- *   changes owner, and user space adds the rest when it drains.
+ *   changes owner, and flush_caches adds the rest when user space drains.
  * Layout: an array with one element per possible CPU, indexed by the
  * running CPU's id, each element a whole table of cfg.cache_mask + 1 sets.
  * Only the running CPU touches its element (programs do not nest on a

@@ -1,5 +1,5 @@
-"""Recording: perf events -> BPF program -> per-CPU maps -> drain ->
-address translation -> Profile.
+"""Recording: perf events -> BPF program -> per-CPU caches and shared count
+tables -> drain -> address translation -> Profile.
 
 ``Recorder`` runs the steps one by one (the CLI needs to write the profile
 before a command it started has finished); ``collect`` runs them all.

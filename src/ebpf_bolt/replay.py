@@ -8,7 +8,8 @@ pseudo-process, procs[0], whose table of ranges is written here from the
 objects given with their load bases, as the kernel fills a live process's
 table from its mappings. BPF_PROG_RUN of a syscall program takes no CPU
 flag: the calling thread is pinned with sched_setaffinity to choose whose
-per-CPU maps are filled. Stacks are written straight into the mmap of the
+per-CPU cache is used (and several threads, one per CPU, update the shared
+tables at the same time, as sampling CPUs do: feed_at_once). Stacks are written straight into the mmap of the
 replay_stacks array, so one run aggregates a whole batch with nothing
 copied per stack. Afterwards: one drain (drain.py), one translation per
 object (translate.py), as for a recording.
