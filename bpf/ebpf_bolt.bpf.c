@@ -230,6 +230,27 @@ static long probe_trace_cb(__u32 i, void *data)
 	return probe_trace(data);
 }
 
+/* The traces that may have two slots (struct eb_raced). One element. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eb_raced);
+} raced SEC(".maps");
+
+static __always_inline void note_race(__u64 from)
+{
+	__u32 zero = 0;
+	struct eb_raced *r = bpf_map_lookup_elem(&raced, &zero);
+	__u64 n;
+
+	if (!r)
+		return;
+	n = __sync_fetch_and_add(&r->n, 1);
+	if (n < EB_RACED_MAX)
+		r->from[n] = from;
+}
+
 /* Add counts to trace (from, to, ft_end). */
 __noinline int table_add_trace(__u64 from, __u64 to, __u64 ft_end,
 			       __u64 count, __u64 mispreds)
@@ -252,7 +273,10 @@ __noinline int table_add_trace(__u64 from, __u64 to, __u64 ft_end,
 out:
 	if (!pr.done)
 		return EB_TABLE_FULL;
-	return pr.raced ? EB_TABLE_RACED : 0;
+	if (!pr.raced)
+		return 0;
+	note_race(pr.from);
+	return EB_TABLE_RACED;
 }
 
 /* Optional per-thread sample counts, so a run can show which threads
@@ -855,16 +879,16 @@ static __always_inline void *cache_table(void *cache_map, __u32 cpu)
 /*
  * The IP cache: a direct-mapped table per CPU in front of ip_counts, by
  * the trace cache's rules (below): a slot only holds an IP that ip_counts
- * already has, so map capacity and loss counts stay exact; a hit is two
+ * already has, so the loss counts stay exact; a hit is two
  * adds, a miss costs the one map operation a cache-less sample costs, and
  * a newcomer takes a slot only once its owner's credit is worn out
  * (credit_worn; the owner's pending count then goes to the map: a second
  * operation).
  * Why: a sample interrupts code that has pushed the program's data out of
- * the CPU caches, and a hash lookup walks the bucket, the element and its
- * per-CPU value, each a cold miss: sample_ip took ~1.0 us per sample of
- * the demo's shares workload without the table, ~0.47 us with it (medians,
- * bench/bench_sample_ip.py). One element per possible CPU, sized by user space
+ * the CPU caches, and a map lookup is a cold miss or several (with the
+ * per-CPU hash ip_counts once was: bucket, element and per-CPU value;
+ * sample_ip took ~1.0 us per sample of the demo's shares workload without
+ * the table, ~0.47 us with it, medians, bench/bench_sample_ip.py). One element per possible CPU, sized by user space
  * (4,096 slots, 64 KiB, fewer above 128 CPUs: layout.ip_cache_slots); the
  * slot index is bounded by cfg.ip_cache_mask.
  * The trace cache's comment below has the rules in full.
@@ -1047,8 +1071,8 @@ struct {
  * samples; a trace that owns a way is counted there with two adds, no hash
  * lookup.
  * - A way only holds a trace that trace_counts already has (its first
- *   count went to the map when it took the way), so the map's capacity is
- *   exactly --max-entries and a full map loses exactly what it refuses.
+ *   count went to the map when it took the way), so the cache adds no
+ *   room and a full map loses exactly what it refuses.
  * - A miss costs what a cache-less update costs, one map operation: the
  *   newcomer is counted in the map and only takes the way of lower credit
  *   once that credit is worn out (credit_hit, credit_worn above).
@@ -1084,10 +1108,8 @@ static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
 				  mispreds);
 
 	st->counter[EB_TABLE_UPDATES]++;
-	if (err == EB_TABLE_RACED) {
-		st->counter[EB_TABLE_RACES]++;
+	if (err == EB_TABLE_RACED)  /* stored (noted in `raced`) */
 		return 0;
-	}
 	if (err) {
 		st->counter[EB_MAP_FULL]++;
 		st->counter[EB_TRACES_LOST] += count;
@@ -1329,7 +1351,9 @@ int replay_branches(struct eb_replay_args *args)
  * already). Once the programs have stopped, flush_caches adds them with
  * the same table functions the samples use and empties the caches, so the
  * tables alone hold every count and user space reads them in place
- * (drain.py). Run with BPF_PROG_RUN, once, with nothing else running.
+ * (drain.py). Run with BPF_PROG_RUN before each drain, with nothing else
+ * running (a second run finds the caches empty). Returns non-zero if it
+ * could not walk every cache: counts would be missing.
  */
 struct flush_state {
 	struct eb_stats *st;
@@ -1374,13 +1398,21 @@ SEC("syscall")
 int flush_caches(void *args)
 {
 	struct flush_state fs = { .st = get_stats() };
+	long n;
 
+#ifdef EB_BASELINE_NO_CACHES
+	return 0;  /* no caches: nothing pending */
+#endif
 	if (!fs.st)
 		return 1;
 	fs.per_cpu = cfg.cache_mask + 1;
-	bpf_loop(cfg.ncpus * fs.per_cpu, flush_trace_set, &fs, 0);
+	n = cfg.ncpus * fs.per_cpu;
+	if (bpf_loop(n, flush_trace_set, &fs, 0) != n)
+		return 2;
 	fs.per_cpu = cfg.ip_cache_mask + 1;
-	bpf_loop(cfg.ncpus * fs.per_cpu, flush_ip_slot, &fs, 0);
+	n = cfg.ncpus * fs.per_cpu;
+	if (bpf_loop(n, flush_ip_slot, &fs, 0) != n)
+		return 3;
 	return 0;
 }
 

@@ -94,7 +94,7 @@ struct eb_config {
 	__u32 count_threads;   /* 1: also count samples per thread id */
 	__u64 user_addr_end;   /* addresses at or above this are kernel ones */
 	__u32 cache_mask;      /* trace cache sets - 1 (a power of two - 1) */
-	__u32 ncpus;           /* possible CPUs: per-CPU values to sum */
+	__u32 ncpus;           /* possible CPUs: the caches to flush */
 	__u64 pidns_dev;       /* PID namespace that target_tgid and thread */
 	__u64 pidns_ino;       /* ids are in (the target's own); ino 0: the
 	                        * root namespace's ids */
@@ -135,9 +135,6 @@ enum eb_counter {
 	EB_TRACES_OUTSIDE,     /* traces with no address in any object */
 	EB_BEFORE_EXEC,        /* samples of the command's process before its
 	                        * exec (ebpf-bolt's forked child): not kept */
-	EB_TABLE_RACES,        /* traces stored past a slot of the same trace
-	                        * another CPU was still writing: perhaps in
-	                        * two slots, which the drain adds up */
 	EB_TABLE_UPDATES,      /* operations on the shared count tables: the
 	                        * caches' misses and evictions (and flushes) */
 	EB_NR_COUNTERS
@@ -181,6 +178,17 @@ struct eb_trace_entry {
 	struct eb_trace key;
 	__u64 count;
 	__u64 mispreds;
+};
+
+/* The `from` (as stored: flipped) of traces that passed a slot of the same
+ * `from` still being written (table_races): only those traces may have two
+ * slots, so the drain merges only their rows. n counts every race; past
+ * EB_RACED_MAX the drain merges every row. */
+#define EB_RACED_MAX 63
+
+struct eb_raced {
+	__u64 n;
+	__u64 from[EB_RACED_MAX];
 };
 
 /* One entry of a branch stack, laid out as the kernel's

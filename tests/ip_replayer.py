@@ -6,6 +6,7 @@ import ctypes
 import errno
 import mmap
 import threading
+import time
 from array import array
 
 from ebpf_bolt import _libbpf
@@ -54,12 +55,17 @@ class IpReplayer(_MappedInput):
 
     def feed_at_once(self, shares):
         """Count several lists of IPs at the same time, each on its own CPU
-        (`shares`: [(cpu, ips)], at most BUFFERS), one thread each."""
-        errors = []
+        (`shares`: [(cpu, ips)], at most BUFFERS, CPUs distinct), one thread
+        each. Returns each share's (start, end) monotonic times."""
+        if len({cpu for cpu, _ in shares}) != len(shares):
+            raise ValueError("feed_at_once: CPUs repeat")
+        errors, times = [], [None] * len(shares)
 
         def work(buf, cpu, ips):
             try:
+                t0 = time.monotonic()
                 self.feed(ips, cpu, buf)
+                times[buf] = (t0, time.monotonic())
             except BaseException as e:
                 errors.append(e)
         threads = [threading.Thread(target=work, args=(n, cpu, ips))
@@ -70,6 +76,7 @@ class IpReplayer(_MappedInput):
             t.join()
         if errors:
             raise errors[0]
+        return times
 
     def counts(self):
         return drain_ip_counts(self.obj)

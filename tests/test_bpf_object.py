@@ -199,7 +199,8 @@ def test_every_program_loads_and_verifies():
     with BoltObject(map_entries={name: 16 for name in MAPS}) as obj:
         for name in obj.program_names():
             assert obj.program_fd(name) > 0
-        assert obj.stats() == {c: 0 for c in COUNTERS + ("traces",)}
+        assert obj.stats() == {c: 0 for c in COUNTERS + ("traces",
+                                                         "table_races")}
 
 
 @pytest.mark.root

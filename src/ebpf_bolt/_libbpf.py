@@ -104,7 +104,6 @@ _PROTOTYPES = {
     "bpf_map__set_value_size": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__key_size": ([_pp], c_uint32, _NONE),
     "bpf_map__value_size": ([_pp], c_uint32, _NONE),
-    "bpf_map__set_map_flags": ([_pp, c_uint32], c_int, _INT),
     "bpf_map__set_initial_value": ([_pp, c_void_p, c_size_t], c_int, _INT),
     "bpf_map__fd": ([_pp], c_int, _INT),
     "bpf_program__fd": ([_pp], c_int, _INT),

@@ -17,7 +17,7 @@ from . import _libbpf
 from .errors import BpfError
 from .layout import (COUNTERS, MAX_OBJECTS, BranchStack, CacheSet, Config,
                      IpEntry, IpSlot, LastSample, ObjectInfo, ObjectKey, Proc,
-                     ReplayIps, Stats, TraceEntry)
+                     RACED_MAX, Raced, ReplayIps, Stats, TraceEntry)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -47,7 +47,8 @@ MAPS = {"ip_counts": (_U32, ctypes.sizeof(IpEntry), TABLE),
         "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
         "object_procs": (_U64, 1, PLAIN_HASH),
         "exit_pending": (_U32, _U64, PERCPU_ARRAY),
-        "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY)}
+        "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY),
+        "raced": (_U32, ctypes.sizeof(Raced), ARRAY)}
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.
@@ -88,8 +89,9 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind):
     are arrays shared by all CPUs, slots x slot size; a shared hash holds
     each element's header (48 bytes), key and value, and its buckets."""
     value = percpu_value_size(value_size)
-    if kind == TABLE:  # mmapable: page-aligned (kernel/bpf/arraymap.c)
-        return -(-max_entries * value // mmap.PAGESIZE) * mmap.PAGESIZE
+    if kind == TABLE:  # mmapable: a page for struct bpf_array, then the
+        # page-aligned values (kernel/bpf/arraymap.c array_map_mem_usage)
+        return mmap.PAGESIZE + _pages(max_entries * value)
     if kind == ARRAY:
         return max_entries * value
     if kind in (PERCPU_ARRAY, CPU_TABLE):
@@ -99,12 +101,9 @@ def map_kernel_bytes(key_size, value_size, max_entries, ncpus, kind):
         hash_buckets_bytes(max_entries)
 
 
-def kernel_version():
-    parts = os.uname().release.split(".")
-    try:
-        return int(parts[0]), int(parts[1].split("-")[0])
-    except (IndexError, ValueError):
-        return (0, 0)
+def _pages(size):
+    """`size` rounded up to whole pages."""
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 ENOTSUPP = 524  # the kernel's internal "not supported", seen by user space
@@ -334,6 +333,8 @@ class BoltObject(Handle):
         # every kept branch entry is one trace: derived here rather than
         # counted per entry on the hot path
         stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
+        # traces that may have two slots (counted once, not per CPU)
+        stats["table_races"] = self.read_raced()[0]
         return stats
 
     def read_all(self, name, batch=8192):
@@ -410,6 +411,15 @@ class BoltObject(Handle):
         self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
                                       ctypes.byref(value), 0)
 
+    def read_raced(self):
+        """(races, the `from` words of the traces that raced, as stored)
+        of the raced map (ebpf_bolt.h struct eb_raced)."""
+        r = Raced()
+        key = ctypes.c_uint32(0)
+        self._lib.bpf_map_lookup_elem(self.map_fd("raced"), ctypes.byref(key),
+                                      ctypes.byref(r))
+        return r.n, list(r.from_[:min(r.n, RACED_MAX)])
+
     def run_program(self, name, args=None):
         """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
         read back after the run; None: no context) as its context; returns
@@ -429,7 +439,7 @@ class BoltObject(Handle):
         shared with the programs): read it once they have stopped. Chunks
         keep the copy small next to a table of 64 MiB or more."""
         slot = MAPS[name][1]
-        size = map_kernel_bytes(0, slot, self.map_entries[name], 1, TABLE)
+        size = _pages(self.map_entries[name] * slot)
         # populated up front: one call instead of a page fault per 4 KiB
         mem = mmap.mmap(self.map_fd(name), size,
                         mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
@@ -451,14 +461,6 @@ class BoltObject(Handle):
         key = ctypes.c_uint32(cpu)
         self._lib.bpf_map_lookup_elem(self.map_fd(name), ctypes.byref(key), buf)
         return buf.raw
-
-    def clear_cpu_table(self, name, cpu):
-        """Zero one CPU's table of a CPU_TABLE map."""
-        _, vsz, _ = MAPS[name]
-        buf = ctypes.create_string_buffer(self.map_entries[name] * vsz)
-        key = ctypes.c_uint32(cpu)
-        self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
-                                      buf, 0)
 
     # --- teardown ----------------------------------------------------------
     def close(self):

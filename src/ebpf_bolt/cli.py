@@ -324,7 +324,7 @@ def _raise_entries(entries, refused):
     size is known. Each of the `refused` inserts (the map_full counter)
     was at most one key the map lacked room for, so the map's size plus
     them holds the whole run: that with a quarter more, as a power of two,
-    up to the largest map the kernel makes."""
+    up to the largest map ebpf-bolt makes."""
     if not entries:
         return "raise --max-entries"
     need = (entries + refused) * 5 // 4
@@ -626,12 +626,18 @@ def _check_binary(path):
 
 def _check_cpus(cpus):
     """--cpu values this process may run on (sched_setaffinity would
-    refuse the others, or overflow on a negative one)."""
+    refuse the others, or overflow on a negative one), each once: the CPUs
+    replay at the same time, and two runs sharing a CPU's cache would
+    lose counts wherever the kernel preempts one for the other."""
     allowed = sorted(os.sched_getaffinity(0))
-    for cpu in cpus or ():
+    for n, cpu in enumerate(cpus or ()):
         if cpu not in allowed:
             raise UsageError(f"--cpu {cpu}: not a CPU this process may run on",
                              f"choose among CPUs {_cpu_list(allowed)}")
+        if cpu in cpus[:n]:
+            raise UsageError(f"--cpu {cpu} is given twice",
+                             "give each CPU once: the stacks are dealt to "
+                             "the CPUs, which replay them at the same time")
 
 
 def _cpu_list(cpus):

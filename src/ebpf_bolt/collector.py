@@ -56,7 +56,7 @@ OBJECT_POLL = 0.02
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
-def default_max_entries(map_name, ncpus=None, budget=MAP_BUDGET):
+def default_max_entries(map_name, budget=MAP_BUDGET):
     """Keys the count table of `map_name` has room for within the budget
     (the same on every machine: the table has no per-CPU part)."""
     return max(MIN_ENTRIES, table_room(budget // MAPS[map_name][1]))
@@ -65,11 +65,11 @@ def default_max_entries(map_name, ncpus=None, budget=MAP_BUDGET):
 _MAP_WHAT = {"ip_counts": "IP map", "trace_counts": "trace map"}
 
 
-def check_max_entries(entries, map_name=None, ncpus=None):
+def check_max_entries(entries, map_name=None):
     """Refuse, before anything is loaded, a --max-entries the kernel would
     refuse or that needs more memory than the machine has available.
     Without `map_name` (the mode not yet known) only what is wrong for any
-    map: not a positive int, or above the largest map the kernel makes."""
+    map: not a positive int, or above the largest map ebpf-bolt makes."""
     if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:
         raise UsageError(f"invalid --max-entries {entries!r}",
                          "give a positive number of map entries")
@@ -83,8 +83,8 @@ def check_max_entries(entries, map_name=None, ncpus=None):
                 f"{MAP_BUDGET >> 20} MiB)")
     if entries > TABLE_MAX_ENTRIES:
         raise UsageError(f"--max-entries {entries:,} is above the largest map "
-                         f"the kernel makes ({TABLE_MAX_ENTRIES:,} entries)",
-                         hint)
+                         f"ebpf-bolt makes ({TABLE_MAX_ENTRIES:,} entries: "
+                         "its slots must fit an array's 32-bit size)", hint)
     if map_name is None:
         return
     ksz, vsz, kind = MAPS[map_name]
@@ -920,7 +920,6 @@ class Recorder(Handle):
                                    pe.max_sample_rate())
         if message:
             self.warn(message)
-        stats = self.obj.stats()
         if self.mode == "ip":
             runtime = drain_ip_counts(self.obj)
             in_map = len(runtime)
@@ -933,6 +932,7 @@ class Recorder(Handle):
             counts = columns[3]
             per_object = {oid: sum(counts[i] for i in r)
                           for oid, r in rows.items()}
+        stats = self.obj.stats()  # after the drain: its flush counts too
         total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})

@@ -39,8 +39,7 @@ COUNTERS = (
     "thread_map_full", "branch_read_failed", "stack_cut", "scratch_failed",
     "branch_entries", "kernel_branches", "empty_stacks", "traces_lost",
     "anon_ip", "unresolved", "vma_lookups", "procs_full", "objects_full",
-    "traces_outside", "before_exec", "table_races",
-    "table_updates",
+    "traces_outside", "before_exec", "table_updates",
 )
 
 # Keys of the maps: object << OBJECT_SHIFT | file offset (ebpf_bolt.h)
@@ -81,6 +80,14 @@ class Trace(ctypes.Structure):
 class TraceEntry(ctypes.Structure):
     _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
                 ("mispreds", ctypes.c_uint64)]
+
+
+# raced traces noted one by one (ebpf_bolt.h struct eb_raced)
+RACED_MAX = 63
+
+
+class Raced(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint64), ("from_", ctypes.c_uint64 * RACED_MAX)]
 
 
 class IpEntry(ctypes.Structure):
@@ -124,10 +131,9 @@ def ip_cache_slots(ncpus):
     return slots
 
 
-# struct formats of one IpSlot / CacheSlot, in the machine's byte order,
-# for reading whole cache tables at once (struct.iter_unpack)
+# struct format of one IpSlot, in the machine's byte order, for reading a
+# whole cache table at once (struct.iter_unpack)
 IP_SLOT_FORMAT = "=QII"
-CACHE_SLOT_FORMAT = "=QQQQQII"
 
 
 class IpSlot(ctypes.Structure):
@@ -198,6 +204,7 @@ MIRRORS = {
     "eb_trace": (Trace, {"from": "from_"}),
     "eb_trace_entry": (TraceEntry, {}),
     "eb_ip_entry": (IpEntry, {}),
+    "eb_raced": (Raced, {"from": "from_"}),
     "eb_branch": (Branch, {"from": "from_"}),
     "eb_cache_slot": (CacheSlot, {}),
     "eb_cache_set": (CacheSet, {}),

@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import threading
+import time
 from array import array
 
 from .handle import Handle
@@ -325,15 +326,20 @@ class Replayer(_MappedInput):
         """Aggregate stacks (lists of (from, to, mispredicted), newest first)
         on `cpu`, a run per `room` stacks (default: the whole replay array)
         loaded from stack `first` on."""
-        room = room or self.batch
+        self.cut += self._feed(stacks, cpu, first, room or self.batch)
+
+    def _feed(self, stacks, cpu, first, room):
+        """feed(); returns the entries cut (stacks deeper than 64)."""
+        cut_total = 0
         for i in range(0, len(stacks), room):
             words, cut = pack_stacks(stacks[i:i + room])
-            self.cut += cut
+            cut_total += cut
             count = self.load(words, first)
             args = self.run(count, cpu, first)
             if args.bad or args.done != count:
                 raise _libbpf.LibbpfError("replay_branches", errno.EINVAL,
                                           f"{args.bad} malformed stacks")
+        return cut_total
 
     def feed_at_once(self, shares):
         """Aggregate several lists of stacks at the same time, each on its
@@ -341,13 +347,21 @@ class Replayer(_MappedInput):
         with its own part of the replay array, runs the program there
         while the others do (ctypes lets go of the GIL during the
         syscall), so the CPUs update the shared trace table
-        concurrently, as sampling CPUs do."""
+        concurrently, as sampling CPUs do. The CPUs must differ: two runs
+        on one CPU would share its cache, and lose counts where the kernel
+        preempts one for the other. Returns each share's (start, end)
+        monotonic times, which show that the runs overlapped."""
+        cpus = [cpu for cpu, _ in shares]
+        if len(set(cpus)) != len(cpus):
+            raise ValueError(f"feed_at_once: CPUs {cpus} repeat")
         room = self.batch // len(shares)
-        errors = []
+        cuts, times, errors = [0] * len(shares), [None] * len(shares), []
 
         def work(n, cpu, stacks):
             try:
-                self.feed(stacks, cpu, first=n * room, room=room)
+                t0 = time.monotonic()
+                cuts[n] = self._feed(stacks, cpu, n * room, room)
+                times[n] = (t0, time.monotonic())
             except BaseException as e:  # re-raised by the caller's thread
                 errors.append(e)
         threads = [threading.Thread(target=work, args=(n, cpu, stacks))
@@ -358,6 +372,8 @@ class Replayer(_MappedInput):
             t.join()
         if errors:
             raise errors[0]
+        self.cut += sum(cuts)
+        return times
 
     def stats(self):
         st = self.obj.stats()
