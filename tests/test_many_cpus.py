@@ -122,14 +122,16 @@ def test_more_distinct_traces_than_per_cpu_hashes_held(workload_pie):
     old = per_cpu_hash_room(*OLD_TRACE, max(n, BIG_HOST))
     assert len(expected) > 4 * old, (len(expected), old)
     with Replayer([(workload_pie, LOAD_BASE)]) as rep:
-        assert rep.max_entries == default_max_entries("trace_counts")
+        room = rep.max_entries
         assert rep.obj.ncpus == n
         rep.feed_at_once(shares)
         st = rep.stats()
         assert (st["map_full"], st["traces_lost"], st["update_failed"]) == \
-            (0, 0, 0), (st, n)
+            (0, 0, 0), (st, n, room)
         assert st["traces"] == counters["traces"]
         assert_profiles(rep, expected)
+    # the default room, and what it holds, is the same at 192 CPUs as here
+    assert room == default_max_entries("trace_counts", BIG_HOST) > old
 
 
 def test_more_distinct_ips_than_per_cpu_hashes_held(test_object):
@@ -147,13 +149,14 @@ def test_more_distinct_ips_than_per_cpu_hashes_held(test_object):
               (cs[1], distinct[1::2] + hot[1::2])]
     old = per_cpu_hash_room(*OLD_IP, max(possible_cpus(), BIG_HOST))
     assert len(distinct) > old, (len(distinct), old)
-    with IpReplayer(test_object, default_max_entries("ip_counts")) as rep:
-        assert table_room(rep.obj.map_entries["ip_counts"]) >= \
-            default_max_entries("ip_counts")
+    room = default_max_entries("ip_counts")
+    with IpReplayer(test_object, room) as rep:
+        assert table_room(rep.obj.map_entries["ip_counts"]) >= room
         rep.feed_at_once(shares)
         got, st = rep.counts(), rep.stats()
-    assert (st["map_full"], st["update_failed"]) == (0, 0), st
+    assert (st["map_full"], st["update_failed"]) == (0, 0), (st, room)
     assert got == Counter(distinct + hot)
+    assert room == default_max_entries("ip_counts", BIG_HOST) > old
 
 
 # --- a recording: nothing lost, the summary's memory figure ----------------
