@@ -273,7 +273,10 @@ class BoltObject(Handle):
         total = sum(map_kernel_bytes(MAPS[name][0], MAPS[name][1], entries,
                                      self.ncpus, MAPS[name][2])
                     for name, entries in self.map_entries.items())
-        return total + percpu_value_size(ctypes.sizeof(Stats)) * self.ncpus
+        # and the per-CPU maps the object sizes itself: counters, and the
+        # branch stack's scratch copy
+        fixed = ctypes.sizeof(Stats) + ctypes.sizeof(BranchStack)
+        return total + percpu_value_size(fixed) * self.ncpus
 
     def table_bytes(self, name):
         """Kernel memory of one map (a count table: all of it from load)."""
