@@ -72,7 +72,8 @@ class Profile:
         if fmt == "preagg":
             return writers.preagg_traces(self.traces, self.event)
         if fmt == "preagg-bf":
-            return writers.preagg_branches_fallthroughs(self.traces)
+            return writers.preagg_branches_fallthroughs(
+                self.traces, Symbolizer(self.elf))
         raise UsageError("fdata is written for IP profiles only",
                          "write --format preagg or preagg-bf; perf2bolt --pa "
                          "turns either into fdata or YAML")
