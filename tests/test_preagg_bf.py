@@ -1,4 +1,5 @@
-"""B/F records as perf2bolt reads them (issue 10).
+"""B/F records as perf2bolt reads them (issue 10), and branch-stack fdata
+made by the installed perf2bolt.
 
 A fall-through record is ``f`` (external origin) or ``F``, and the letter
 decides one thing: whether perf2bolt also credits the edge from a call's
@@ -39,7 +40,7 @@ import pytest
 
 import brtrace
 from conftest import bolt_tool, run
-from ebpf_bolt import replay
+from ebpf_bolt import bolt, cli, errors, replay
 from ebpf_bolt.layout import BR_ONLY
 from ebpf_bolt.profile import Profile
 
@@ -479,3 +480,82 @@ def test_dialects_agree_on_recorded_stacks(program, recorded, tmp_path):
                            "old"))
     lost = [k for k in counts(t22) if k not in old]
     assert len(lost) >= 4, lost
+
+
+# --- 3. --format fdata of branch stacks ---------------------------------------
+
+@pytest.mark.root
+def test_replay_fdata_is_perf2bolt_of_preagg_bf(program, recorded, tmp_path,
+                                                capsys):
+    """replay --format fdata writes what the newest installed perf2bolt
+    (22 here) makes of replay --format preagg-bf, byte for byte, and the
+    summary names that perf2bolt."""
+    stacks, load_base = recorded
+    stacks = stacks[:600]
+    (tmp_path / "stacks.txt").write_text(
+        "\n".join(brtrace.stacks_to_text(stacks)) + "\n")
+    p2b = bolt_tool(22, "perf2bolt")
+    assert bolt.find_tool("perf2bolt")[0] == p2b, "22 is the newest here"
+    base = ["replay", "--binary", str(program), "--load-base", hex(load_base),
+            str(tmp_path / "stacks.txt"), "--max-entries", "65536"]
+    assert cli.main(base + ["--format", "preagg-bf", "-o",
+                            str(tmp_path / "bf.preagg")]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["--format", "fdata", "-o",
+                            str(tmp_path / "out.fdata")]) == 0
+    err = capsys.readouterr().err
+    res = run([p2b, "--pa", "-p", str(tmp_path / "bf.preagg"), "-o",
+               str(tmp_path / "hand.fdata"), str(program)])
+    assert res.returncode == 0, res.stderr
+    ours = (tmp_path / "out.fdata").read_text()
+    assert ours == (tmp_path / "hand.fdata").read_text()
+    assert any(int(line.split()[6]) for line in ours.splitlines())
+    version = bolt.tool_version(p2b)
+    assert version.startswith("22.")
+    assert (f"ebpf-bolt: made by {p2b} (LLVM {version}) from preagg-bf "
+            "records"
+            in err.splitlines()), err
+    assert f"-data {tmp_path / 'out.fdata'}" in err    # the apply command
+
+
+@pytest.fixture
+def no_perf2bolt(tmp_path, monkeypatch):
+    """A machine without BOLT: nothing on PATH, no /usr/lib/llvm-N."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(bolt, "LLVM_TOOL_DIRS", str(empty / "llvm-*" / "bin"))
+    assert bolt.find_tool("perf2bolt") == (None, None)
+
+
+@pytest.mark.parametrize("fmt", ["fdata", "yaml"])
+def test_no_perf2bolt_is_one_clean_error(fmt, program, tmp_path, capsys,
+                                         monkeypatch, no_perf2bolt):
+    """Without perf2bolt, replay --format fdata (or yaml) stops before
+    replaying: one error line naming perf2bolt, a hint naming the package,
+    its exit code, no profile, no traceback; the Python API raises the same
+    class, and recording checks it before it starts."""
+    (tmp_path / "stacks.txt").write_text("0x401000/0x401010/P/-/-/0\n")
+    out = tmp_path / f"out.{fmt}"
+
+    def replay_objects(*args, **kwargs):
+        raise AssertionError("replayed although no perf2bolt can convert")
+    monkeypatch.setattr(replay, "replay_objects", replay_objects)
+    rc = cli.main(["replay", "--binary", str(program), str(tmp_path /
+                   "stacks.txt"), "--format", fmt, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == errors.KernelUnsupported.exit_code, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert lines[0] == (f"ebpf-bolt: error: --format {fmt} of branch stacks "
+                        "is made by perf2bolt, which is not installed")
+    assert lines[1].startswith("  hint: install bolt-22 "), err
+    assert not out.exists()
+    prof = Profile(program, "cycles", "lbr", traces={(0, 0x1000, BR_ONLY):
+                                                     (1, 0)})
+    with pytest.raises(errors.KernelUnsupported, match="perf2bolt"):
+        prof.render(fmt)
+    with pytest.raises(errors.KernelUnsupported, match="perf2bolt"):
+        cli._check_format(fmt)("lbr")
+    if fmt == "fdata":
+        cli._check_format(fmt)("ip")    # IP fdata needs no perf2bolt

@@ -16,8 +16,9 @@ from .layout import BR_ONLY
 FORMATS = ("preagg", "preagg-bf", "fdata", "yaml")
 # LLVM 22 applies a YAML profile of IP samples as an empty one (0 executed
 # instructions, as with S records through --pa --ba): YAML for branches only.
+# A branch profile's fdata and YAML are made by the installed perf2bolt.
 FORMATS_FOR = {"ip": ("fdata", "preagg"),
-               "lbr": ("preagg", "preagg-bf", "yaml")}
+               "lbr": ("preagg", "preagg-bf", "fdata", "yaml")}
 
 
 def preagg_basic(samples, event):
