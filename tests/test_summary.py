@@ -262,3 +262,25 @@ def test_summary_names_the_objects_that_got_most(in_object, shown):
              in l]
     advice = [l for l in lines if "--binary /usr/bin/cc1" in l]
     assert bool(named) == shown and bool(advice) == shown, lines
+
+
+@pytest.mark.parametrize("fmt,source", [("fdata", "preagg-bf"),
+                                        ("yaml", "preagg")])
+def test_summary_names_the_perf2bolt_that_made_it(workload_pie, tmp_path,
+                                                  fmt, source):
+    """A branch recording written as fdata or YAML: the line after what was
+    written names the perf2bolt that made it, its version and the records
+    it read; a profile ebpf-bolt writes itself names none."""
+    from ebpf_bolt import bolt
+    prof = recorded(str(workload_pie), mode="lbr", samples=100, traces=100)
+    text = prof.render(fmt)
+    lines = cli.summary_lines(prof, fmt, str(tmp_path / f"p.{fmt}"), text)
+    perf2bolt, _ = bolt.find_tool("perf2bolt")
+    made = (f"made by {perf2bolt} (LLVM {bolt.tool_version(perf2bolt)}) "
+            f"from {source} records")
+    assert made in lines, lines
+    assert lines[lines.index(made) - 1].startswith(f"wrote {fmt} profile "), \
+        lines
+    prof = recorded(str(workload_pie), mode="lbr", samples=100, traces=100)
+    lines = cli.summary_lines(prof, "preagg-bf", "p.preagg", "x\n")
+    assert not [line for line in lines if line.startswith("made by")], lines

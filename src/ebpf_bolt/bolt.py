@@ -68,13 +68,17 @@ def _version_of(path):
     return int(m.group(1)) if m else None
 
 
+# where Debian's LLVM packages put each version's tools (llvm-N/bin)
+LLVM_TOOL_DIRS = "/usr/lib/llvm-*/bin"
+
+
 def find_tool(name="llvm-bolt"):
     """(path, LLVM major version or None) of the newest BOLT tool, or
     (None, None). PATH first, then Debian's /usr/lib/llvm-N/bin."""
     found = shutil.which(name)
     if found:
         return found, _version_of(found)
-    candidates = sorted(glob.glob(f"/usr/lib/llvm-*/bin/{name}"),
+    candidates = sorted(glob.glob(os.path.join(LLVM_TOOL_DIRS, name)),
                         key=lambda p: _version_of(p) or 0)
     if candidates:
         return candidates[-1], _version_of(candidates[-1])
@@ -114,27 +118,67 @@ def apply_command(binary, profile_path, fmt, kind, elf=None):
                      q(profile_path)] + flags)
 
 
-def yaml_profile(profile, tmpdir):
-    """BOLT's YAML profile of a branch profile, made by the installed
-    perf2bolt from the pre-aggregated records (YAML tolerates a rebuilt binary:
-    llvm-bolt matches it to changed functions). Returns the YAML text."""
+# The package that gives perf2bolt, named where none is installed.
+PERF2BOLT_PACKAGE = "bolt-22"
+
+
+def find_perf2bolt(fmt):
+    """(path, LLVM major version or None) of the perf2bolt that makes a
+    branch profile's `fmt` (fdata, yaml); KernelUnsupported where none is
+    installed. Checked before recording too, so that no run is lost."""
     from .errors import KernelUnsupported
     perf2bolt, version = find_tool("perf2bolt")
     if perf2bolt is None:
-        raise KernelUnsupported("YAML needs perf2bolt, which is not installed",
-                                "install bolt-22, or write preagg and convert "
-                                "it where BOLT is")
+        raise KernelUnsupported(
+            f"--format {fmt} of branch stacks is made by perf2bolt, which is "
+            "not installed",
+            f"install {PERF2BOLT_PACKAGE} (apt-get install "
+            f"{PERF2BOLT_PACKAGE}), or write --format preagg-bf and convert "
+            "it where BOLT is: perf2bolt --pa -p FILE -o OUT BINARY"
+            + (" --profile-format=yaml" if fmt == "yaml" else ""))
+    return perf2bolt, version
+
+
+def tool_version(path):
+    """LLVM's version as `path --version` prints it ("22.1.8"), or None."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"LLVM version (\S+)", out)
+    return m.group(1) if m else None
+
+
+def perf2bolt_profile(profile, fmt, tmpdir):
+    """A branch profile as fdata or as BOLT's YAML profile (which tolerates
+    a rebuilt binary: llvm-bolt matches it to changed functions), made by
+    the installed perf2bolt from the pre-aggregated records; the tool is
+    named in profile.info["made_by"]. fdata comes from the B/F records,
+    which keep mispredicts (LLVM 22 takes no mispredict field on T) and
+    which every perf2bolt from LLVM 19 on reads; YAML from T records where
+    the perf2bolt reads them (LLVM >= 21). Returns the text."""
+    from .errors import KernelUnsupported
+    perf2bolt, version = find_perf2bolt(fmt)
     old = version is not None and version < 21
+    source = "preagg-bf" if fmt == "fdata" or old else "preagg"
     src = os.path.join(tmpdir, "profile.preagg")
-    out = os.path.join(tmpdir, "profile.yaml")
+    out = os.path.join(tmpdir, "profile." + fmt)
     with open(src, "w") as f:
-        f.write(profile.render("preagg-bf" if old else "preagg"))
-    cmd = [perf2bolt, "--pa", "-p", src, "-o", out, "--profile-format=yaml",
-           profile.binary]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+        f.write(profile.render(source))
+    rest = (["--profile-format=yaml"] if fmt == "yaml" else []) + [
+        profile.binary]
+    proc = subprocess.run([perf2bolt, "--pa", "-p", src, "-o", out] + rest,
+                          capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.exists(out):
-        raise KernelUnsupported("perf2bolt could not make the YAML profile: "
-                                + (proc.stderr.strip().splitlines() or ["?"])[-1],
-                                "write --format preagg and convert it by hand")
+        raise KernelUnsupported(
+            f"perf2bolt could not make the {fmt} profile: "
+            + (proc.stderr.strip().splitlines() or ["?"])[-1],
+            f"write --format {source} and convert it by hand: "
+            + " ".join(shlex.quote(a) for a in
+                       [perf2bolt, "--pa", "-p", "FILE", "-o", "OUT"] + rest))
+    full = tool_version(perf2bolt)
+    profile.info["made_by"] = (f"{perf2bolt} (LLVM {full or version or '?'})"
+                               f" from {source} records")
     with open(out) as f:
         return f.read()

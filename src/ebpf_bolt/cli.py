@@ -72,7 +72,8 @@ def _parser():
                         "near perf's 4000, off the beat of timer ticks)")
     p.add_argument("-o", "--output", help="profile file (default: stdout)")
     p.add_argument("--format", choices=FORMATS, help="fdata (default for IP "
-                   "samples: every BOLT reads it), preagg (pre-aggregated "
+                   "samples: every BOLT reads it; for branch stacks made by "
+                   "the installed perf2bolt), preagg (pre-aggregated "
                    "text, llvm-bolt --pa; default for branch stacks), "
                    "preagg-bf (B/F records for LLVM 19-22), yaml (branch "
                    "stacks: BOLT's YAML profile, made by the installed "
@@ -170,6 +171,10 @@ def _on_stop_signal(signum, frame):
 _MODE_DATA = {"ip": "IP samples", "lbr": "branch stacks"}
 
 
+# a branch profile in these formats is made by the installed perf2bolt
+PERF2BOLT_FORMATS = ("fdata", "yaml")
+
+
 def _check_format(fmt):
     def check(mode):
         if fmt and fmt not in FORMATS_FOR[mode]:
@@ -177,6 +182,8 @@ def _check_format(fmt):
                 f"--format {fmt} cannot hold {_MODE_DATA[mode]} (--mode {mode})",
                 f"use --format {' or '.join(FORMATS_FOR[mode])} for "
                 f"{_MODE_DATA[mode]}")
+        if mode == "lbr" and fmt in PERF2BOLT_FORMATS:
+            bolt.find_perf2bolt(fmt)     # before recording, not after
     return check
 
 
@@ -265,6 +272,7 @@ def summary_lines(profile, fmt, output, text):
     lines.append(f"wrote {fmt} profile to {where} ("
                  f"{plural(len(text), 'byte')}, "
                  f"{plural(text.count(chr(10)), 'line')}){extra}")
+    lines += _made_by(profile)
     lines += loss_warnings(profile, fmt)
     lines.append(_apply_line(profile, fmt, output))
     return lines
@@ -301,6 +309,13 @@ def _holds_profile(output):
         return stat.S_ISREG(os.stat(output).st_mode)
     except OSError:
         return False
+
+
+def _made_by(profile):
+    """The line naming the perf2bolt that made the profile (branch fdata
+    or YAML), if one did."""
+    made_by = profile.info.get("made_by")
+    return [f"made by {made_by}"] if made_by else []
 
 
 def _apply_line(profile, fmt, output):
@@ -539,7 +554,8 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
                  f"{plural(profile.info.get('processes', 0), 'process', 'processes')}")
         if rec.profiles:
             first = rec.profiles[0]
-            for line in loss_warnings(first, fmt or first.default_format):
+            for line in _made_by(first) + loss_warnings(
+                    first, fmt or first.default_format):
                 _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
              f"{args.output}")
@@ -593,8 +609,10 @@ def _replay_parser():
                    "(hex), as PATH@LOAD_BASE gives it")
     p.add_argument("-o", "--output", help="profile file (default: stdout); "
                    "with several --binary, a directory")
-    p.add_argument("--format", choices=("preagg", "preagg-bf", "yaml"),
-                   default="preagg")
+    p.add_argument("--format", choices=FORMATS_FOR["lbr"], default="preagg",
+                   help="preagg (T records, default), preagg-bf (B/F "
+                   "records, LLVM 19-22), fdata or yaml (made by the "
+                   "installed perf2bolt)")
     p.add_argument("--max-entries", type=int, help="traces the trace map "
                    "has room for")
     p.add_argument("--cpu", type=int, action="append", dest="cpus",
@@ -696,6 +714,8 @@ def replay_command(args):
         raise UsageError("several objects get a profile: -o must name a "
                          "directory", "give -o DIR")
     elfs = [_check_binary(path) for path, _ in objects]
+    if args.format in PERF2BOLT_FORMATS:
+        bolt.find_perf2bolt(args.format)     # before replaying
     _check_cpus(args.cpus)
     check_fd_limit(0)   # no events, but the BPF object's fds
     if args.max_entries is not None:
@@ -761,6 +781,8 @@ def replay_to_directory(args, objects, stacks, inputs):
                             "command": command})
         out.commit({"objects": entries})
     _say(replay_summary(profiles[0], fmt, len(stacks))[0])
+    for line in _made_by(profiles[0]):   # one tool made every profile
+        _say(line)
     for profile, name in zip(profiles, names):
         st = profile.stats
         _say(f"{name}: {profile.binary} at {profile.info['load_base']:#x}, "
@@ -795,6 +817,7 @@ def replay_summary(profile, fmt, nstacks, output=None):
     if fmt == "preagg":
         lines.append("mispredicts are left out: LLVM 22 takes no mispredict "
                      "field on T records; --format preagg-bf keeps them")
+    lines += _made_by(profile)
     lines += loss_warnings(profile, fmt)
     lines.append(_apply_line(profile, fmt, output))
     return lines

@@ -46,7 +46,9 @@ class Profile:
         return sum(c for c, _ in self.traces.values())
 
     def render(self, fmt=None):
-        """The profile as text in `fmt` (preagg, preagg-bf or fdata)."""
+        """The profile as text in `fmt` (preagg, preagg-bf, fdata or yaml).
+        A branch profile's fdata and YAML are made by the installed
+        perf2bolt (bolt.perf2bolt_profile), which info["made_by"] names."""
         fmt = fmt or self.default_format
         if fmt not in writers.FORMATS:
             raise UsageError(f"unknown format {fmt!r}",
@@ -55,10 +57,6 @@ class Profile:
             raise UsageError(f"format {fmt} cannot hold a {self.mode}-mode "
                              "profile", "use " + " or ".join(
                                  writers.FORMATS_FOR[self.mode]))
-        if fmt == "yaml":
-            from .bolt import yaml_profile
-            with tempfile.TemporaryDirectory(prefix="ebpf-bolt-") as tmp:
-                return yaml_profile(self, tmp)
         if self.kind == "basic":
             if fmt == "preagg":
                 return writers.preagg_basic(self.samples, self.event)
@@ -72,10 +70,11 @@ class Profile:
         if fmt == "preagg":
             return writers.preagg_traces(self.traces, self.event)
         if fmt == "preagg-bf":
-            return writers.preagg_branches_fallthroughs(self.traces)
-        raise UsageError("fdata is written for IP profiles only",
-                         "write --format preagg or preagg-bf; perf2bolt --pa "
-                         "turns either into fdata or YAML")
+            return writers.preagg_branches_fallthroughs(
+                self.traces, Symbolizer(self.elf))
+        from .bolt import perf2bolt_profile     # fdata, yaml
+        with tempfile.TemporaryDirectory(prefix="ebpf-bolt-") as tmp:
+            return perf2bolt_profile(self, fmt, tmp)
 
     def write(self, path=None, fmt=None):
         """Write to `path` (None or '-' for stdout) all at once: a file is

@@ -6,6 +6,7 @@ map's order (a big service has a million traces, and sorting would cost
 more than writing). Writers return the text: profiles are small next to
 perf.data.
 """
+import bisect
 import os
 from itertools import chain, islice
 
@@ -15,8 +16,9 @@ from .layout import BR_ONLY
 FORMATS = ("preagg", "preagg-bf", "fdata", "yaml")
 # LLVM 22 applies a YAML profile of IP samples as an empty one (0 executed
 # instructions, as with S records through --pa --ba): YAML for branches only.
+# A branch profile's fdata and YAML are made by the installed perf2bolt.
 FORMATS_FOR = {"ip": ("fdata", "preagg"),
-               "lbr": ("preagg", "preagg-bf", "yaml")}
+               "lbr": ("preagg", "preagg-bf", "fdata", "yaml")}
 
 
 def preagg_basic(samples, event):
@@ -76,21 +78,50 @@ def format_columns(line_format, columns):
         lambda cols: format_rows(line_format, zip(*cols)), slices))
 
 
-def preagg_branches_fallthroughs(traces):
-    """``B from to count mispreds`` plus ``F start end count`` (or ``f`` when
-    the branch came from outside the binary, from = 0), read by every LLVM
-    from 19 on: the same information as T records, split in two.
+def preagg_branches_fallthroughs(traces, symbolizer):
+    """``B from to count mispreds`` plus ``F start end count`` or ``f start
+    end count`` per fall-through: the T records' information split in two,
+    read by LLVM 19 to 22, mispredicts included (LLVM 22 takes none on T).
 
-    perf2bolt adds the edge into a fall-through's first block only for T
-    and ``f`` records (DataAggregator::getFallthroughsInTrace), so a return
-    from a shared library must be ``f``, or that edge is lost."""
+    ``f`` (external origin) where the branch that began the fall-through
+    came from outside the *function* holding its start (`symbolizer`: the
+    ELF function symbols, which are BOLT's functions) or from outside the
+    binary (from = 0), else ``F``: perf2bolt's own rule for the traces it
+    aggregates. The letter matters at a return site that starts a block:
+    only for ``f`` does perf2bolt also credit the edge from the call's
+    block into it. In bolt/lib/Profile/DataAggregator.cpp:
+
+    - LLVM 19 (barrietech/llvm-project 426c86aacb29, an LLVM 19-era copy):
+      parseLBRSample counts `++Info.ExternCount` where
+      `!TraceBF->containsAddress(LBR.From)`, replayed with `First.From = 0`
+      as processPreAggregated replays ``f``; getFallthroughsInTrace moves
+      FromBB to the call block only if `!BF.containsAddress(FirstLBR.From)`.
+    - LLVM 22 (llvm/llvm-project 00d20e2b9247, LLVM 22-era main):
+      parseAggregatedLBREntry 1382-1395 gives F the branch FT_ONLY and f
+      FT_EXTERNAL_ORIGIN; getFallthroughsInTrace 931-947 moves FromBB only
+      if `Trace.Branch != FT_ONLY && !BF.containsAddress(Trace.Branch)`.
+
+    A start in no function symbol (a PLT stub) has no CFG in BOLT: there
+    ``f`` only for from = 0, as before. No ``r`` record: LLVM 19 refuses
+    it ("expected B, F or f"). Once traces carry branch types, a return
+    from outside the binary gets its ``f`` record only, without ``B 0 to``
+    (how LLVM 22 reads an R record): the B record is made at the place
+    marked below. tests/test_preagg_bf.py checks all this against both."""
+    funcs = symbolizer.functions           # sorted by start, one per start
+    starts = [f.addr for f in funcs]
+    ends = [f.addr + f.size for f in funcs]
+    find = bisect.bisect_right
     branches, fallthroughs = {}, {}
     for (frm, to, ft_end), (count, mis) in traces.items():
+        # (here a typed return from outside the binary would skip its B)
         b = branches.setdefault((frm, to), [0, 0])
         b[0] += count
         b[1] += mis
         if ft_end != BR_ONLY and to != 0:
-            key = ("f" if frm == 0 else "F", to, ft_end)
+            i = find(starts, to) - 1        # the function holding `to`
+            external = frm == 0 or (i >= 0 and to < ends[i] and
+                                    not starts[i] <= frm < ends[i])
+            key = ("f" if external else "F", to, ft_end)
             fallthroughs[key] = fallthroughs.get(key, 0) + count
     out = ["B %x %x %d %d\n" % (f, t, c, m) for (f, t), (c, m) in branches.items()]
     out += ["%s %x %x %d\n" % (kind, s, e, c)
