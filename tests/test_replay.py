@@ -1036,6 +1036,46 @@ def test_cli_replays_several_objects_on_both_cpus(three_objects, tmp_path,
                 else entry["profile"] in entry["command"])
 
 
+def test_cli_fdata_of_several_objects_keeps_one_perf2bolt_refuses(
+        three_objects, tmp_path, monkeypatch, capsys):
+    """--format fdata (made by perf2bolt) of several objects, one of which
+    perf2bolt refuses (libc: stripped): the others get fdata, libc its
+    preagg-bf records with a warning saying why, and the run succeeds;
+    before, the refusal lost every object's profile."""
+    import json
+    objects = three_objects
+    stacks = crossing_stacks(objects, 300, SEED + 9)
+    rng = random.Random(SEED + 10)
+    (tmp_path / "stacks.txt").write_text(
+        "".join(brstack_line(s, rng) + "\n" for s in stacks))
+    _with_output_directory(monkeypatch)
+    out = tmp_path / "profiles"
+    args = ["replay", str(tmp_path / "stacks.txt"), "-o", str(out),
+            "--max-entries", "65536", "--format", "fdata"]
+    for path, base in objects:
+        args += ["--binary", f"{path}@{base:x}"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: {re.escape(LIBC)}: perf2bolt could not make "
+                     r"the fdata profile: .*; its preagg-bf records are "
+                     r"written instead", err), err
+    index = json.loads((out / "index.json").read_text())["objects"]
+    runtime, _ = rules.aggregate(stacks)
+    from ebpf_bolt.profile import Profile
+    for (path, base), entry in zip(objects, index):
+        text = (out / entry["profile"]).read_text()
+        if path == LIBC:
+            expected, _ = rules.object_view(runtime, code_ranges(path, base))
+            want = Profile(path, "cycles", "lbr", traces=expected)
+            assert entry["profile"].endswith("preagg-bf")
+            assert records(text) == records(want.render("preagg-bf"))
+        else:   # fdata branches: "K name offset K name offset mis count"
+            assert entry["profile"].endswith("fdata")
+            assert all(re.match(r"[012] \S+ [0-9a-f]+ [012] \S+ [0-9a-f]+ "
+                                r"\d+ \d+$", line)
+                       for line in text.splitlines()), text[:300]
+
+
 @pytest.mark.parametrize("args,says", [
     (["--binary", "A@1000", "--binary", "B@2000", "--load-base", "0"],
      "--load-base with 2 --binary"),

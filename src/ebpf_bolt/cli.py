@@ -518,6 +518,25 @@ def _record_until_done(rec, args, progress, frequency, duration,
     return rec.finish()
 
 
+def render_each(profiles, fmt):
+    """[(profile, format, text)] and warnings, for a directory of several
+    profiles. An object perf2bolt cannot make fdata or YAML of (a stripped
+    library, say: perf2bolt refuses those) gets its preagg-bf records
+    instead, with a warning, rather than losing the whole recording."""
+    out, warnings = [], []
+    for profile in profiles:
+        f = fmt or profile.default_format
+        try:
+            out.append((profile, f, profile.render(f)))
+        except KernelUnsupported as e:
+            if f not in PERF2BOLT_FORMATS or profile.kind != "branch":
+                raise
+            warnings.append(f"warning: {profile.binary}: {e}; its preagg-bf "
+                            "records are written instead")
+            out.append((profile, "preagg-bf", profile.render("preagg-bf")))
+    return out, warnings
+
+
 def record_objects(args, rec, inputs, progress, frequency, duration):
     """Record, then write one profile per object into the -o directory,
     with its index.json (complete or absent, as a single file is)."""
@@ -529,10 +548,8 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
         with rec, OutputDirectory(args.output, inputs=inputs) as out:
             _record_until_done(rec, args, progress, frequency, duration)
             fmt = args.format
-            entries, texts = [], []
-            for profile in rec.profiles:
-                f = fmt or profile.default_format
-                texts.append((profile, f, profile.render(f)))
+            entries = []
+            texts, warnings = render_each(rec.profiles, fmt)
             names = profile_names([(os.path.basename(p.binary),
                                     p.info.get("build_id"), f)
                                    for p, f, _ in texts])
@@ -554,7 +571,7 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
                  f"{plural(profile.info.get('processes', 0), 'process', 'processes')}")
         if rec.profiles:
             first = rec.profiles[0]
-            for line in _made_by(first) + loss_warnings(
+            for line in _made_by(first) + warnings + loss_warnings(
                     first, fmt or first.default_format):
                 _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
@@ -763,15 +780,15 @@ def replay_to_directory(args, objects, stacks, inputs):
     with OutputDirectory(args.output, inputs=inputs) as out:
         profiles = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
-        texts = [p.render(fmt) for p in profiles]
+        texts, warnings = render_each(profiles, fmt)
         names = profile_names([(os.path.basename(p.binary),
-                                p.info.get("build_id"), fmt)
-                               for p in profiles])
+                                p.info.get("build_id"), f)
+                               for p, f, _ in texts])
         entries = []
-        for profile, text, name in zip(profiles, texts, names):
+        for (profile, f, text), name in zip(texts, names):
             out.add(name, text)
             command = bolt.apply_command(
-                profile.binary, os.path.join(args.output, name), fmt,
+                profile.binary, os.path.join(args.output, name), f,
                 profile.kind, elf=profile.elf)
             entries.append({"path": profile.binary,
                             "build_id": profile.info.get("build_id"),
@@ -781,7 +798,7 @@ def replay_to_directory(args, objects, stacks, inputs):
                             "command": command})
         out.commit({"objects": entries})
     _say(replay_summary(profiles[0], fmt, len(stacks))[0])
-    for line in _made_by(profiles[0]):   # one tool made every profile
+    for line in _made_by(profiles[0]) + warnings:   # one tool made them
         _say(line)
     for profile, name in zip(profiles, names):
         st = profile.stats
