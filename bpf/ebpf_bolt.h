@@ -202,6 +202,22 @@ struct eb_branch {
 
 #define EB_BRANCH_MISPRED 1ULL
 
+/* The entry's branch type, where the event asked for
+ * PERF_SAMPLE_BRANCH_TYPE_SAVE (else 0, PERF_BR_UNKNOWN): the 4-bit `type`
+ * field of the UAPI flags word (after mispred, predicted, in_tx, abort and
+ * the 16-bit cycles). Returns are PERF_BR_RET and PERF_BR_COND_RET
+ * (<linux/perf_event.h>, enum perf_branch_sample_type). */
+#define EB_BRANCH_TYPE_SHIFT 20
+#define EB_BRANCH_TYPE_MASK 0xf
+#define EB_BR_RET 6
+#define EB_BR_COND_RET 10
+
+/* A trace whose branch is a return keeps that in its key: bit 61 of
+ * `from` (object numbers stay below 2^12, so bits 60 and 61 of a key are
+ * free), so a return and another branch between the same addresses are
+ * two traces. The drain splits it off into a column of its own. */
+#define EB_TRACE_RETURN 0x2000000000000000ULL  /* bit 61 */
+
 /* One way of the per-CPU trace cache. credit 0: empty. */
 struct eb_cache_slot {
 	struct eb_trace key;

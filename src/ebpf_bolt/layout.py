@@ -7,6 +7,14 @@ import ctypes
 MAX_BRANCHES = 64
 BR_ONLY = 0xFFFFFFFFFFFFFFFF
 BRANCH_MISPRED = 1
+# an entry's branch type (PERF_SAMPLE_BRANCH_TYPE_SAVE): flags bits 20-23;
+# the types that are returns (<linux/perf_event.h>)
+BRANCH_TYPE_SHIFT = 20
+BRANCH_TYPE_MASK = 0xF
+BR_RET = 6
+BR_COND_RET = 10
+# bit 61 of a trace key's `from`: the trace's branch is a return
+TRACE_RETURN = 1 << 61
 # the replacement rule's cap on a cache way's credit
 CACHE_MAX_CREDIT = 8
 # an IP slot's pending count goes to the map when it reaches this
