@@ -211,12 +211,14 @@ struct eb_branch {
 #define EB_BRANCH_TYPE_MASK 0xf
 #define EB_BR_RET 6
 #define EB_BR_COND_RET 10
+#define EB_RETURN_TYPES 0x440ULL  /* 1 << EB_BR_RET | 1 << EB_BR_COND_RET */
 
 /* A trace whose branch is a return keeps that in its key: bit 61 of
  * `from` (object numbers stay below 2^12, so bits 60 and 61 of a key are
  * free), so a return and another branch between the same addresses are
  * two traces. The drain splits it off into a column of its own. */
-#define EB_TRACE_RETURN 0x2000000000000000ULL  /* bit 61 */
+#define EB_TRACE_RETURN_BIT 61
+#define EB_TRACE_RETURN 0x2000000000000000ULL  /* 1 << EB_TRACE_RETURN_BIT */
 
 /* One way of the per-CPU trace cache. credit 0: empty. */
 struct eb_cache_slot {

@@ -249,3 +249,62 @@ def program(tmp_path_factory):
                     str(exe), str(d / "prog.c"), str(d / "calls.S")],
                    check=True)
     return exe
+
+
+# --- 4. live sampling: asking for the types -------------------------------------
+# The probe itself needs branch hardware (none here); what can run here is
+# the attribute and the fallback logic, with the kernel's answers faked.
+
+def test_event_asks_for_branch_types():
+    from ebpf_bolt import perf_event as pe
+    header = open("/usr/include/linux/perf_event.h").read()
+    shift = re.search(r"PERF_SAMPLE_BRANCH_TYPE_SAVE_SHIFT\s*=\s*(\d+)", header)
+    assert pe.PERF_SAMPLE_BRANCH_TYPE_SAVE == 1 << int(shift.group(1))
+    typed = pe.make_attr(pe.CYCLES_BRSTACK_TYPED, 1000).branch_sample_type
+    plain = pe.make_attr(pe.CYCLES_BRSTACK, 1000).branch_sample_type
+    assert typed == plain | pe.PERF_SAMPLE_BRANCH_TYPE_SAVE
+    assert not plain & pe.PERF_SAMPLE_BRANCH_TYPE_SAVE
+
+
+@pytest.mark.parametrize("types_refused", [False, True])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_types_where_the_kernel_saves_them(monkeypatch, types_refused,
+                                           verbose):
+    """Branch stacks with types if the kernel takes the typed event, else
+    without; -v says which."""
+    import errno
+    from ebpf_bolt import collector, perf_event as pe
+
+    def probe(spec, frequency):
+        if spec.branch_types and types_refused:
+            return OSError(errno.EOPNOTSUPP, "no")
+        return None
+    monkeypatch.setattr(collector, "probe_event", probe)
+    notes = []
+    mode, event = collector.choose_event("auto", 1000, notes.append, verbose)
+    assert mode == "lbr" and event.branch_stack
+    assert event.branch_types is not types_refused
+    if not verbose:
+        assert notes == []
+    elif types_refused:
+        assert len(notes) == 1 and "not saved" in notes[0]
+    else:
+        assert len(notes) == 1 and "types saved" in notes[0]
+
+
+@pytest.mark.parametrize("saved,returns,says", [
+    (True, b"\0\1\1", "branch types: saved; 2 return traces"),
+    (False, None, "branch types: not saved"),
+    (None, None, "branch types: none in the input"),
+    (None, b"\1\0\0", "branch types: read; 1 return traces"),
+])
+def test_summary_says_whether_types_were_saved(saved, returns, says):
+    from array import array
+    from ebpf_bolt import cli
+    from ebpf_bolt.profile import TraceTable
+    cols = [array("Q", [1, 2, 3]) for _ in range(5)]
+    prof = Profile("/bin/true", "cycles", "lbr",
+                   traces=TraceTable(cols, returns))
+    if saved is not None:
+        prof.info["branch_types"] = saved
+    assert cli.branch_types_line(prof).startswith(says)

@@ -13,8 +13,10 @@ BRANCH_TYPE_SHIFT = 20
 BRANCH_TYPE_MASK = 0xF
 BR_RET = 6
 BR_COND_RET = 10
+RETURN_TYPES = 1 << BR_RET | 1 << BR_COND_RET
 # bit 61 of a trace key's `from`: the trace's branch is a return
-TRACE_RETURN = 1 << 61
+TRACE_RETURN_BIT = 61
+TRACE_RETURN = 1 << TRACE_RETURN_BIT
 # the replacement rule's cap on a cache way's credit
 CACHE_MAX_CREDIT = 8
 # an IP slot's pending count goes to the map when it reaches this
