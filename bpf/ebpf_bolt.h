@@ -108,6 +108,11 @@ struct eb_config {
 	__u64 tid_pidns_ino;   /* counted (--threads): the target's own */
 	__u32 ip_slots;        /* slots of the IP table (ip_counts) */
 	__u32 trace_slots;     /* slots of the trace table (trace_counts) */
+	__u32 branch_types;    /* 1: branch entries carry their type (the
+	                        * event saves it, or a typed replay): returns
+	                        * are kept apart (EB_TRACE_RETURN); 0: the
+	                        * worker skips that test altogether */
+	__u32 reserved;
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */

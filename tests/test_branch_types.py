@@ -161,6 +161,27 @@ def test_no_types_no_returns(workload_pie, typed_stacks):
     assert len(lines) > 100 and all(l[0] in "ET" for l in lines)
 
 
+@pytest.mark.root
+def test_types_ignored_where_not_asked(workload_pie, typed_stacks):
+    """branch_types off (an event without PERF_SAMPLE_BRANCH_TYPE_SAVE):
+    the worker skips the test, typed entries or not; replay() turns it on
+    only for input with a type, and then keeps returns apart."""
+    from ebpf_bolt.replay import replay
+    from test_replay import code_ranges
+    objects = [(str(workload_pie), LOAD_BASE)]
+    with Replayer(objects, max_entries=1 << 16, branch_types=False) as rep:
+        rep.feed(typed_stacks[:300])
+        assert getattr(rep.profile().traces, "returns", None) is None
+    prof = replay(workload_pie, typed_stacks[:300], LOAD_BASE,
+                  max_entries=1 << 16)
+    assert prof.traces.returns is not None
+    assert prof.traces.returns.count(1) == sum(
+        r for *_, r in profile_rows(prof))
+    assert profile_rows(prof) == rules.typed_object_view(
+        rules.typed_aggregate(typed_stacks[:300]),
+        code_ranges(workload_pie, LOAD_BASE))[0]
+
+
 # --- 3. golden cases: returns in both dialects ----------------------------------
 
 def golden_returns(s):

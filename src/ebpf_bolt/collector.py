@@ -787,7 +787,8 @@ class Recorder(Handle):
                      all_processes=int(self.all_processes),
                      target_at_exec=int(self.command is not None),
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
-                     user_addr_end=USER_ADDR_END)
+                     user_addr_end=USER_ADDR_END,
+                     branch_types=int(self.event.branch_types))
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         check_btf(self.btf)
         try:

@@ -75,7 +75,9 @@ class Config(ctypes.Structure):
                 ("tid_pidns_dev", ctypes.c_uint64),
                 ("tid_pidns_ino", ctypes.c_uint64),
                 ("ip_slots", ctypes.c_uint32),
-                ("trace_slots", ctypes.c_uint32)]
+                ("trace_slots", ctypes.c_uint32),
+                ("branch_types", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):

@@ -300,7 +300,8 @@ class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks of
     runtime addresses into the keys of `objects`."""
 
-    def __init__(self, objects, max_entries=None, sets=None, path=None):
+    def __init__(self, objects, max_entries=None, sets=None, path=None,
+                 branch_types=True):
         """objects: [(ELF file path, load base)], the code the stacks ran
         in, placed as the loader put it (load base: the runtime address of
         a PIE's or library's first segment, 0 for non-PIE); each gets its
@@ -308,7 +309,9 @@ class Replayer(_MappedInput):
         object. sets: trace cache sets per CPU (default:
         layout.cache_sets); path: another build of the BPF object, e.g.
         the baseline of the tests and benchmarks (default: the shipped
-        one)."""
+        one); branch_types: keep returns apart where entries have a type
+        (False: the worker skips the test, as for an event without
+        PERF_SAMPLE_BRANCH_TYPE_SAVE, and every trace is untyped)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -319,7 +322,8 @@ class Replayer(_MappedInput):
         ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts")
         self.batch = batch = BATCH
-        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END,
+                                     branch_types=int(branch_types)),
                               {"trace_counts": table_slots(self.max_entries),
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch,
@@ -465,7 +469,9 @@ def replay_objects(objects, stacks, max_entries=None, cpus=None):
     stacks = list(stacks)
     # default: the first CPU this thread may run on (a cpuset may lack CPU 0)
     cpus = list(cpus) if cpus else [min(os.sched_getaffinity(0))]
-    with Replayer(objects, max_entries) as rep:
+    # the worker tests types only where some entry has one
+    typed = any(len(e) > 3 for stack in stacks for e in stack)
+    with Replayer(objects, max_entries, branch_types=typed) as rep:
         rep.feed_at_once([(cpu, stacks[i::len(cpus)])
                           for i, cpu in enumerate(cpus)])
         return rep.profiles()
