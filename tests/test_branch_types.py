@@ -329,3 +329,68 @@ def test_summary_says_whether_types_were_saved(saved, returns, says):
     if saved is not None:
         prof.info["branch_types"] = saved
     assert cli.branch_types_line(prof).startswith(says)
+
+
+# --- 5. BOLT's result on a recorded run with typed stacks -----------------------
+
+@pytest.fixture(scope="module")
+def typed_recording(program):
+    """Stacks of a run of the test program under qemu-user, each entry
+    typed by the instruction at its `from` (brtrace): returns from libc
+    (labs) and calls from libc into the program (qsort's comparator)."""
+    import brtrace
+    from test_preagg_bf import PERIOD, ROUNDS, SEED
+    rec = brtrace.record([str(program), str(ROUNDS)], period=PERIOD,
+                         seed=SEED, branch_types=True)
+    assert rec.returncode == 0 and rec.stats["unknown_blocks"] == 0, rec.stats
+    return rec.stacks, rec.load_base
+
+
+def unknown_entries(fdata_lines):
+    """{(function, offset): count} of fdata's `0 [unknown] 0 -> f+off`
+    lines (entry branches from code perf2bolt does not know)."""
+    out = {}
+    for line in fdata_lines:
+        f = line.split()
+        if f[:3] == ["0", "[unknown]", "0"]:
+            key = (f[4], int(f[5], 16))
+            out[key] = out.get(key, 0) + int(f[7])
+    return out
+
+
+@pytest.mark.root
+def test_returns_spare_bolt_invented_entries(program, typed_recording,
+                                             tmp_path):
+    """perf2bolt 22 on the R/T records of typed stacks, against the T
+    records of the same traces: strictly fewer `[unknown]` entry edges,
+    none into the return site of a typed return, 0 mismatching traces
+    (perf2bolt() asserts that, and no out-of-range trace)."""
+    from ebpf_bolt.elf import Symbolizer
+    from ebpf_bolt.replay import replay
+    from ebpf_bolt.writers import FunctionNames
+    from test_preagg_bf import perf2bolt
+    stacks, load_base = typed_recording
+    prof = replay(program, stacks, load_base=load_base, max_entries=1 << 16)
+    assert prof.stats["traces_lost"] == 0
+    rows = profile_rows(prof)
+    sym = Symbolizer(prof.elf)
+    fnames = FunctionNames(sym)
+    return_sites = set()
+    for t in {t for (f, t, _e, r) in rows if r and f == 0}:
+        func, off = sym.lookup(t)   # fdata's spelling of the address
+        return_sites.add((fnames[func], off))
+    assert return_sites, "no return from outside the binary was recorded"
+    # the same traces without types: T records only
+    untyped = Profile(program, "cycles", "lbr", traces=dict(prof.traces.items()))
+    assert "\nR " not in untyped.render("preagg")
+    text = prof.render("preagg")
+    assert "\nR 0 " in text and "\nT 0 " in text   # calls from libc stay T
+    with_r = unknown_entries(perf2bolt(22, text, program, tmp_path, "r"))
+    with_t = unknown_entries(perf2bolt(22, untyped.render("preagg"), program,
+                                       tmp_path, "t"))
+    print(f"[unknown] entries: R/T {len(with_r)} edges, {sum(with_r.values())} "
+          f"counts; T only {len(with_t)} edges, {sum(with_t.values())} counts")
+    assert sum(with_r.values()) < sum(with_t.values()), (with_r, with_t)
+    assert len(with_r) < len(with_t)
+    assert not set(with_r) & return_sites, sorted(set(with_r) & return_sites)
+    assert set(with_t) & return_sites   # what R spared
