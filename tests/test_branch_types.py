@@ -394,3 +394,22 @@ def test_returns_spare_bolt_invented_entries(program, typed_recording,
     assert len(with_r) < len(with_t)
     assert not set(with_r) & return_sites, sorted(set(with_r) & return_sites)
     assert set(with_t) & return_sites   # what R spared
+
+
+@pytest.mark.root
+def test_typed_dialects_agree_on_recorded_stacks(program, typed_recording,
+                                                 tmp_path):
+    """On typed stacks too, perf2bolt 22 reads the B/F records (f alone for
+    a return from outside) as it reads the R/T records, and perf2bolt 19
+    reads the B/F records alike, the mispredict column aside."""
+    from ebpf_bolt.replay import replay
+    from test_preagg_bf import assert_same_counts, counts, perf2bolt
+    stacks, load_base = typed_recording
+    prof = replay(program, stacks, load_base=load_base, max_entries=1 << 16)
+    bf = prof.render("preagg-bf")
+    assert "\nB 0 " in "\n" + bf     # calls from libc keep theirs
+    r22 = perf2bolt(22, prof.render("preagg"), program, tmp_path, "r")
+    bf22 = perf2bolt(22, bf, program, tmp_path, "bf")
+    bf19 = perf2bolt(19, bf, program, tmp_path, "bf")
+    assert_same_counts(counts(bf22), counts(r22), "B/F (22) vs R/T (22)")
+    assert_same_counts(counts(bf19), counts(r22), "B/F (19) vs R/T (22)")
