@@ -356,8 +356,8 @@ class Replayer(_MappedInput):
         return args
 
     def feed(self, stacks, cpu=0, first=0, room=None):
-        """Aggregate stacks (lists of (from, to, mispredicted), newest first)
-        on `cpu`, a run per `room` stacks (default: the whole replay array)
+        """Aggregate stacks (lists of (from, to, mispredicted) or (from, to,
+        mispredicted, branch type), newest first) on `cpu`, a run per `room` stacks (default: the whole replay array)
         loaded from stack `first` on."""
         self.cut += self._feed(stacks, cpu, first, room or self.batch)
 
@@ -460,8 +460,9 @@ class Replayer(_MappedInput):
 def replay_objects(objects, stacks, max_entries=None, cpus=None):
     """Aggregate branch stacks through the kernel and return the Profile of
     each of `objects`, [(ELF file path, load base)]. `stacks` is a list of
-    stacks (newest entry first, each entry (from, to, mispredicted)) or
-    text lines in perf's brstack form. `cpus`: deal the stacks
+    stacks (newest entry first, each entry (from, to, mispredicted), or
+    (from, to, mispredicted, branch type)) or text lines in perf's brstack
+    form. `cpus`: deal the stacks
     round-robin to these CPUs, which aggregate them at the same time
     (default: the first CPU this thread may use)."""
     if stacks and isinstance(next(iter(stacks)), str):
