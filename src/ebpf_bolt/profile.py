@@ -6,6 +6,7 @@ basic samples (``samples``: vaddr -> count) or branch traces (``traces``:
 """
 import tempfile
 from collections.abc import Mapping
+from itertools import compress
 
 from . import writers
 from .elf import ElfFile, Symbolizer
@@ -86,6 +87,10 @@ class Profile:
             out.commit(self.render(fmt))
 
 
+# 1 for a row that is not a return, from TraceTable.returns
+_NOT = bytes([1, 0]) + bytes(254)
+
+
 class TraceTable(Mapping):
     """Traces as columns (from, to, ft_end, count, mispreds), one row per
     distinct trace, read as a {(from, to, ft_end): (count, mispreds)}
@@ -109,14 +114,19 @@ class TraceTable(Mapping):
             f, t, e, c, m = self.columns
             if self.returns is None:
                 self._dict = dict(zip(zip(f, t, e), zip(c, m)))
-            else:
-                merged = {}
-                for key, cnt, mis in zip(zip(f, t, e), c, m):
+            else:  # the other rows at C speed, then the returns added
+                merged = dict(self._pick(self.returns.translate(_NOT)))
+                for key, (cnt, mis) in self._pick(self.returns):
                     prev = merged.get(key)
                     merged[key] = ((cnt, mis) if prev is None else
                                    (prev[0] + cnt, prev[1] + mis))
                 self._dict = merged
         return self._dict
+
+    def _pick(self, rows):
+        """((from, to, ft_end), (count, mispreds)) of the rows marked 1."""
+        f, t, e, c, m = (compress(col, rows) for col in self.columns)
+        return zip(zip(f, t, e), zip(c, m))
 
     def __getitem__(self, key):
         return self._as_dict()[key]
