@@ -413,3 +413,28 @@ def test_typed_dialects_agree_on_recorded_stacks(program, typed_recording,
     bf19 = perf2bolt(19, bf, program, tmp_path, "bf")
     assert_same_counts(counts(bf22), counts(r22), "B/F (22) vs R/T (22)")
     assert_same_counts(counts(bf19), counts(r22), "B/F (19) vs R/T (22)")
+
+
+@pytest.mark.root
+def test_cli_replays_typed_text(program, typed_recording, ebpf_bolt_cmd,
+                                tmp_path):
+    """perf's 8-field text (what perf 5.18+ prints with types saved)
+    through the installed command: R exactly for the typed returns, and the
+    summary counts them."""
+    import brtrace
+    from conftest import run
+    from test_replay import code_ranges
+    stacks, load_base = typed_recording
+    text = "".join(line + "\n" for line in brtrace.stacks_to_text(stacks))
+    assert "/RET/-" in text and "/COND/-" in text
+    out = tmp_path / "typed.preagg"
+    res = run([ebpf_bolt_cmd, "replay", "--binary", str(program),
+               "--load-base", hex(load_base), "-o", str(out),
+               "--max-entries", "65536"], input=text)
+    assert res.returncode == 0, res.stderr
+    expected, _ = rules.typed_object_view(rules.typed_aggregate(stacks),
+                                          code_ranges(program, load_base))
+    assert sorted(out.read_text().splitlines()[1:]) == \
+        rules.preagg_records(expected)
+    n = sum(1 for k in expected if k[3])
+    assert f"branch types: read; {n:,} return traces" in res.stderr
