@@ -120,19 +120,26 @@ def timed_run(rep, clock, n):
     return clock() - before
 
 
-def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None):
+def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None,
+                   branch_types=False, base_types=False):
     """Median ns per stack of (run of N stacks - empty run) / N, for the
     baseline object (path `baseline`) and the shipped one, alternating pass
     by pass (a pass runs every batch once) so that drift in the machine's
     speed (a VM's neighbours) hits both alike. Not run by run: the
     baseline's map updates would evict the cache's table from L2 before
     every cache run, which a pass of the shipped path alone, as in steady
-    recording, does not do. Returns (baseline, shipped)."""
+    recording, does not do. `branch_types`: the shipped worker tests each
+    entry's type, as it does where the event saves types (off, as without
+    them, the verifier drops that test); `base_types` the same for the
+    baseline (None: the shipped object with branch types off). Returns
+    (baseline, shipped)."""
     per_run = per_run or len(stacks)
     batches = [pack_stacks(stacks[i:i + per_run])[0]
                for i in range(0, len(stacks), per_run)]
-    with Replayer(objects, max_entries=1 << 20, path=baseline) as base, \
-            Replayer(objects, max_entries=1 << 20) as shipped:
+    with Replayer(objects, max_entries=1 << 20, path=baseline,
+                  branch_types=base_types) as base, \
+            Replayer(objects, max_entries=1 << 20,
+                     branch_types=branch_types) as shipped:
         reps = {True: base, False: shipped}
         clocks = {k: ProgramClock(r.obj.program_fd("replay_branches"))
                   for k, r in reps.items()}
@@ -151,17 +158,19 @@ def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None):
         return statistics.median(samples[True]), statistics.median(samples[False])
 
 
-def recorded_stacks(count, mode, workdir):
+def recorded_stacks(count, mode, workdir, branch_types=False):
     """32-deep stacks from a real run of the demo workload (built in
     workdir) under qemu-user (tests/brtrace.py), and the objects they ran
-    in, or None where qemu is not available."""
+    in, or None where qemu is not available. `branch_types`: each entry
+    carries its branch type, as with PERF_SAMPLE_BRANCH_TYPE_SAVE."""
     from ebpf_bolt.demo.build import build_workload
 
     binary = build_workload(workdir, pie=True)
     args = {"icache": ["--mode", "icache", "--scale", "2"],
             "shares": ["--scale", "2", "--early", "1", "--late", "0"]}[mode]
     try:
-        rec = brtrace.record([str(binary)] + args, seed=1)
+        rec = brtrace.record([str(binary)] + args, seed=1,
+                             branch_types=branch_types)
     except Exception as e:  # report, do not hide, why the figure is missing
         print(f"(recorded stacks unavailable: {e})", file=sys.stderr)
         return None
@@ -209,6 +218,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--stacks", type=int, default=4096)
     p.add_argument("--traces", type=int, default=1_000_000)
+    p.add_argument("--against", metavar="OBJECT",
+                   help="measure the shipped worker against this build of "
+                   "the BPF object (one with the same struct eb_config) "
+                   "instead of the per-entry hash baseline; 'untyped': "
+                   "the shipped object with branch types off")
+    p.add_argument("--branch-types", action="store_true",
+                   help="recorded stacks carry branch types (brtrace), as "
+                   "PERF_SAMPLE_BRANCH_TYPE_SAVE gives them")
     args = p.parse_args()
     # everything the run writes (workload builds, baseline object, a profile
     # of tens of MiB) goes here and is removed at the end, errors included
@@ -227,7 +244,7 @@ def run(args, work):
                  [random_stack(rng, lo, span) for _ in range(args.stacks)],
                  libc, None))
     for mode in ("shares", "icache"):
-        rec = recorded_stacks(args.stacks, mode, work)
+        rec = recorded_stacks(args.stacks, mode, work, args.branch_types)
         if rec:
             rec, objects = rec
             rows.append((f"recorded demo workload ({mode} mode), {len(rec)} "
@@ -236,11 +253,19 @@ def run(args, work):
                 rows.append((f"recorded demo workload ({mode} mode), all "
                              f"{len(rec)} stacks in one run (input streamed "
                              "from memory)", rec, objects, None))
-    print("\n| stacks (32 deep) | baseline: hash update per entry | trace cache "
+    against = (f"against: {args.against}" if args.against else
+               "baseline: hash update per entry")
+    typed = ", typed" if args.branch_types else ""
+    print(f"\n| stacks (32 deep{typed}) | {against} | trace cache "
           "(shipped) | per entry | goal |")
     print("|---|---|---|---|---|")
-    baseline = build_object(os.path.join(work, "baseline"), BASELINE)
-    costs = [cost_per_stack(stacks, objects, baseline, per_run=per_run)
+    if args.against == "untyped":   # types off: what the verifier leaves
+        baseline = None
+    else:
+        baseline = args.against or build_object(
+            os.path.join(work, "baseline"), BASELINE)
+    costs = [cost_per_stack(stacks, objects, baseline, per_run=per_run,
+                            branch_types=args.branch_types)
              for _, stacks, objects, per_run in rows]
     for (name, stacks, _, per_run), (base, ours) in zip(rows, costs):
         goal = 500 if name.startswith("recorded") else 1000

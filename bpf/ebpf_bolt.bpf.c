@@ -1206,7 +1206,7 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
 		struct eb_trace t;
-		__u64 mis;
+		__u64 mis, ty;
 
 		if (i >= nr)
 			break;
@@ -1237,6 +1237,17 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			continue;
 		}
 		mis = b->flags & EB_BRANCH_MISPRED;
+		/* a return keeps its type in the key (after ft_end took the
+		 * plain `from`, and the test above: 0 stays "outside"): one
+		 * bit of a mask of the return types. Without types the
+		 * verifier removes this (cfg is read-only data): untyped
+		 * stacks cost what they did before types. */
+		if (cfg.branch_types) {
+			ty = (b->flags >> EB_BRANCH_TYPE_SHIFT) &
+			     EB_BRANCH_TYPE_MASK;
+			t.from |= ((EB_RETURN_TYPES >> ty) & 1) <<
+				  EB_TRACE_RETURN_BIT;
+		}
 		if (table)
 			count_trace(table, &t, mis, st);
 		else

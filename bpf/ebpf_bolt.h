@@ -108,6 +108,11 @@ struct eb_config {
 	__u64 tid_pidns_ino;   /* counted (--threads): the target's own */
 	__u32 ip_slots;        /* slots of the IP table (ip_counts) */
 	__u32 trace_slots;     /* slots of the trace table (trace_counts) */
+	__u32 branch_types;    /* 1: branch entries carry their type (the
+	                        * event saves it, or a typed replay): returns
+	                        * are kept apart (EB_TRACE_RETURN); 0: the
+	                        * worker skips that test altogether */
+	__u32 reserved;
 };
 
 /* Event counters, one set per CPU, summed by user space when it reports. */
@@ -201,6 +206,24 @@ struct eb_branch {
 };
 
 #define EB_BRANCH_MISPRED 1ULL
+
+/* The entry's branch type, where the event asked for
+ * PERF_SAMPLE_BRANCH_TYPE_SAVE (else 0, PERF_BR_UNKNOWN): the 4-bit `type`
+ * field of the UAPI flags word (after mispred, predicted, in_tx, abort and
+ * the 16-bit cycles). Returns are PERF_BR_RET and PERF_BR_COND_RET
+ * (<linux/perf_event.h>, enum perf_branch_sample_type). */
+#define EB_BRANCH_TYPE_SHIFT 20
+#define EB_BRANCH_TYPE_MASK 0xf
+#define EB_BR_RET 6
+#define EB_BR_COND_RET 10
+#define EB_RETURN_TYPES 0x440ULL  /* 1 << EB_BR_RET | 1 << EB_BR_COND_RET */
+
+/* A trace whose branch is a return keeps that in its key: bit 61 of
+ * `from` (object numbers stay below 2^12, so bits 60 and 61 of a key are
+ * free), so a return and another branch between the same addresses are
+ * two traces. The drain splits it off into a column of its own. */
+#define EB_TRACE_RETURN_BIT 61
+#define EB_TRACE_RETURN 0x2000000000000000ULL  /* 1 << EB_TRACE_RETURN_BIT */
 
 /* One way of the per-CPU trace cache. credit 0: empty. */
 struct eb_cache_slot {

@@ -68,16 +68,36 @@ class BrtraceError(RuntimeError):
     pass
 
 
+# The branch type of a block's last instruction, as the kernel reports
+# it with PERF_SAMPLE_BRANCH_TYPE_SAVE (enum perf_branch_sample_type):
+# PERF_BR_COND 1, UNCOND 2, IND 3, CALL 4, IND_CALL 5, RET 6; 0 unknown.
+BR_UNKNOWN, BR_COND, BR_UNCOND, BR_IND, BR_CALL, BR_IND_CALL, BR_RET = range(7)
+
+
+def branch_type(mnem, operands):
+    """The PERF_BR_* type of an x86 branch instruction."""
+    indirect = operands.startswith("*")
+    if mnem.startswith("ret"):
+        return BR_RET
+    if mnem.startswith("call"):
+        return BR_IND_CALL if indirect else BR_CALL
+    if mnem.startswith("jmp"):
+        return BR_IND if indirect else BR_UNCOND
+    if mnem.startswith(("j", "loop")):
+        return BR_COND
+    return BR_UNKNOWN
+
+
 class Block:
     """One translation block: start, address of its last instruction, end
-    (first byte after it), what its last instruction is, and its first
-    bytes. Compared and hashed by identity (the parser's caches need that
-    to be fast)."""
-    __slots__ = ("start", "last", "end", "kind", "code")
+    (first byte after it), what its last instruction is (kind, and its
+    branch type), and its first bytes. Compared and hashed by identity
+    (the parser's caches need that to be fast)."""
+    __slots__ = ("start", "last", "end", "kind", "code", "btype")
 
-    def __init__(self, start, last, end, kind, code=b""):
+    def __init__(self, start, last, end, kind, code=b"", btype=BR_UNKNOWN):
         self.start, self.last, self.end = start, last, end
-        self.kind, self.code = kind, code
+        self.kind, self.code, self.btype = kind, code, btype
 
     def __repr__(self):
         return (f"Block(0x{self.start:x}, last=0x{self.last:x}, "
@@ -86,7 +106,7 @@ class Block:
 
 def parse_insn_line(line):
     """``0xADDR:  b1 b2 ...  mnemonic operands`` -> (addr, bytes, mnemonic
-    or None for a continuation line of a long instruction)."""
+    or None for a continuation line of a long instruction, operands)."""
     colon = line.index(":")
     addr = int(line[:colon], 16)
     toks = line[colon + 1:].split()
@@ -104,16 +124,16 @@ def parse_insn_line(line):
             mnem = "rep"
     elif n < len(toks):
         mnem = toks[n]
-    return addr, code, mnem
+    return addr, code, mnem, " ".join(rest[1:])
 
 
 def block_from_lines(lines):
     """A Block from the instruction lines of one ``IN:`` entry."""
     start = last = end = None
-    mnem = None
+    mnem = operands = None
     code = bytearray()
     for line in lines:
-        addr, b, m = parse_insn_line(line)
+        addr, b, m, ops = parse_insn_line(line)
         if not b:
             raise BrtraceError(
                 "qemu's in_asm log has no instruction bytes (a qemu built "
@@ -121,7 +141,7 @@ def block_from_lines(lines):
         if start is None:
             start = addr
         if m is not None:
-            last, mnem = addr, m
+            last, mnem, operands = addr, m, ops
         if addr == start + len(code):
             code += b
         end = addr + len(b)
@@ -133,7 +153,8 @@ def block_from_lines(lines):
         kind = KIND_UNCOND
     else:
         kind = KIND_OTHER
-    return Block(start, last, end, kind, bytes(code[:16]))
+    return Block(start, last, end, kind, bytes(code[:16]),
+                 branch_type(mnem, operands))
 
 
 def transition(prev, blk):
@@ -180,7 +201,8 @@ class BranchTracer:
 
     def __init__(self, depth=DEFAULT_DEPTH, period=DEFAULT_PERIOD,
                  jitter=0.25, seed=0, entry_code=None, entry=None,
-                 is_pie=True, on_branch=None, full_only=True):
+                 is_pie=True, on_branch=None, full_only=True,
+                 branch_types=False):
         if depth < 1 or period < 1:
             raise ValueError("depth and period must be positive")
         self.depth = depth
@@ -192,6 +214,7 @@ class BranchTracer:
         self.load_base = None if (entry is not None and is_pie) else 0
         self.on_branch = on_branch
         self.full_only = full_only
+        self.branch_types = branch_types
         self.stacks = []
         self.lines = {}         # exec line -> (thread, Block)
         self.blocks = {}        # (hostptr, [cs_base/pc/flags/cflags]) -> Block
@@ -340,7 +363,9 @@ class BranchTracer:
         if tr is not None:
             edge = self.edges.get(tr)
             if edge is None:
-                edge = self.edges[tr] = (tr[0], tr[1], False)
+                edge = self.edges[tr] = (
+                    (tr[0], tr[1], False, prev.btype) if self.branch_types
+                    else (tr[0], tr[1], False))
             tr = edge
         if not any(t.stopped for t in self.threads.values()):
             self.trans[(prev, blk)] = tr
@@ -376,14 +401,17 @@ def _entry_code(elf_path):
 
 def record(argv, *, binary=None, depth=DEFAULT_DEPTH, period=DEFAULT_PERIOD,
            jitter=0.25, seed=0, qemu="qemu-x86_64", log_path=None,
-           full_only=True, timeout=None, env=None, on_branch=None):
+           full_only=True, timeout=None, env=None, on_branch=None,
+           branch_types=False):
     """Run ``argv`` under qemu-user and return a :class:`Recording`: its
     branch stacks (newest entry first, ``depth`` deep, one every ``period``
     taken branches of a thread, +-``jitter``*period, seeded), the load base
     of ``binary`` (default ``argv[0]``) for replay, the program's exit code
     and output, and counters. ``log_path``: also keep qemu's log there
     (large). ``full_only``: drop samples taken before a thread has
-    ``depth`` branches."""
+    ``depth`` branches. ``branch_types``: entries carry the branch type of
+    the instruction at `from` (a 4th element, PERF_BR_*), as the kernel
+    gives them with PERF_SAMPLE_BRANCH_TYPE_SAVE."""
     qemu_path = shutil.which(qemu)
     if qemu_path is None:
         raise BrtraceError(f"{qemu} not found (Debian package qemu-user)")
@@ -392,7 +420,7 @@ def record(argv, *, binary=None, depth=DEFAULT_DEPTH, period=DEFAULT_PERIOD,
     tracer = BranchTracer(depth=depth, period=period, jitter=jitter,
                           seed=seed, entry_code=code, entry=elf.entry,
                           is_pie=elf.is_pie, on_branch=on_branch,
-                          full_only=full_only)
+                          full_only=full_only, branch_types=branch_types)
     with tempfile.TemporaryDirectory(prefix="brtrace-") as tmp:
         fifo = os.path.join(tmp, "qemu.log")
         os.mkfifo(fifo)
@@ -499,7 +527,13 @@ def _wait_writer(fd, proc):
             return bool(select.select([fd], [], [], 0)[0])
 
 
+_TYPE_NAMES = ("", "COND", "UNCOND", "IND", "CALL", "IND_CALL", "RET")
+
+
 def stacks_to_text(stacks):
-    """Stacks in perf's brstack text form (what replay.parse_stacks reads)."""
-    return [" ".join(f"0x{f:x}/0x{t:x}/{'M' if m else 'P'}/-/-/0"
-                     for f, t, m in st) for st in stacks]
+    """Stacks in perf's brstack text form (what replay.parse_stacks reads):
+    6 fields, or 8 with the type (as perf 5.18 and later print it) for
+    typed entries."""
+    return [" ".join(f"0x{e[0]:x}/0x{e[1]:x}/{'M' if e[2] else 'P'}/-/-/0" +
+                     (f"/{_TYPE_NAMES[e[3]]}/-" if len(e) > 3 else "")
+                     for e in st) for st in stacks]

@@ -51,7 +51,7 @@ def sample_traces(stack):
     entry, newest first."""
     out = []
     next_from = None                   # From of the next (newer) kept entry
-    for frm, to, mis in kept_entries(stack):
+    for frm, to, mis, *_ in kept_entries(stack):
         ft_end = BR_ONLY if next_from is None else next_from
         out.append(((frm, to, ft_end), bool(mis)))
         next_from = frm
@@ -109,6 +109,65 @@ def parse_brstack_entry(token):
     if len(flag) != 1 or flag not in "PM-" or len(rest) < 5:
         raise ValueError(f"not a brstack entry: {token!r}")
     return int(frm, 0), int(to, 0), flag == "M"
+
+
+# --- branch types --------------------------------------------------------------
+# A trace is a return's where its entry's branch type says so: perf2bolt's
+# parser marks an entry IsReturn for type RET and not for COND or an empty
+# type (bolt/unittests/Profile/DataAggregator.cpp,
+# parseLBREntryWithBranchType); PERF_BR_COND_RET is a return too (a
+# conditional one, <linux/perf_event.h>). Pre-aggregated, a return's trace
+# is an R record: parseAggregatedLBREntry (LLVM 22-era, 00d20e2b9247, the
+# RETURN case) reads R like T, with the branch source noted in Returns, and
+# a source of 0 (outside the binary) turned into Trace::FT_EXTERNAL_RETURN,
+# which processBranchEvents never counts as a branch (checkReturn holds
+# for it). Entries here are (from, to, mispredicted) without a type, or
+# (from, to, mispredicted, PERF_BR_* number) with one.
+
+RETURN_TYPES = frozenset((6, 10))       # PERF_BR_RET, PERF_BR_COND_RET
+
+
+def is_return(entry):
+    return len(entry) > 3 and entry[3] in RETURN_TYPES
+
+
+def typed_aggregate(stacks, max_depth=MAX_DEPTH):
+    """All stacks -> {(from, to, ft_end, is_return): (count, mispreds)}:
+    parseLBRSample's pairing (as sample_traces), each trace also keyed by
+    whether its own entry's branch is a return."""
+    traces = {}
+    for stack in stacks:
+        if max_depth is not None:
+            stack = stack[:max_depth]
+        next_from = None
+        for e in kept_entries(stack):
+            ft_end = BR_ONLY if next_from is None else next_from
+            key = (e[0], e[1], ft_end, is_return(e))
+            count, mispreds = traces.get(key, (0, 0))
+            traces[key] = (count + 1, mispreds + int(bool(e[2])))
+            next_from = e[0]
+    return traces
+
+
+def typed_object_view(traces, ranges):
+    """object_view of typed traces: the rule for addresses outside the
+    object, with each trace's return flag kept in its key."""
+    by_flag = {}
+    for (f, t, e, r), v in traces.items():
+        by_flag.setdefault(r, {})[(f, t, e)] = v
+    out, left_out = {}, 0
+    for r, part in by_flag.items():
+        view, left = object_view(part, ranges)
+        left_out += left
+        out.update({k + (r,): v for k, v in view.items()})
+    return out, left_out
+
+
+def preagg_records(typed_traces):
+    """The sorted R and T lines of typed traces (ELF addresses): R for a
+    return's trace, T for the others (no mispredicts: LLVM 22 takes none)."""
+    return sorted("%s %x %x %x %d" % ("R" if r else "T", f, t, e, c)
+                  for (f, t, e, r), (c, _m) in typed_traces.items())
 
 
 # --- one object's view of the traces -----------------------------------------

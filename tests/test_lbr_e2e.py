@@ -228,6 +228,21 @@ def test_brtrace_parses_qemu_log():
     text = brtrace.stacks_to_text(tr.stacks[:1])
     assert text == ["0x4000001018/0x4000001000/P/-/-/0 "
                     "0x400000100d/0x4000001012/P/-/-/0"]
+    # with branch types: the type of the instruction at `from`
+    typed = brtrace.BranchTracer(depth=2, period=1, jitter=0, entry=0x1000,
+                                 entry_code=entry_code, is_pie=True,
+                                 branch_types=True)
+    typed.feed_lines(SYNTH_LOG.splitlines(keepends=True))
+    assert [[e[:3] for e in st] for st in typed.stacks] == tr.stacks
+    types = {e[:2]: e[3] for st in typed.stacks for e in st}
+    assert types == {(base + 0x100d, base + 0x1012): brtrace.BR_CALL,
+                     (base + 0x1018, base + 0x1000): brtrace.BR_UNCOND,
+                     (base + 0x100b, base + 0x1020): brtrace.BR_COND,
+                     (base + 0x1020, 0x7F00A0000000): brtrace.BR_RET,
+                     (0x7F00A0000000, base + 0x1000): brtrace.BR_RET}
+    assert brtrace.stacks_to_text(typed.stacks[2:3]) == [
+        "0x4000001020/0x7f00a0000000/P/-/-/0/RET/- "
+        "0x400000100b/0x4000001020/P/-/-/0/COND/-"]
 
 
 # --- icache mode: perf2bolt, BOLT and the I-cache -----------------------------

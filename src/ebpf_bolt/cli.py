@@ -219,6 +219,7 @@ def summary_lines(profile, fmt, output, text):
         lines.append(f"traces: {len(profile.traces):,} distinct in the binary, "
                      f"{in_binary:,} counted; {st['outside_binary']:,} left out "
                      "(no end in the binary)")
+        lines.append(branch_types_line(profile))
         if fmt == "preagg":
             lines.append("mispredicts left out: LLVM 22 takes none on T "
                          "records; --format preagg-bf keeps them")
@@ -831,6 +832,7 @@ def replay_summary(profile, fmt, nstacks, output=None):
                  f"{profile.total():,} counted; lost (trace map full): "
                  f"{st['traces_lost']:,} in {st['map_full']:,} failed inserts; "
                  f"outside the binary: {st['traces_outside_binary']:,}")
+    lines.append(branch_types_line(profile))
     if fmt == "preagg":
         lines.append("mispredicts are left out: LLVM 22 takes no mispredict "
                      "field on T records; --format preagg-bf keeps them")
@@ -895,3 +897,19 @@ def main(argv=None):
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+
+
+def branch_types_line(profile):
+    """What the summary says about branch types: whether the kernel saved
+    them (a recording's info["branch_types"]) and how many traces are
+    returns, which preagg writes as R records."""
+    returns = getattr(profile.traces, "returns", None)
+    n = returns.count(1) if returns is not None else 0
+    saved = profile.info.get("branch_types")
+    if saved is False:
+        return ("branch types: not saved (the kernel refused "
+                "PERF_SAMPLE_BRANCH_TYPE_SAVE): every trace is a T record")
+    if saved is None and not n:
+        return "branch types: none in the input: every trace is a T record"
+    return (f"branch types: {'saved' if saved else 'read'}; "
+            f"{n:,} return traces (R records in preagg)")

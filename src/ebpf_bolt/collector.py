@@ -16,8 +16,9 @@ from . import _libbpf, bolt
 from . import perf_event as pe
 import mmap
 from .objects import Binary, ObjectTable, kernel_dev
+from .writers import typed_rows
 from .translate import (object_samples, object_traces, rows_by_object,
-                        samples_by_object)
+                        samples_by_object, typed_table)
 from .bpf_object import (TRACKERS, BoltObject, map_kernel_bytes,
                          possible_cpus, MAPS)
 from .elf import ElfFile, ElfError
@@ -353,13 +354,27 @@ def probe_event(spec, frequency):
     return None
 
 
-def choose_event(mode, frequency, notice):
+def choose_event(mode, frequency, notice, verbose=False):
     """Resolve --mode into (mode, event): branch stacks on hardware cycles
-    if asked or available, else IP samples (hardware cycles, then
-    cpu-clock). In auto mode, says what it got and what BOLT loses."""
+    (with branch types where the kernel saves them) if asked or available,
+    else IP samples (hardware cycles, then cpu-clock). In auto mode, says
+    what it got and what BOLT loses; with `verbose`, why types are not
+    saved."""
     if mode in ("auto", "lbr"):
         err = probe_event(pe.CYCLES_BRSTACK, frequency)
         if err is None:
+            # Branch hardware only (not run here): each entry's type where
+            # the kernel saves it, so returns become R records; else T.
+            typed = probe_event(pe.CYCLES_BRSTACK_TYPED, frequency)
+            if typed is None:
+                if verbose:
+                    notice("branch types saved (PERF_SAMPLE_BRANCH_TYPE_SAVE):"
+                           " returns are written as R records")
+                return "lbr", pe.CYCLES_BRSTACK_TYPED
+            if verbose:
+                notice("branch types not saved (PERF_SAMPLE_BRANCH_TYPE_SAVE "
+                       f"refused: {os.strerror(typed.errno)}): returns are "
+                       "written as T records")
             return "lbr", pe.CYCLES_BRSTACK
         if err.errno in (errno.EACCES, errno.EPERM):
             raise _open_error(err, pe.CYCLES_BRSTACK, frequency)
@@ -622,6 +637,7 @@ class Recorder(Handle):
         self._warn_callback = warn or self.notice
         self.warnings = []   # what the profile's user must know, in order
         _libbpf.set_verbose(verbose)
+        self.verbose = verbose
         self.target = None
         self.obj = None
         self._fds = []
@@ -658,7 +674,8 @@ class Recorder(Handle):
             self.target = ProcessTarget(self.pid, note=self.notice)
         try:
             self.mode, self.event = choose_event(self.mode_requested,
-                                                 self.frequency, self.notice)
+                                                 self.frequency, self.notice,
+                                                 self.verbose)
             if check_mode:
                 check_mode(self.mode)
             if self.max_entries is not None:
@@ -770,7 +787,8 @@ class Recorder(Handle):
                      all_processes=int(self.all_processes),
                      target_at_exec=int(self.command is not None),
                      page_shift=mmap.PAGESIZE.bit_length() - 1,
-                     user_addr_end=USER_ADDR_END)
+                     user_addr_end=USER_ADDR_END,
+                     branch_types=int(self.event.branch_types))
         program = "sample_ip" if self.mode == "ip" else "sample_branches"
         check_btf(self.btf)
         try:
@@ -947,13 +965,19 @@ class Recorder(Handle):
                     s, out = object_samples(by_object.get(oid, {}), binary.elf)
                     for k, v in s.items():
                         samples[k] = samples.get(k, 0) + v
-                else:
+                elif len(oids) == 1:
+                    traces, out = object_traces(columns, oid, binary.elf,
+                                                rows.get(oid, ()))
+                else:  # one file numbered twice: add up, types kept
                     t, out = object_traces(columns, oid, binary.elf,
                                            rows.get(oid, ()))
-                    for k, (c, m) in t.items():
+                    for f, to, e, c, m, r in typed_rows(t):
+                        k = (f, to, e, r)
                         p = traces.get(k)
                         traces[k] = (c, m) if p is None else (p[0] + c, p[1] + m)
                 outside += out
+            if self.mode != "ip" and len(oids) > 1:
+                traces = typed_table(traces)
             st = dict(stats)
             st["outside_binary"] = total - got + outside
             profile = Profile(binary.path, self.event.name, self.mode,
@@ -970,6 +994,7 @@ class Recorder(Handle):
                 kernel_bytes=self.obj.kernel_bytes(),
                 ncpus=self.obj.ncpus,
                 threads=threads, is_pie=binary.elf.is_pie,
+                branch_types=self.event.branch_types,
                 build_id=binary.build_id, matched_by=how if objects else None,
                 processes=len(processes), object_samples=got,
                 user_samples=total,

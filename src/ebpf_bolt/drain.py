@@ -16,7 +16,7 @@ from itertools import compress
 
 from .bpf_object import FLUSH
 from .errors import BpfError
-from .layout import RACED_MAX, SLOT_USED
+from .layout import RACED_MAX, SLOT_USED, TRACE_RETURN
 from .profile import TraceColumns
 
 # A stored trace word has SLOT_USED (bit 62) flipped. Flipping it back, a
@@ -30,6 +30,25 @@ def _unflip(words):
     raw = bytearray(words.tobytes())
     raw[_TOP_BYTE::8] = raw[_TOP_BYTE::8].translate(_FLIP)
     return array("Q", raw)
+
+
+# A return's trace has TRACE_RETURN (bit 61, bit 5 of the top byte) in its
+# `from`: split off the same way, into one byte per trace (1: a return).
+_RETURN_BIT = TRACE_RETURN >> 56
+_CLEAR_RETURN = bytes(b & ~_RETURN_BIT for b in range(256))
+_IS_RETURN = bytes(int(bool(b & _RETURN_BIT)) for b in range(256))
+
+
+def split_returns(frm):
+    """(from column without the return bit, bytes with 1 for each trace
+    whose branch is a return, or None when none is)."""
+    raw = bytearray(frm.tobytes())
+    top = raw[_TOP_BYTE::8]
+    returns = bytes(top.translate(_IS_RETURN))
+    if 1 not in returns:
+        return frm, None
+    raw[_TOP_BYTE::8] = top.translate(_CLEAR_RETURN)
+    return array("Q", raw), returns
 
 
 def flush_caches(obj):
@@ -57,7 +76,8 @@ def drain_ip_counts(obj):
 def drain_traces(obj):
     """The trace table as columns (from, to, ft_end, count, mispreds), caches
     included: a million traces stay cheap, with no Python object per trace
-    until something asks for one."""
+    until something asks for one. `returns` of the result marks the traces
+    whose branch is a return (None: no trace is one)."""
     flush_caches(obj)
     cols = [array("Q") for _ in range(5)]
     for words in obj.read_table("trace_counts"):
@@ -66,10 +86,11 @@ def drain_traces(obj):
             col.extend(compress(words[i::5], used))
     cols[:3] = [_unflip(c) for c in cols[:3]]
     races, froms = obj.read_raced()
-    if races:
+    if races:  # before the split: a return's `from` still tells it apart
         cols = _merge_duplicates(cols, None if races > RACED_MAX else
                                  {f ^ SLOT_USED for f in froms})
-    return TraceColumns(cols)
+    cols[0], returns = split_returns(cols[0])
+    return TraceColumns(cols, returns=returns)
 
 
 def _merge_duplicates(cols, froms=None):

@@ -7,6 +7,16 @@ import ctypes
 MAX_BRANCHES = 64
 BR_ONLY = 0xFFFFFFFFFFFFFFFF
 BRANCH_MISPRED = 1
+# an entry's branch type (PERF_SAMPLE_BRANCH_TYPE_SAVE): flags bits 20-23;
+# the types that are returns (<linux/perf_event.h>)
+BRANCH_TYPE_SHIFT = 20
+BRANCH_TYPE_MASK = 0xF
+BR_RET = 6
+BR_COND_RET = 10
+RETURN_TYPES = 1 << BR_RET | 1 << BR_COND_RET
+# bit 61 of a trace key's `from`: the trace's branch is a return
+TRACE_RETURN_BIT = 61
+TRACE_RETURN = 1 << TRACE_RETURN_BIT
 # the replacement rule's cap on a cache way's credit
 CACHE_MAX_CREDIT = 8
 # an IP slot's pending count goes to the map when it reaches this
@@ -65,7 +75,9 @@ class Config(ctypes.Structure):
                 ("tid_pidns_dev", ctypes.c_uint64),
                 ("tid_pidns_ino", ctypes.c_uint64),
                 ("ip_slots", ctypes.c_uint32),
-                ("trace_slots", ctypes.c_uint32)]
+                ("trace_slots", ctypes.c_uint32),
+                ("branch_types", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
 
 
 class Stats(ctypes.Structure):

@@ -20,6 +20,7 @@ PERF_SAMPLE_BRANCH_STACK = 1 << 11
 
 PERF_SAMPLE_BRANCH_USER = 1 << 0
 PERF_SAMPLE_BRANCH_ANY = 1 << 3
+PERF_SAMPLE_BRANCH_TYPE_SAVE = 1 << 16   # each entry's type (Linux 4.14)
 
 # bit positions in the attribute's flag word
 _BIT = {"inherit": 1, "exclude_kernel": 5, "exclude_hv": 6, "freq": 10}
@@ -59,9 +60,11 @@ class EventSpec:
     """What to sample: a software or hardware event, optionally with branch
     stacks. ``name`` is what BOLT's ``E`` record and fdata header call it."""
 
-    def __init__(self, name, type_, config, branch_stack=False):
+    def __init__(self, name, type_, config, branch_stack=False,
+                 branch_types=False):
         self.name, self.type, self.config = name, type_, config
         self.branch_stack = branch_stack
+        self.branch_types = branch_types  # PERF_SAMPLE_BRANCH_TYPE_SAVE
 
     def __repr__(self):
         return f"EventSpec({self.name!r})"
@@ -71,6 +74,9 @@ CPU_CLOCK = EventSpec("cpu-clock", PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK)
 CYCLES = EventSpec("cycles", PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES)
 CYCLES_BRSTACK = EventSpec("cycles", PERF_TYPE_HARDWARE,
                            PERF_COUNT_HW_CPU_CYCLES, branch_stack=True)
+CYCLES_BRSTACK_TYPED = EventSpec("cycles", PERF_TYPE_HARDWARE,
+                                 PERF_COUNT_HW_CPU_CYCLES, branch_stack=True,
+                                 branch_types=True)
 
 
 def make_attr(spec, frequency, inherit=False):
@@ -90,6 +96,8 @@ def make_attr(spec, frequency, inherit=False):
     if spec.branch_stack:
         attr.sample_type |= PERF_SAMPLE_BRANCH_STACK
         attr.branch_sample_type = PERF_SAMPLE_BRANCH_USER | PERF_SAMPLE_BRANCH_ANY
+        if spec.branch_types:  # (branch hardware only: untested here)
+            attr.branch_sample_type |= PERF_SAMPLE_BRANCH_TYPE_SAVE
         # branch-stack samples of kernel code carry no user branches
         flags |= 1 << _BIT["exclude_kernel"]
     attr.flags = flags

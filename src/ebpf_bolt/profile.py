@@ -6,6 +6,7 @@ basic samples (``samples``: vaddr -> count) or branch traces (``traces``:
 """
 import tempfile
 from collections.abc import Mapping
+from itertools import compress
 
 from . import writers
 from .elf import ElfFile, Symbolizer
@@ -43,6 +44,9 @@ class Profile:
     def total(self):
         if self.kind == "basic":
             return sum(self.samples.values())
+        columns = getattr(self.traces, "columns", None)
+        if columns is not None:
+            return sum(columns[3])
         return sum(c for c, _ in self.traces.values())
 
     def render(self, fmt=None):
@@ -83,48 +87,89 @@ class Profile:
             out.commit(self.render(fmt))
 
 
+# 1 for a row that is not a return, from TraceTable.returns
+_NOT = bytes([1, 0]) + bytes(254)
+
+
 class TraceTable(Mapping):
     """Traces as columns (from, to, ft_end, count, mispreds), one row per
     distinct trace, read as a {(from, to, ft_end): (count, mispreds)}
     mapping. Writers format the columns directly; the dict is built only
-    when a key is looked up."""
+    when a key is looked up.
 
-    def __init__(self, columns):
+    `returns`: bytes with 1 for each row whose branch is a return (the
+    kernel keeps the branch type where it is known), or None where no row
+    is one. A return and another branch between the same addresses are two
+    rows (a `from` of 0 stands for every address outside the binary); the
+    mapping, which knows no types, adds them up, and then goes through the
+    dict for its length and iteration too."""
+
+    def __init__(self, columns, returns=None):
         self.columns = columns
+        self.returns = returns
         self._dict = None
 
     def _as_dict(self):
         if self._dict is None:
             f, t, e, c, m = self.columns
-            self._dict = dict(zip(zip(f, t, e), zip(c, m)))
+            if self.returns is None:
+                self._dict = dict(zip(zip(f, t, e), zip(c, m)))
+            else:  # the other rows at C speed, then the returns added
+                merged = dict(self._pick(self.returns.translate(_NOT)))
+                for key, (cnt, mis) in self._pick(self.returns):
+                    prev = merged.get(key)
+                    merged[key] = ((cnt, mis) if prev is None else
+                                   (prev[0] + cnt, prev[1] + mis))
+                self._dict = merged
         return self._dict
+
+    def _pick(self, rows):
+        """((from, to, ft_end), (count, mispreds)) of the rows marked 1."""
+        f, t, e, c, m = (compress(col, rows) for col in self.columns)
+        return zip(zip(f, t, e), zip(c, m))
 
     def __getitem__(self, key):
         return self._as_dict()[key]
 
     def __iter__(self):
+        if self.returns is not None:
+            return iter(self._as_dict())
         f, t, e, _, _ = self.columns
         return zip(f, t, e)
 
     def __len__(self):
+        if self.returns is not None:
+            return len(self._as_dict())
         return len(self.columns[0])
 
     def items(self):
+        if self.returns is not None:
+            return self._as_dict().items()
         f, t, e, c, m = self.columns
         return zip(zip(f, t, e), zip(c, m))
 
     def values(self):
+        if self.returns is not None:
+            return self._as_dict().values()
         _, _, _, c, m = self.columns
         return zip(c, m)
+
+    def typed_rows(self):
+        """(from, to, ft_end, count, mispreds, is_return) for each row."""
+        f, t, e, c, m = self.columns
+        r = self.returns if self.returns is not None else bytes(len(f))
+        return zip(f, t, e, c, m, r)
 
 
 class TraceColumns(tuple):
     """Drained traces as columns (from, to, ft_end, count, mispreds), and
     `bounds` = (lowest, highest, br_only) where the drain measured them:
     the lowest and highest key among from, to and every ft_end but
-    BR_ONLY, and how many ft_end are BR_ONLY (None: not measured)."""
+    BR_ONLY, and how many ft_end are BR_ONLY (None: not measured).
+    `returns`: as TraceTable's (the rows whose branch is a return)."""
 
-    def __new__(cls, columns, bounds=None):
+    def __new__(cls, columns, bounds=None, returns=None):
         self = super().__new__(cls, columns)
         self.bounds = bounds
+        self.returns = returns
         return self

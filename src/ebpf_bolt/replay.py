@@ -28,7 +28,8 @@ from .bpf_object import BoltObject, possible_cpus
 from .collector import check_privileges, default_max_entries
 from .drain import drain_traces
 from .elf import ElfFile
-from .layout import (BRANCH_MISPRED, MAX_BRANCHES, PROC_RANGES,
+from .layout import (BRANCH_MISPRED, BRANCH_TYPE_MASK, BRANCH_TYPE_SHIFT,
+                     MAX_BRANCHES, PROC_RANGES,
                      USER_ADDR_END, BranchStack, Config, Proc, ReplayArgs,
                      cache_sets, table_slots)
 from .profile import Profile
@@ -75,11 +76,30 @@ def _clip(text, width=40):
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
+# perf's names of the branch types (tools/perf/util/branch.c,
+# branch_type_name: the index is enum perf_branch_sample_type's PERF_BR_*
+# number, "N/A" being PERF_BR_UNKNOWN); the extended types (new_type, e.g.
+# FAULT_ALGN, printed instead when type is PERF_BR_EXTEND_ABI) are no
+# returns, and neither is a name this table lacks.
+BRANCH_TYPES = {name: n for n, name in enumerate((
+    "N/A", "COND", "UNCOND", "IND", "CALL", "IND_CALL", "RET", "SYSCALL",
+    "SYSRET", "COND_CALL", "COND_RET", "ERET", "IRQ", "SERROR", "NO_TX"))}
+PERF_BR_UNKNOWN = 0
+
+
 def parse_entry(token):
     """One `perf script -F brstack` entry: 0xFROM/0xTO/M|P|-/... ->
-    (from, to, mispredicted). Fields after the third are not read (perf
-    adds in_tx/abort/cycles and a branch type); EntryError names the
-    field that is wrong."""
+    (from, to, mispredicted), or (from, to, mispredicted, branch type)
+    where field 7 names one. perf prints FROM/TO/EVENT/INTX/ABORT/CYCLES
+    (6 fields), since Linux 5.16 also the type (7: `.../0/RET`, `-` for
+    none), since 5.18 the type as get_branch_type() gives it, empty for
+    PERF_BR_UNKNOWN, and the speculation outcome (8: `.../0//-`,
+    `.../0/RET/-`) (tools/perf/builtin-script.c, print_bstack_flags).
+    The type is perf's PERF_BR_* number (BRANCH_TYPES); an empty field,
+    `-` or N/A is unknown (a 3-tuple, as without the field), any other
+    name is a type that is no return (what the kernel's aggregation asks:
+    RET and COND_RET are), never an error. Fields after the third are
+    otherwise not read; EntryError names the field that is wrong."""
     parts = token.split("/")
     if len(parts) < 3:
         raise EntryError(f"{_clip(token)} has {len(parts)} field"
@@ -89,6 +109,9 @@ def parse_entry(token):
     if parts[2] not in ("M", "P", "-"):
         raise EntryError(f"field 3 (prediction flag) {_clip(parts[2])} is "
                          "not M, P or -")
+    if len(parts) > 6 and parts[6] not in ("", "-", "N/A"):
+        return frm, to, parts[2] == "M", BRANCH_TYPES.get(parts[6],
+                                                          PERF_BR_UNKNOWN)
     return frm, to, parts[2] == "M"
 
 
@@ -155,6 +178,9 @@ def parse_stacks(lines):
 def pack_stacks(stacks):
     """eb_branch_stack records (fixed size), for the replay_stacks array;
     stacks deeper than the hardware maximum keep their newest entries.
+    Entries are (from, to, mispredicted) or (from, to, mispredicted,
+    branch type), the type put where the kernel puts it with
+    PERF_SAMPLE_BRANCH_TYPE_SAVE.
     Returns (array of u64 words, number of stacks cut)."""
     words = array("Q")
     cut = 0
@@ -163,8 +189,11 @@ def pack_stacks(stacks):
             stack = stack[:MAX_BRANCHES]
             cut += 1
         words.append(len(stack))  # nr in the low half, reserved 0
-        for frm, to, mis in stack:
-            words.extend((frm, to, BRANCH_MISPRED if mis else 0))
+        for entry in stack:
+            flags = BRANCH_MISPRED if entry[2] else 0
+            if len(entry) > 3:  # the branch type, where the input has one
+                flags |= (entry[3] & BRANCH_TYPE_MASK) << BRANCH_TYPE_SHIFT
+            words.extend((entry[0], entry[1], flags))
         words.extend(_ZEROS[:STACK_WORDS - 1 - 3 * len(stack)])  # padding
     return words, cut
 
@@ -271,7 +300,8 @@ class Replayer(_MappedInput):
     """A loaded object whose replay program aggregates supplied stacks of
     runtime addresses into the keys of `objects`."""
 
-    def __init__(self, objects, max_entries=None, sets=None, path=None):
+    def __init__(self, objects, max_entries=None, sets=None, path=None,
+                 branch_types=True):
         """objects: [(ELF file path, load base)], the code the stacks ran
         in, placed as the loader put it (load base: the runtime address of
         a PIE's or library's first segment, 0 for non-PIE); each gets its
@@ -279,7 +309,9 @@ class Replayer(_MappedInput):
         object. sets: trace cache sets per CPU (default:
         layout.cache_sets); path: another build of the BPF object, e.g.
         the baseline of the tests and benchmarks (default: the shipped
-        one)."""
+        one); branch_types: keep returns apart where entries have a type
+        (False: the worker skips the test, as for an event without
+        PERF_SAMPLE_BRANCH_TYPE_SAVE, and every trace is untyped)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -290,7 +322,8 @@ class Replayer(_MappedInput):
         ncpus = possible_cpus()
         self.max_entries = max_entries or default_max_entries("trace_counts")
         self.batch = batch = BATCH
-        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
+        self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END,
+                                     branch_types=int(branch_types)),
                               {"trace_counts": table_slots(self.max_entries),
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch,
@@ -323,8 +356,8 @@ class Replayer(_MappedInput):
         return args
 
     def feed(self, stacks, cpu=0, first=0, room=None):
-        """Aggregate stacks (lists of (from, to, mispredicted), newest first)
-        on `cpu`, a run per `room` stacks (default: the whole replay array)
+        """Aggregate stacks (lists of (from, to, mispredicted) or (from, to,
+        mispredicted, branch type), newest first) on `cpu`, a run per `room` stacks (default: the whole replay array)
         loaded from stack `first` on."""
         self.cut += self._feed(stacks, cpu, first, room or self.batch)
 
@@ -427,8 +460,9 @@ class Replayer(_MappedInput):
 def replay_objects(objects, stacks, max_entries=None, cpus=None):
     """Aggregate branch stacks through the kernel and return the Profile of
     each of `objects`, [(ELF file path, load base)]. `stacks` is a list of
-    stacks (newest entry first, each entry (from, to, mispredicted)) or
-    text lines in perf's brstack form. `cpus`: deal the stacks
+    stacks (newest entry first, each entry (from, to, mispredicted), or
+    (from, to, mispredicted, branch type)) or text lines in perf's brstack
+    form. `cpus`: deal the stacks
     round-robin to these CPUs, which aggregate them at the same time
     (default: the first CPU this thread may use)."""
     if stacks and isinstance(next(iter(stacks)), str):
@@ -436,7 +470,9 @@ def replay_objects(objects, stacks, max_entries=None, cpus=None):
     stacks = list(stacks)
     # default: the first CPU this thread may run on (a cpuset may lack CPU 0)
     cpus = list(cpus) if cpus else [min(os.sched_getaffinity(0))]
-    with Replayer(objects, max_entries) as rep:
+    # the worker tests types only where some entry has one
+    typed = any(len(e) > 3 for stack in stacks for e in stack)
+    with Replayer(objects, max_entries, branch_types=typed) as rep:
         rep.feed_at_once([(cpu, stacks[i::len(cpus)])
                           for i, cpu in enumerate(cpus)])
         return rep.profiles()

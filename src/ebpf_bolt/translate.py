@@ -115,13 +115,15 @@ def _uniform_shift(columns, oid, elf):
     for _ in range(n_br):  # BR_ONLY stays BR_ONLY
         i = ft_end.index(BR_ONLY, i + 1)
         shifted[i] = BR_ONLY
-    return TraceTable((frm, to, shifted, counts, mispreds))
+    return TraceTable((frm, to, shifted, counts, mispreds),
+                      getattr(columns, "returns", None))
 
 
 def object_traces(columns, oid, elf, rows=None):
     """The traces of object `oid` (drained columns of keys) in its ELF
     addresses: ({(from, to, ft_end): (count, mispreds)}, traces of this
-    object whose addresses fell outside its code). `rows`: the rows with
+    object whose addresses fell outside its code); a TraceTable that keeps
+    the columns' `returns` where they have any. `rows`: the rows with
     an address in the object (rows_by_object), so that several objects'
     profiles cost one pass over the columns, not one each."""
     fast = _uniform_shift(columns, oid, elf)
@@ -129,6 +131,7 @@ def object_traces(columns, oid, elf, rows=None):
         return fast, 0
     tr = segment_translator(elf)
     frm, to, ft_end, counts, mispreds = columns
+    returns = getattr(columns, "returns", None)
     if rows is None:
         rows = range(len(frm))
     out, outside = {}, 0
@@ -148,10 +151,23 @@ def object_traces(columns, oid, elf, rows=None):
             ev = tr(e & OFFSET_MASK)
             if ev is None:
                 ev = BR_ONLY
-        key = (fv, tv, ev)
+        key = (fv, tv, ev) if returns is None else (fv, tv, ev, returns[i])
         prev = out.get(key)
         out[key] = (c, m) if prev is None else (prev[0] + c, prev[1] + m)
-    return out, outside
+    if returns is None:
+        return out, outside
+    return typed_table(out), outside
+
+
+def typed_table(traces):
+    """{(from, to, ft_end, is_return): (count, mispreds)} -> TraceTable."""
+    cols = [array("Q") for _ in range(5)]
+    flags = bytearray()
+    for (f, t, e, r), (c, m) in traces.items():
+        for col, v in zip(cols, (f, t, e, c, m)):
+            col.append(v)
+        flags.append(r)
+    return TraceTable(cols, bytes(flags) if 1 in flags else None)
 
 
 def rows_by_object(columns):

@@ -8,7 +8,8 @@ perf.data.
 """
 import bisect
 import os
-from itertools import chain, islice
+from array import array
+from itertools import chain, compress, islice
 
 from . import parallel
 from .layout import BR_ONLY
@@ -30,17 +31,43 @@ def preagg_basic(samples, event):
     return "".join(lines)
 
 
+# 1 for a row that is not a return, from TraceTable.returns
+_NOT = bytes([1, 0]) + bytes(254)
+
+
+def typed_rows(traces):
+    """(from, to, ft_end, count, mispreds, is_return) of each trace of a
+    TraceTable, or of a {(from, to, ft_end): (count, mispreds)} dict (no
+    types: no return)."""
+    if hasattr(traces, "typed_rows"):
+        return traces.typed_rows()
+    return ((f, t, e, c, m, 0) for (f, t, e), (c, m) in traces.items())
+
+
 def preagg_traces(traces, event):
-    """``E event`` then ``T from to ft_end count`` (LLVM >= 21). LLVM 22
-    takes no mispredict field on T, so mispredicts are not written."""
+    """``E event`` then ``R from to ft_end count`` for each trace whose
+    branch is a return, ``T from to ft_end count`` for the others, and for
+    every trace where the types are unknown (LLVM >= 21 reads both; R
+    from 0 is a return from outside the binary, which no disassembly can
+    tell). LLVM 22 takes no mispredict field on T or R, so mispredicts are
+    not written."""
     # In the kernel map's order: sorting a million traces would cost
-    # several times the writing.
+    # several times the writing. Returns are picked out whole columns at a
+    # time (compress), T lines first.
     columns = getattr(traces, "columns", None)
-    if columns is not None:
-        text = format_columns("T %x %x %x %d\n", columns[:4])
-    else:
+    returns = getattr(traces, "returns", None)
+    if columns is None:
         text = format_rows("T %x %x %x %d\n", ((f, t, e, c) for (f, t, e), (c, _m)
                                                in traces.items()))
+    elif returns is None:
+        text = format_columns("T %x %x %x %d\n", columns[:4])
+    else:
+        others = returns.translate(_NOT)
+        text = "".join(
+            format_columns(line, [array("Q", compress(c, keep))
+                                  for c in columns[:4]])
+            for line, keep in (("T %x %x %x %d\n", others),
+                               ("R %x %x %x %d\n", returns)))
     return f"E {event}\n" + text
 
 
@@ -103,20 +130,23 @@ def preagg_branches_fallthroughs(traces, symbolizer):
 
     A start in no function symbol (a PLT stub) has no CFG in BOLT: there
     ``f`` only for from = 0, as before. No ``r`` record: LLVM 19 refuses
-    it ("expected B, F or f"). Once traces carry branch types, a return
-    from outside the binary gets its ``f`` record only, without ``B 0 to``
-    (how LLVM 22 reads an R record): the B record is made at the place
-    marked below. tests/test_preagg_bf.py checks all this against both."""
+    it ("expected B, F or f"). A return from outside the binary (typed,
+    from = 0) gets its ``f`` record only, without ``B 0 to``: that is how
+    LLVM 22 reads the R record of it (parseAggregatedLBREntry turns from
+    0 of an R into FT_EXTERNAL_RETURN, a branch processBranchEvents never
+    counts: checkReturn holds for it), where ``B 0 to`` would be an entry
+    into the middle of a function from [unknown].
+    tests/test_preagg_bf.py checks all this against both."""
     funcs = symbolizer.functions           # sorted by start, one per start
     starts = [f.addr for f in funcs]
     ends = [f.addr + f.size for f in funcs]
     find = bisect.bisect_right
     branches, fallthroughs = {}, {}
-    for (frm, to, ft_end), (count, mis) in traces.items():
-        # (here a typed return from outside the binary would skip its B)
-        b = branches.setdefault((frm, to), [0, 0])
-        b[0] += count
-        b[1] += mis
+    for frm, to, ft_end, count, mis, is_return in typed_rows(traces):
+        if frm or not is_return:
+            b = branches.setdefault((frm, to), [0, 0])
+            b[0] += count
+            b[1] += mis
         if ft_end != BR_ONLY and to != 0:
             i = find(starts, to) - 1        # the function holding `to`
             external = frm == 0 or (i >= 0 and to < ends[i] and
