@@ -33,6 +33,7 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    the time of that last part is what a user waits for.
 """
 import argparse
+import contextlib
 import ctypes
 import os
 import random
@@ -48,6 +49,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # test helpers, not shipped
 import brtrace  # noqa: E402
 from bpf_builds import BASELINE, build_object  # noqa: E402
+import ringbuf  # noqa: E402
+from ringbuf import RingCopy  # noqa: E402
 
 DEPTH = 32
 
@@ -120,42 +123,74 @@ def timed_run(rep, clock, n):
     return clock() - before
 
 
-def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None,
-                   branch_types=False, base_types=False):
-    """Median ns per stack of (run of N stacks - empty run) / N, for the
-    baseline object (path `baseline`) and the shipped one, alternating pass
-    by pass (a pass runs every batch once) so that drift in the machine's
-    speed (a VM's neighbours) hits both alike. Not run by run: the
-    baseline's map updates would evict the cache's table from L2 before
-    every cache run, which a pass of the shipped path alone, as in steady
-    recording, does not do. `branch_types`: the shipped worker tests each
-    entry's type, as it does where the event saves types (off, as without
-    them, the verifier drops that test); `base_types` the same for the
-    baseline (None: the shipped object with branch types off). Returns
-    (baseline, shipped)."""
+def program_fd(rep):
+    """The timed program of a Replayer (replay_branches) or a RingCopy."""
+    if isinstance(rep, RingCopy):
+        return rep.program_fd
+    return rep.obj.program_fd("replay_branches")
+
+
+def pass_costs(stacks, columns, repeats=9, per_run=None):
+    """ns per stack of (run of N stacks - empty run) / N, for each column
+    (a function that opens a Replayer or a RingCopy), alternating pass by
+    pass (a pass runs every batch once), the columns' order rotated from
+    one pass to the next, so that drift in the machine's speed (a VM's
+    neighbours) hits all alike and none always follows the same other.
+    Not run by run: the baseline's map updates would evict the cache's
+    table from L2 before every cache run, which a pass of the shipped path
+    alone, as in steady recording, does not do. Returns, per column, each
+    pass's list of per-run costs."""
     per_run = per_run or len(stacks)
     batches = [pack_stacks(stacks[i:i + per_run])[0]
                for i in range(0, len(stacks), per_run)]
-    with Replayer(objects, max_entries=1 << 20, path=baseline,
-                  branch_types=base_types) as base, \
-            Replayer(objects, max_entries=1 << 20,
-                     branch_types=branch_types) as shipped:
-        reps = {True: base, False: shipped}
-        clocks = {k: ProgramClock(r.obj.program_fd("replay_branches"))
-                  for k, r in reps.items()}
-        for rep in reps.values():
+    with contextlib.ExitStack() as stack:
+        reps = [stack.enter_context(open_column(per_run))
+                for open_column in columns]
+        clocks = [ProgramClock(program_fd(rep)) for rep in reps]
+        for clock in clocks:
+            stack.callback(clock.close)
+        for rep in reps:
             rep.feed(stacks)  # warm: the map holds the traces, as after a while
-        samples = {True: [], False: []}
-        for _ in range(repeats):
-            for is_base, rep in reps.items():
+        samples = [[] for _ in reps]
+        for r in range(repeats):
+            order = list(range(len(reps)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            for k in order:
+                rep, clock, runs = reps[k], clocks[k], []
                 for words in batches:
                     n = rep.load(words)
-                    full = timed_run(rep, clocks[is_base], n)
-                    empty = timed_run(rep, clocks[is_base], 0)
-                    samples[is_base].append((full - empty) / n)
-        for clock in clocks.values():
-            clock.close()
-        return statistics.median(samples[True]), statistics.median(samples[False])
+                    full = timed_run(rep, clock, n)
+                    empty = timed_run(rep, clock, 0)
+                    runs.append((full - empty) / n)
+                samples[k].append(runs)
+        return samples
+
+
+def cost_per_stack(stacks, objects, baseline, repeats=9, per_run=None,
+                   branch_types=False, base_types=False):
+    """Median ns per stack (pass_costs) of the baseline object (path
+    `baseline`) and the shipped one. `branch_types`: the shipped worker
+    tests each entry's type, as it does where the event saves types (off,
+    as without them, the verifier drops that test); `base_types` the same
+    for the baseline (None: the shipped object with branch types off).
+    Returns (baseline, shipped)."""
+    base, ours = pass_costs(stacks, [
+        lambda _: Replayer(objects, max_entries=1 << 20, path=baseline,
+                           branch_types=base_types),
+        lambda _: Replayer(objects, max_entries=1 << 20,
+                           branch_types=branch_types)],
+        repeats, per_run)
+    return median_of(base), median_of(ours)
+
+
+def median_of(passes):
+    return statistics.median(c for runs in passes for c in runs)
+
+
+def loadavg():
+    """The 1-minute load average, as /proc/loadavg gives it."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
 
 
 def recorded_stacks(count, mode, workdir, branch_types=False):
@@ -214,10 +249,19 @@ def drain_and_write(n_traces, workdir):
     return len(traces), t2 - t0, t3 - t2, os.path.getsize(out)
 
 
+PARTS = ("cost", "ringbuf", "drain")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--stacks", type=int, default=4096)
     p.add_argument("--traces", type=int, default=1_000_000)
+    p.add_argument("--repeats", type=int, default=9,
+                   help="passes over each row's stacks, per column")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="comma-separated: cost (shipped worker against a "
+                   "baseline), ringbuf (typed and untyped worker against "
+                   "the ring-buffer copy, issue 10), drain")
     p.add_argument("--against", metavar="OBJECT",
                    help="measure the shipped worker against this build of "
                    "the BPF object (one with the same struct eb_config) "
@@ -227,15 +271,43 @@ def main():
                    help="recorded stacks carry branch types (brtrace), as "
                    "PERF_SAMPLE_BRANCH_TYPE_SAVE gives them")
     args = p.parse_args()
+    args.parts = [x for x in args.parts.split(",") if x]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown --parts {', '.join(sorted(unknown))}: "
+                f"choose from {', '.join(PARTS)}")
     # everything the run writes (workload builds, baseline object, a profile
     # of tens of MiB) goes here and is removed at the end, errors included
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as work:
         run(args, work)
 
 
+def untyped(stacks):
+    """The stacks without their entries' branch types."""
+    return [[entry[:3] for entry in stack] for stack in stacks]
+
+
 def run(args, work):
+    print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, "
+          f"load average {loadavg()}")
+    # recorded with types (the same stacks as without: brtrace only adds
+    # each entry's type), which the cost table drops unless --branch-types
+    recorded = {}
+    if {"cost", "ringbuf"} & set(args.parts):
+        for mode in ("shares", "icache"):
+            rec = recorded_stacks(args.stacks, mode, work, branch_types=True)
+            if rec:
+                recorded[mode] = rec
+    if "cost" in args.parts:
+        cost_table(args, work, recorded)
+    if "ringbuf" in args.parts:
+        ringbuf_table(args, work, recorded)
+    if "drain" in args.parts:
+        drain_table(args, work)
+
+
+def cost_table(args, work, recorded):
     rng = random.Random(1)
-    print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}")
     rows = []
     libc, (lo, span) = libc_code()
     one = [random_stack(rng, lo, span)]
@@ -243,31 +315,34 @@ def run(args, work):
     rows.append((f"random, {args.stacks} distinct",
                  [random_stack(rng, lo, span) for _ in range(args.stacks)],
                  libc, None))
-    for mode in ("shares", "icache"):
-        rec = recorded_stacks(args.stacks, mode, work, args.branch_types)
-        if rec:
-            rec, objects = rec
-            rows.append((f"recorded demo workload ({mode} mode), {len(rec)} "
-                         "stacks, 256 per run", rec, objects, 256))
-            if mode == "icache":
-                rows.append((f"recorded demo workload ({mode} mode), all "
-                             f"{len(rec)} stacks in one run (input streamed "
-                             "from memory)", rec, objects, None))
+    for mode, (rec, objects) in recorded.items():
+        if not args.branch_types:
+            rec = untyped(rec)
+        rows.append((f"recorded demo workload ({mode} mode), {len(rec)} "
+                     "stacks, 256 per run", rec, objects, 256))
+        if mode == "icache":
+            rows.append((f"recorded demo workload ({mode} mode), all "
+                         f"{len(rec)} stacks in one run (input streamed "
+                         "from memory)", rec, objects, None))
     against = (f"against: {args.against}" if args.against else
                "baseline: hash update per entry")
     typed = ", typed" if args.branch_types else ""
-    print(f"\n| stacks (32 deep{typed}) | {against} | trace cache "
-          "(shipped) | per entry | goal |")
-    print("|---|---|---|---|---|")
     if args.against == "untyped":   # types off: what the verifier leaves
         baseline = None
     else:
         baseline = args.against or build_object(
             os.path.join(work, "baseline"), BASELINE)
-    costs = [cost_per_stack(stacks, objects, baseline, per_run=per_run,
-                            branch_types=args.branch_types)
-             for _, stacks, objects, per_run in rows]
-    for (name, stacks, _, per_run), (base, ours) in zip(rows, costs):
+    costs = []
+    for _, stacks, objects, per_run in rows:
+        before = loadavg()
+        base, ours = cost_per_stack(stacks, objects, baseline,
+                                    repeats=args.repeats, per_run=per_run,
+                                    branch_types=args.branch_types)
+        costs.append((base, ours, f"{before} -> {loadavg()}"))
+    print(f"\n| stacks (32 deep{typed}) | {against} | trace cache "
+          "(shipped) | per entry | goal | load avg |")
+    print("|---|---|---|---|---|---|")
+    for (name, stacks, _, per_run), (base, ours, load) in zip(rows, costs):
         goal = 500 if name.startswith("recorded") else 1000
         if "streamed" in name or "distinct" in name:
             # the goals are for stacks as live sampling has them, and the
@@ -278,14 +353,75 @@ def run(args, work):
         verdict = ("-" if goal is None else
                    f"<= {goal} ns: {'met' if ours <= goal else 'NOT met'}")
         print(f"| {name} | {base:,.0f} ns | {ours:,.0f} ns | {ours / DEPTH:.1f} ns "
-              f"| {verdict} |")
+              f"| {verdict} | {load} |")
+
+
+def ringbuf_table(args, work, recorded):
+    """Issue 10: the shipped worker on typed recorded stacks, with branch
+    types (as where the event saves them) and without (the same stacks,
+    the worker's type test off), against the ring-buffer design's kernel
+    side, bpf_ringbuf_output() of each stack (bench/ringbuf.bpf.c): three
+    columns of one pass_costs, 256 stacks per run."""
+    if not recorded:
+        print("\n(ring-buffer table: no recorded stacks)")
+        return
+    path = ringbuf.build(os.path.join(work, "ringbuf"))
+    rows = []
+    for mode, (stacks, objects) in recorded.items():
+        rings = []
+
+        def open_ring(per_run, first=stacks[0]):
+            ring = RingCopy(path, per_run)
+            rings.append(ring)
+            ring.check_copy(first)  # it copies the stack's entries
+            return ring
+        before = loadavg()
+        passes = pass_costs(stacks, [
+            lambda _: Replayer(objects, max_entries=1 << 20,
+                               branch_types=False),
+            lambda _: Replayer(objects, max_entries=1 << 20,
+                               branch_types=True),
+            open_ring], repeats=args.repeats, per_run=256)
+        load = f"{before} -> {loadavg()}"
+        ring, = rings
+        rows.append((mode, len(stacks), passes, ring, load))
+    print("\n| recorded stacks (32 deep, typed), 256 per run | worker, "
+          "untyped | worker, typed (shipped) | ring-buffer copy | typed / "
+          "ring buffer | typed / untyped | failed outputs | load avg |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = {"ring": [], "untyped": []}
+    for mode, n, passes, ring, load in rows:
+        plain, typed, copy = (median_of(p) for p in passes)
+        # the ratio of the medians, and its range pass by pass
+        per_pass = [[statistics.median(runs) for runs in p] for p in passes]
+        cells = []
+        for key, other, k in (("ring", copy, 2), ("untyped", plain, 0)):
+            ratios = [t / o for t, o in zip(per_pass[1], per_pass[k])]
+            cells.append(f"{typed / other:.2f} (passes {min(ratios):.2f}-"
+                         f"{max(ratios):.2f})")
+            verdicts[key].append(f"{mode} {typed / other:.2f}: "
+                                 f"{'met' if typed <= other else 'NOT met'}")
+        print(f"| {mode} mode, {n} stacks | {plain:,.0f} ns | {typed:,.0f} ns "
+              f"| {copy:,.0f} ns | {cells[0]} | {cells[1]} | "
+              f"{ring.kernel_failed} of {ring.outputs + ring.failed:,} | "
+              f"{load} |")
+    print("\ngoal: the typed worker costs no more per stack than the "
+          "ring-buffer copy (typed / ring buffer <= 1): "
+          + "; ".join(verdicts["ring"]))
+    print("goal: the typed worker is no slower than the untyped one "
+          "(typed / untyped <= 1): " + "; ".join(verdicts["untyped"]))
+
+
+def drain_table(args, work):
+    before = loadavg()
     n, drain, write, size = drain_and_write(args.traces, work)
     total = drain + write
     print(f"\ndrain + translate + write of {n:,} distinct traces: {total:.2f} s "
           f"(drain, summed over CPUs in the kernel, and translation {drain:.2f} s; "
           f"formatting and writing {write:.2f} s; "
           f"{size / 2**20:.1f} MiB) goal <= 2 s: "
-          f"{'met' if total <= 2 else 'NOT met'}")
+          f"{'met' if total <= 2 else 'NOT met'} (load avg {before} -> "
+          f"{loadavg()})")
 
 
 if __name__ == "__main__":
