@@ -33,6 +33,13 @@ struct {
 	__type(value, struct eb_branch_stack);
 } ring_stacks SEC(".maps");
 
+/* bpf_ringbuf_output's flags, written before load (ringbuf.py):
+ * BPF_RB_NO_WAKEUP, the output alone, by default; 0 adds what
+ * libbpf-tools' default does, a wake-up of the consumer when it has read
+ * everything before this record (irq_work, kernel/bpf/ringbuf.c,
+ * bpf_ringbuf_commit). */
+const volatile __u64 output_flags = BPF_RB_NO_WAKEUP;
+
 /* Outputs that failed (ring full), over all runs: user space reads it
  * through the .bss map and reports it. */
 __u64 failed_outputs;
@@ -56,10 +63,8 @@ static long copy_one(__u32 index, void *data)
 	nr = stack->nr;
 	if (nr > EB_MAX_BRANCHES)
 		return 1;
-	/* flags 0: libbpf-tools' default, the kernel decides whether to wake
-	 * the consumer (only when it has caught up: once per run here) */
 	if (bpf_ringbuf_output(&stack_ring, stack->entries,
-			       nr * sizeof(struct eb_branch), 0)) {
+			       nr * sizeof(struct eb_branch), output_flags)) {
 		rs->failed++;
 		__sync_fetch_and_add(&failed_outputs, 1);
 	} else {

@@ -6,6 +6,8 @@ checks).
 RingCopy runs like a Replayer (load(), run(), feed()), so bench_replay.py
 times both alike: per run, ring_copy puts each loaded stack's nr entries
 into the ring buffer with bpf_ringbuf_output(); nothing is aggregated.
+By default the output alone (BPF_RB_NO_WAKEUP); RingCopy(wakeup=True)
+uses flags 0, which also wakes the consumer when it has caught up.
 Before each run the ring is emptied (its consumer position moved up to the
 producer's through the mmapped consumer page, as a consumer that has read
 everything would leave it), and it is sized for a whole run of the deepest
@@ -28,6 +30,7 @@ ROOT = os.path.dirname(HERE)
 SOURCE = os.path.join(HERE, "ringbuf.bpf.c")
 
 ENTRY_BYTES = 24           # struct eb_branch
+BPF_RB_NO_WAKEUP = 1       # <linux/bpf.h>
 RECORD_HEADER = 8          # BPF_RINGBUF_HDR_SZ: u32 len, u32 page offset
 
 
@@ -76,7 +79,10 @@ class RingCopy(Handle):
 
     PROGRAM = "ring_copy"
 
-    def __init__(self, path, batch):
+    def __init__(self, path, batch, wakeup=False):
+        """wakeup: output with flags 0, which wakes the consumer when it
+        has caught up (here, at each run's first record); else
+        BPF_RB_NO_WAKEUP, the output alone."""
         lib = self._lib = _libbpf.lib()
         self.batch = batch
         self.ring_bytes = ring_size(batch)
@@ -84,6 +90,10 @@ class RingCopy(Handle):
         self.kernel_failed = None  # failed_outputs() when closed
         self._obj = lib.bpf_object__open_file(os.fsencode(path), None)
         try:
+            flags = ctypes.c_uint64(0 if wakeup else BPF_RB_NO_WAKEUP)
+            lib.bpf_map__set_initial_value(self._map(".rodata"),
+                                           ctypes.byref(flags),
+                                           ctypes.sizeof(flags))
             lib.bpf_map__set_max_entries(self._map("ring_stacks"), batch)
             lib.bpf_map__set_max_entries(self._map("stack_ring"),
                                          self.ring_bytes)
