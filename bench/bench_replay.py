@@ -27,7 +27,13 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
      each stack into a 1.5 KB per-CPU scratch buffer that stays in cache;
      a run over all 4,096 stacks (6 MiB) mostly measures streaming the
      input from memory, and is shown as such for icache mode.
-2. Drain and write: 1,000,000 distinct traces put in the trace map (through
+2. Against the ring-buffer design (issue 10; bench/ringbuf.py): on the
+   same typed recorded stacks, 256 per run, in the same passes, the shipped
+   worker without and with branch types, and the kernel side of a profiler
+   that copies each stack to user space instead,
+   bpf_ringbuf_output() of its entries; the ratios typed / copy and
+   typed / untyped.
+3. Drain and write: 1,000,000 distinct traces put in the trace map (through
    replay of random 32-deep stacks in a PIE loaded at a usual address),
    then drained, summed over CPUs, translated and written as a preagg file;
    the time of that last part is what a user waits for.
