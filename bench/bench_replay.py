@@ -370,18 +370,23 @@ def ringbuf_table(args, work, recorded):
     (BPF_RB_NO_WAKEUP), the goals' baseline, and with flags 0, which adds
     a wake-up of the consumer at each run's first record (the consumer
     has caught up: the ring is emptied before each run). Four columns of
-    one pass_costs, 256 stacks per run."""
+    one pass_costs, 256 stacks per run; a fifth, where there is a second
+    CPU, reads each run's records there before the next run, as a
+    consumer thread would (the goals' baseline leaves them unread)."""
     if not recorded:
         print("\n(ring-buffer table: no recorded stacks)")
         return
     path = ringbuf.build(os.path.join(work, "ringbuf"))
     per_run = 256
+    # a CPU other than the runs' (0) for the consumer that reads the
+    # records, where there is one
+    reader = min((set(os.sched_getaffinity(0)) - {0}), default=None)
     rows = []
     for mode, (stacks, objects) in recorded.items():
         rings = []
 
-        def open_ring(n, wakeup, first=stacks[0]):
-            ring = RingCopy(path, n, wakeup=wakeup)
+        def open_ring(n, wakeup, read_on=None, first=stacks[0]):
+            ring = RingCopy(path, n, wakeup=wakeup, read_on=read_on)
             rings.append(ring)
             ring.check_copy(first)  # it copies the stack's entries
             return ring
@@ -392,18 +397,20 @@ def ringbuf_table(args, work, recorded):
             lambda _: Replayer(objects, max_entries=1 << 20,
                                branch_types=True),
             lambda n: open_ring(n, False),
-            lambda n: open_ring(n, True)],
+            lambda n: open_ring(n, True)] + ([
+            lambda n: open_ring(n, False, reader)] if reader else []),
             repeats=args.repeats, per_run=per_run)
         rows.append((mode, len(stacks), passes, rings,
                      f"{before} -> {loadavg()}"))
     print("\n| recorded stacks (32 deep, typed), 256 per run | worker, "
           "untyped | worker, typed (shipped) | ring-buffer copy | typed / "
           "ring buffer | typed / untyped | failed outputs | copy + a "
-          "wake-up per run | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "wake-up per run | copy, read on CPU "
+          f"{reader if reader else '-'} | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     verdicts = {"ring": [], "untyped": []}
     for mode, n, passes, rings, load in rows:
-        plain, typed, copy, woken = (median_of(p) for p in passes)
+        plain, typed, copy, woken, *read = (median_of(p) for p in passes)
         # the ratio of the medians, and its range pass by pass
         per_pass = [[statistics.median(runs) for runs in p] for p in passes]
         cells = []
@@ -418,7 +425,8 @@ def ringbuf_table(args, work, recorded):
         print(f"| {mode} mode, {n} stacks | {plain:,.0f} ns | {typed:,.0f} ns "
               f"| {copy:,.0f} ns | {cells[0]} | {cells[1]} | {failed} | "
               f"{woken:,.0f} ns ({(woken - copy) * per_run / 1000:.1f} us "
-              f"per wake-up) | {load} |")
+              f"per wake-up) | "
+              f"{f'{read[0]:,.0f} ns' if read else '-'} | {load} |")
     print("\ngoal: the typed worker costs no more per stack than the "
           "ring-buffer copy (typed / ring buffer <= 1): "
           + "; ".join(verdicts["ring"]))

@@ -79,11 +79,16 @@ class RingCopy(Handle):
 
     PROGRAM = "ring_copy"
 
-    def __init__(self, path, batch, wakeup=False):
+    def __init__(self, path, batch, wakeup=False, read_on=None):
         """wakeup: output with flags 0, which wakes the consumer when it
         has caught up (here, at each run's first record); else
-        BPF_RB_NO_WAKEUP, the output alone."""
+        BPF_RB_NO_WAKEUP, the output alone. read_on: a CPU on which the
+        records are read before they are marked consumed, as a consumer
+        thread there would read them (the ring's lines then move between
+        the CPUs' caches); None: marked consumed unread, so they stay in
+        the writing CPU's cache."""
         lib = self._lib = _libbpf.lib()
+        self.read_on = read_on
         self.batch = batch
         self.ring_bytes = ring_size(batch)
         self._mems = []
@@ -158,8 +163,22 @@ class RingCopy(Handle):
 
     def consume_all(self):
         """Mark every record read: the consumer position up to the
-        producer's (what a consumer leaves once it has caught up)."""
-        struct.pack_into("Q", self._consumer, 0, self._pos(self._producer))
+        producer's (what a consumer leaves once it has caught up); with
+        read_on, read them there first."""
+        producer = self._pos(self._producer)
+        if self.read_on is not None:
+            consumer = self._pos(self._consumer)
+            start = consumer & (self.ring_bytes - 1)
+            end = start + producer - consumer
+            old = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.read_on})
+            try:  # one copy reads every line of the records
+                self.read = bytes(self._data[start:min(end, self.ring_bytes)])
+                if end > self.ring_bytes:  # wrapped round to the start
+                    self.read += bytes(self._data[:end - self.ring_bytes])
+            finally:
+                os.sched_setaffinity(0, old)
+        struct.pack_into("Q", self._consumer, 0, producer)
 
     def run(self, count, cpu=0, first=0):
         """Empty the ring, then one BPF_PROG_RUN over `count` loaded
