@@ -19,7 +19,9 @@ Parts (--parts speed,cpus,hammer,ip,contention,drain; all by default):
    own run time, BPF_ENABLE_STATS), before and after: one random stack in
    libc's code, one per run (bench_replay's first stack); the demo
    workload's shares and icache modes recorded under qemu-user
-   (bench_replay.recorded_stacks), 256 per run.
+   (bench_replay.recorded_stacks), 256 per run. Each child gives its
+   median; the table shows the median (min-max) over the children, and
+   the ratio of the fastest child of each side.
 2. cpus: the recorded stacks on one CPU alone and on both CPUs at once.
    Each CPU has its own half of the stacks in its own part of the replay
    array (loaded once: the threads only run the program, so both are in
@@ -283,15 +285,15 @@ def child_cpus(spec):
             per_pass = len(parts[0])
             passes = max(1, spec["stacks_per_measure"] // per_pass)
             clock = ProgramClock(rep.obj.program_fd("replay_branches"))
-            res = {"alone": [], "both": [], "alone_cpu": [], "both_cpu": [],
-                   "at_once": [], "updates": {"alone": [0, 0],
-                                               "both": [0, 0]}}
+            res = {"rounds": [], "updates": {"alone": [0, 0],
+                                             "both": [0, 0]}}
             try:
                 for cpu, plan in plans.items():   # warm: traces in the map
                     replay_on(rep, clock, {cpu: plan}, 1)
                 kinds = [("alone", [c]) for c in cpus] + [("both", cpus)]
                 for r in range(spec["rounds"]):
                     empty = {c: empty_cost(rep, clock, c) for c in cpus}
+                    got = {"alone": {}, "alone_cpu": {}}
                     for kind, on in kinds[r % 3:] + kinds[:r % 3]:
                         u0 = table_stats(rep)
                         kns, th = replay_on(rep, clock,
@@ -301,18 +303,23 @@ def child_cpus(spec):
                         if u0[0] is not None:
                             acc[0] += u1[0] - u0[0]
                         acc[1] += u1[1] - u0[1]
-                        stacks_all = sum(t["stacks"] for t in th.values())
                         fixed = sum(t["runs"] * empty[c][0]
                                     for c, t in th.items())
-                        res[kind].append((kns - fixed) / stacks_all)
-                        res[f"{kind}_cpu"].append(
-                            {str(c): (t["cpu_ns"] - t["runs"] * empty[c][1])
-                             / t["stacks"] for c, t in th.items()})
-                        if kind == "both":
+                        kernel = (kns - fixed) / sum(t["stacks"]
+                                                     for t in th.values())
+                        per_cpu = {str(c): (t["cpu_ns"] - t["runs"] *
+                                            empty[c][1]) / t["stacks"]
+                                   for c, t in th.items()}
+                        if kind == "alone":
+                            got["alone"][str(on[0])] = kernel
+                            got["alone_cpu"].update(per_cpu)
+                        else:
+                            got["both"], got["both_cpu"] = kernel, per_cpu
                             busy = [sum(e - s for s, e in t["spans"])
                                     for t in th.values()]
                             both = overlap(*(t["spans"] for t in th.values()))
-                            res["at_once"].append(both / (sum(busy) / 2))
+                            got["at_once"] = both / (sum(busy) / 2)
+                    res["rounds"].append(got)
             finally:
                 clock.close()
         res["passes"], res["per_pass"] = passes, per_pass
@@ -437,23 +444,28 @@ def part_speed(args, work, stacks_path, sources):
                 "task": "speed", "stacks": str(stacks_path),
                 "sources": names, "passes": args.passes}, work)
             loads.append(load)
-            for name in names:
-                res.setdefault((name, side), []).extend(r[name])
+            for name in names:   # one figure per child: its median
+                res.setdefault((name, side), []).append(med(r[name]))
             say(f"speed round {i + 1}/{args.rounds} {side}: " + ", ".join(
                 f"{n} {med(r[n]):.0f} ns" for n in names) + f" ({load})")
     print("### 1. Kernel cost per 32-deep stack, before and after\n")
-    print(f"Replay, ns per stack (run minus empty run, over its stacks; "
-          f"BPF_ENABLE_STATS), median (min-max) of {args.rounds} children "
-          f"per side x {args.passes} passes, interleaved; load average "
-          f"(1 min) {load_range(loads)}.\n")
+    print("Replay, ns per stack (run minus empty run, over its stacks; "
+          "BPF_ENABLE_STATS): each child's median over its batches "
+          f"({args.passes} passes), then the median (min-max) of the "
+          f"{args.rounds} children per side, interleaved (a whole child, of "
+          "either side, sometimes runs slower than the others throughout). "
+          "Load average (1 min) "
+          f"{load_range(loads)}.\n")
     print(f"| stacks (32 deep) | {args.label['before']} | "
-          f"{args.label['after']} | after / before | goal: no worse |")
-    print("|---|---|---|---|---|")
+          f"{args.label['after']} | after / before, medians | after / "
+          "before, fastest children | goal: no worse (medians) |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         b, a = (res[(name, s)] for s in ("before", "after"))
         ratio = med(a) / med(b)
         print(f"| {SOURCE_NAMES[name]} ({len(sources[name][0]):,} stacks) "
               f"| {fig(b, '{:,.0f}')} | {fig(a, '{:,.0f}')} | {ratio:.2f} "
+              f"| {min(a) / min(b):.2f} "
               f"| {'met' if ratio <= 1 else 'NOT met'} |")
     print()
 
@@ -481,44 +493,55 @@ def cpus_runs(args, work, stacks_path, names, sets=None):
                 loads.append(load)
                 for label, src in items:
                     res.setdefault((label, side), []).append(r[src])
+                    rounds = r[src]["rounds"]
                     say(f"cpus round {i + 1}/{args.cpu_rounds} {label}, "
-                        f"{side}: alone {med(r[src]['alone']):.0f}, both "
-                        f"{med(r[src]['both']):.0f} ns per stack, at once "
-                        f"{med(r[src]['at_once']):.0%} ({load})")
+                        f"{side}: alone {med(alone_of(rounds)):.0f}, both "
+                        f"{med([g['both'] for g in rounds]):.0f} ns per "
+                        f"stack, rise {med(rises(rounds)):+.1%}, at once "
+                        f"{med([g['at_once'] for g in rounds]):.0%} ({load})")
     return res, loads
 
 
+def alone_of(rounds):
+    """Each round's one-CPU cost: the mean of its CPUs' alone runs (the
+    two CPUs of a VM may differ)."""
+    return [statistics.mean(g["alone"].values()) for g in rounds]
+
+
+def rises(rounds, cpu=None):
+    """Each round's both-at-once cost over its alone cost, less 1: the
+    kernel's (cpu None) or one CPU's thread time. Paired within a round,
+    so the machine's drift between rounds cancels out."""
+    if cpu is None:
+        return [g["both"] / a - 1 for g, a in zip(rounds, alone_of(rounds))]
+    return [g["both_cpu"][cpu] / g["alone_cpu"][cpu] - 1 for g in rounds]
+
+
 def cpus_table(args, res, labels, updates_column):
-    print(f"| stacks | side | one CPU alone: ns per stack | both at once: ns "
-          f"per stack | rise | per CPU alone (thread CPU) | per CPU at once "
-          f"(thread CPU) | both in the kernel at once |"
+    print("| stacks | side | one CPU alone: ns per stack (CPU 0 / CPU 1) "
+          "| both at once: ns per stack | rise | rise per CPU (thread CPU "
+          "time) | both in the kernel at once |"
           + (" traces to the table alone / at once |" if updates_column
              else "") + " goal: rise <= 10% |")
-    print("|---|---|---|---|---|---|---|---|" + ("---|" if updates_column
-                                                 else "") + "---|")
+    print("|---|---|---|---|---|---|---|" + ("---|" if updates_column
+                                             else "") + "---|")
     for label in labels:
         for side in ("before", "after"):
             rs = res.get((label, side))
             if not rs:
                 continue
-            alone = [v for r in rs for v in r["alone"]]
-            both = [v for r in rs for v in r["both"]]
-            rise = med(both) / med(alone) - 1
-            per_cpu = {}
-            for kind in ("alone_cpu", "both_cpu"):
-                for r in rs:
-                    for d in r[kind]:
-                        for c, v in d.items():
-                            per_cpu.setdefault((kind, c), []).append(v)
-            cells = []
-            for kind in ("alone_cpu", "both_cpu"):
-                cells.append(", ".join(
-                    f"CPU {c} {med(per_cpu[(kind, str(c))]):,.0f}"
-                    for c in args.cpus))
-            row = (f"| {label} | {args.label[side]} | {fig(alone, '{:,.0f}')} "
-                   f"| {fig(both, '{:,.0f}')} | {rise:+.1%} | {cells[0]} "
-                   f"| {cells[1]} "
-                   f"| {med([v for r in rs for v in r['at_once']]):.0%} |")
+            rounds = [g for r in rs for g in r["rounds"]]
+            cpus = [str(c) for c in args.cpus]
+            alone = " / ".join(f"{med([g['alone'][c] for g in rounds]):,.0f}"
+                               for c in cpus)
+            rise = rises(rounds)
+            per_cpu = ", ".join(f"CPU {c} {med(rises(rounds, c)):+.1%}"
+                                for c in cpus)
+            row = (f"| {label} | {args.label[side]} "
+                   f"| {fig(alone_of(rounds), '{:,.0f}')} ({alone}) "
+                   f"| {fig([g['both'] for g in rounds], '{:,.0f}')} "
+                   f"| {fig(rise, '{:+.1%}')} | {per_cpu} "
+                   f"| {med([g['at_once'] for g in rounds]):.0%} |")
             if updates_column:
                 fr = []
                 for kind in ("alone", "both"):
@@ -527,7 +550,7 @@ def cpus_table(args, res, labels, updates_column):
                     fr.append(f"{u / t:.1%}" if side == "after" and t
                               else "-")
                 row += f" {' / '.join(fr)} |"
-            row += f" {'met' if rise <= 0.10 else 'NOT met'} |"
+            row += f" {'met' if med(rise) <= 0.10 else 'NOT met'} |"
             print(row)
     print()
 
@@ -546,10 +569,13 @@ def part_cpus(args, work, stacks_path, sources):
           f"{args.cpu_rounds} children per side x {args.cpu_inner} rounds of "
           "(CPU 0 alone, CPU 1 alone, both), interleaved. ns per stack: "
           "the program's run_time_ns (one sum over CPUs: at once, the mean "
-          "of the two) less the empty runs, over the stacks; per CPU: the "
-          "thread's own CPU time around its runs (syscall included) less "
-          "empty runs. Medians (min-max); load average (1 min) "
-          f"{load_range(loads)}.\n")
+          "of the two) less the empty runs, over the stacks; alone: the "
+          "mean of the round's two CPUs. Rise: each round's at-once cost "
+          "over its alone cost (paired, so drift between rounds cancels); "
+          "per CPU, the same from each thread's own CPU time around its "
+          "runs (syscall included, empty runs taken off). Medians "
+          f"(min-max) over rounds; load average (1 min) {load_range(loads)}"
+          ".\n")
     cpus_table(args, res, names, False)
 
 
@@ -710,16 +736,16 @@ def main():
                          "its own .venv (scripts/setup.sh)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma-separated, of {', '.join(PARTS)}")
-    ap.add_argument("--rounds", type=int, default=4,
+    ap.add_argument("--rounds", type=int, default=6,
                     help="part 1: children per side")
-    ap.add_argument("--passes", type=int, default=3,
+    ap.add_argument("--passes", type=int, default=2,
                     help="part 1: passes over the stacks per child")
     ap.add_argument("--cpu-rounds", type=int, default=2,
                     help="parts 2 and 3: children per side")
-    ap.add_argument("--cpu-inner", type=int, default=8,
+    ap.add_argument("--cpu-inner", type=int, default=12,
                     help="parts 2 and 3: rounds of (alone, alone, both) "
                          "per child")
-    ap.add_argument("--stacks-per-measure", type=int, default=16384,
+    ap.add_argument("--stacks-per-measure", type=int, default=32768,
                     help="parts 2 and 3: stacks per CPU per measurement")
     ap.add_argument("--ip-runs", type=int, default=3,
                     help="part 4: recordings per side")
