@@ -6,7 +6,7 @@ Run as root after scripts/setup.sh, from this checkout:
 
     .venv/bin/python bench/bench_objects.py [--before DIR] [--runs 5]
 
-Four parts (--parts cost,slowdown,entries,prealloc; all by default):
+Three parts (--parts cost,slowdown,entries; all by default):
 
 1. cost: sample_ip's kernel time per program run (BPF_ENABLE_STATS:
    run_time_ns / run_cnt, as bench_sample_ip.py reads it), before the
@@ -34,12 +34,9 @@ Four parts (--parts cost,slowdown,entries,prealloc; all by default):
    x --scale 1 of workload-pie (tests/test_objects.py): the binary's
    addresses in the profile, the keys in the map (all objects), processes,
    and the drain time of each (profile.info["drain_seconds"]).
-4. prealloc: sample_ip per run on the icache workload with ip_counts
-   filled on demand (BPF_F_NO_PREALLOC, the default on 6.1+) against
-   preallocated at the same size (the budget's default max_entries),
-   interleaved; and what preallocation costs at load: the time to create
-   and load the object, and the map's memory as the kernel accounts it
-   (memlock in the map's fdinfo).
+(Part 4, ip_counts preallocated or filled on demand, went with the per-CPU
+hashes: the count tables are arrays allocated at load. bench_tables.py
+part 4 measures their first sightings against the hashes before them.)
 
 Every measurement line on stderr carries the load average read just
 before it: other work on the machine shows there. It prints markdown.
@@ -63,7 +60,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))  # workload builds, not shipped
 
-PARTS = ("cost", "slowdown", "entries", "prealloc")
+PARTS = ("cost", "slowdown", "entries")
 
 
 def loadavg():
@@ -98,16 +95,11 @@ def child(spec_path, out_path):
     installed; write sample_ip's kernel time and the profile's facts to
     out_path as JSON."""
     spec = json.loads(Path(spec_path).read_text())
-    from ebpf_bolt import bpf_object
     from ebpf_bolt.collector import Recorder
     from bench_sample_ip import timed_recording
 
-    if spec.get("prealloc") is not None:
-        # BoltObject asks this when Recorder leaves prealloc to the kernel
-        bpf_object.prealloc_needed = lambda: spec["prealloc"]
     kw = {"command": spec["cmd"], "mode": "ip",
-          "frequency": spec["frequency"],
-          "max_entries": spec.get("max_entries")}
+          "frequency": spec["frequency"]}
     if spec.get("binaries"):
         kw["binaries"] = spec["binaries"]   # after the change only
     ns, runs, prof = timed_recording(Recorder(**kw))
@@ -123,7 +115,6 @@ def child(spec_path, out_path):
         "binary_samples": sum(prof.samples.values()),
         "processes": prof.info.get("processes"),
         "drain": prof.info["drain_seconds"],
-        "prealloc": prof.info["prealloc"],
     }))
 
 
@@ -162,7 +153,10 @@ def part_cost(args, work, wl):
         "front + libhot.so": ([str(front), str(args.front_units)],
                               [str(libhot)]),
     }
-    sides = {"before (8f0e52b)": args.before_python,
+    before = subprocess.run(["git", "-C", args.before, "rev-parse", "--short",
+                             "HEAD"], capture_output=True, text=True)
+    sides = {f"before ({before.stdout.strip() or args.before})":
+             args.before_python,
              "after (this checkout)": args.after_python}
     res = {}
     for i in range(args.runs):
@@ -411,81 +405,6 @@ def part_entries(args, work, wl):
 
 
 # --------------------------------------------------------------------------
-# 4. first sightings: ip_counts preallocated or filled on demand
-
-def map_memlock(fd):
-    """The kernel's own account of a map's memory (fdinfo memlock)."""
-    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-        if line.startswith("memlock:"):
-            return int(line.split()[1])
-    return None
-
-
-def load_cost(prealloc, entries=None):
-    """(seconds to open and load the object as Recorder sizes it in IP
-    mode, ip_counts' memlock in bytes, its max_entries)."""
-    from ebpf_bolt.bpf_object import BoltObject, possible_cpus
-    from ebpf_bolt.collector import (MAX_OBJECT_PROCS, MAX_PROCS,
-                                     TRACKERS, default_max_entries)
-    from ebpf_bolt.layout import Config
-    from ebpf_bolt.collector import ip_cache_slots
-    ncpus = possible_cpus()
-    entries = entries or default_max_entries("ip_counts", ncpus)
-    sizes = {"ip_counts": entries, "ip_cache": ip_cache_slots(ncpus),
-             "procs": MAX_PROCS, "object_procs": MAX_OBJECT_PROCS}
-    t0 = time.monotonic()
-    with BoltObject(Config(), sizes, programs=["sample_ip", *TRACKERS],
-                    prealloc=prealloc) as obj:
-        t = time.monotonic() - t0
-        return t, map_memlock(obj.map_fd("ip_counts")), entries
-
-
-def part_prealloc(args, work, wl):
-    cmd = [str(wl), "--mode", "icache", "--scale", str(args.icache_scale)]
-    # (prealloc, max_entries): the budget's default size, and a smaller
-    # preallocated map (--prealloc-entries) that loads faster
-    modes = {"on demand (BPF_F_NO_PREALLOC)": (False, None),
-             "preallocated": (True, None),
-             f"preallocated, {args.prealloc_entries:,} entries":
-                 (True, args.prealloc_entries)}
-    res = {}
-    for i in range(args.runs):
-        order = list(modes.items())
-        if i % 2:
-            order.reverse()
-        for name, (prealloc, entries) in order:
-            spec = {"cmd": cmd, "frequency": args.frequency,
-                    "prealloc": prealloc, "max_entries": entries}
-            r = record(args.after_python, spec, work)
-            res.setdefault(name, []).append(r)
-            say(f"prealloc run {i + 1}/{args.runs} {name}: {r['ns']:.0f} ns "
-                f"per run, {r['in_map']:,} keys, prealloc {r['prealloc']} "
-                f"(load {r['load']})")
-    loads = {}
-    for i in range(args.runs):
-        for name, (prealloc, entries) in modes.items():
-            loads.setdefault(name, []).append(load_cost(prealloc, entries))
-    print("### 4. First sightings: ip_counts filled on demand or "
-          "preallocated\n")
-    print(f"icache workload (--scale {args.icache_scale}), {args.frequency} "
-          f"Hz, after the change, {args.runs} runs each, interleaved; "
-          "medians (min-max). Load: opening and loading the object as "
-          "Recorder sizes it in IP mode; memory: ip_counts' memlock "
-          "(fdinfo) right after load.\n")
-    print("| ip_counts | sample_ip ns per run | keys in the map | load time "
-          "(ms) | ip_counts memory at load | max_entries | load avg (1 min) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, rs in res.items():
-        ls = loads[name]
-        print(f"| {name} | {fig([r['ns'] for r in rs], '{:,.0f}')} "
-              f"| {med([r['in_map'] for r in rs]):,.0f} "
-              f"| {fig([1000 * t for t, _, _ in ls], '{:.0f}')} "
-              f"| {med([m for _, m, _ in ls]) / 2**20:.1f} MiB "
-              f"| {ls[0][2]:,} | {load_range(rs)} |")
-    print()
-
-
-# --------------------------------------------------------------------------
 
 def apply_nice(nice):
     """Niceness `nice` for this script and all it starts. With scheduler
@@ -520,13 +439,11 @@ def main():
     ap.add_argument("--scale", type=int, default=300,
                     help="shares workload --scale (part 1)")
     ap.add_argument("--icache-scale", type=int, default=1000,
-                    help="icache workload --scale (parts 1 and 4)")
+                    help="icache workload --scale (part 1)")
     ap.add_argument("--front-units", type=int, default=3000,
                     help="front + libhot.so units, ~1 ms each (part 1)")
     ap.add_argument("--single-scale", type=int, default=300,
                     help="single-thread workload --scale (part 2b)")
-    ap.add_argument("--prealloc-entries", type=int, default=65536,
-                    help="size of the smaller preallocated map (part 4)")
     ap.add_argument("--poll-variant", type=float, default=None,
                     help="part 2 also runs ebpf-bolt with OBJECT_POLL set "
                          "to this many seconds (a diagnostic)")

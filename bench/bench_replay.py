@@ -8,9 +8,9 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    run's time as the kernel counts it for the program (BPF_ENABLE_STATS,
    run_time_ns): wall-clock time around the syscall jitters by more than a
    one-stack run takes,
-   for the shipped worker (trace cache) and for the baseline, a plain
-   per-entry per-CPU hash update (the same source built without the caches,
-   tests/bpf_builds.py). Every address is translated to (object, file offset) in the kernel, as
+   for the shipped worker (trace cache) and for the baseline, an update
+   of the shared trace table per entry (the same source built without the
+   caches, tests/bpf_builds.py). Every address is translated to (object, file offset) in the kernel, as
    live sampling does: the replay's table holds the objects the stacks ran
    in (libc at a usual load base for the random stacks, the workload PIE
    at qemu's load base for the recorded ones). The stacks:
@@ -35,7 +35,8 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    typed / untyped.
 3. Drain and write: 1,000,000 distinct traces put in the trace map (through
    replay of random 32-deep stacks in a PIE loaded at a usual address),
-   then drained, summed over CPUs, translated and written as a preagg file;
+   then drained (caches flushed, the table read through mmap), translated
+   and written as a preagg file;
    the time of that last part is what a user waits for.
 """
 import argparse
@@ -129,6 +130,18 @@ def timed_run(rep, clock, n):
     return clock() - before
 
 
+def one_pass(rep, clock, batches):
+    """One pass over `batches` (packed stacks, pack_stacks): for each, the
+    kernel's ns per stack of (run of its N stacks - empty run) / N."""
+    costs = []
+    for words in batches:
+        n = rep.load(words)
+        full = timed_run(rep, clock, n)
+        empty = timed_run(rep, clock, 0)
+        costs.append((full - empty) / n)
+    return costs
+
+
 def program_fd(rep):
     """The timed program of a Replayer (replay_branches) or a RingCopy."""
     if isinstance(rep, RingCopy):
@@ -162,13 +175,7 @@ def pass_costs(stacks, columns, repeats=9, per_run=None):
             order = list(range(len(reps)))
             order = order[r % len(order):] + order[:r % len(order)]
             for k in order:
-                rep, clock, runs = reps[k], clocks[k], []
-                for words in batches:
-                    n = rep.load(words)
-                    full = timed_run(rep, clock, n)
-                    empty = timed_run(rep, clock, 0)
-                    runs.append((full - empty) / n)
-                samples[k].append(runs)
+                samples[k].append(one_pass(reps[k], clocks[k], batches))
         return samples
 
 
@@ -331,7 +338,7 @@ def cost_table(args, work, recorded):
                          f"{len(rec)} stacks in one run (input streamed "
                          "from memory)", rec, objects, None))
     against = (f"against: {args.against}" if args.against else
-               "baseline: hash update per entry")
+               "baseline: table update per entry")
     typed = ", typed" if args.branch_types else ""
     if args.against == "untyped":   # types off: what the verifier leaves
         baseline = None
@@ -439,7 +446,7 @@ def drain_table(args, work):
     n, drain, write, size = drain_and_write(args.traces, work)
     total = drain + write
     print(f"\ndrain + translate + write of {n:,} distinct traces: {total:.2f} s "
-          f"(drain, summed over CPUs in the kernel, and translation {drain:.2f} s; "
+          f"(drain and translation {drain:.2f} s; "
           f"formatting and writing {write:.2f} s; "
           f"{size / 2**20:.1f} MiB) goal <= 2 s: "
           f"{'met' if total <= 2 else 'NOT met'} (load avg {before} -> "

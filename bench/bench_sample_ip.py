@@ -9,7 +9,7 @@ run_time_ns and run_cnt of sample_ip) over the recording: the time the
 program adds to each sample, which falls on the profiled code. Two builds
 of the same source run interleaved: the shipped object, and a baseline
 compiled with -DEB_BASELINE_NO_CACHES (every sample goes straight to the
-per-CPU hash map, as before the IP cache). Workloads:
+shared IP table, as before the IP cache). Workloads:
   - shares: 2 threads in 3 hot functions, a few hundred distinct IPs;
   - icache: 1 thread over 96 hot functions, ~2,500 distinct IPs in a few
     seconds, so a large share of samples is an IP's first (a map insert).
@@ -109,7 +109,7 @@ def main():
 def run(args, work):
     wl = str(build_workload(work, pie=True))
     builds = {"IP cache (shipped)": None,
-              "hash only (baseline)": build_object(os.path.join(work, "baseline"),
+              "table only (baseline)": build_object(os.path.join(work, "baseline"),
                                                    BASELINE)}
     workloads = {"shares": [wl, "--scale", str(args.scale)],
                  "icache": [wl, "--mode", "icache", "--scale", str(args.scale)]}
