@@ -79,6 +79,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))  # brtrace, for recorded stacks
+from bench_objects import fig, loadavg, med  # noqa: E402
 
 PARTS = ("speed", "cpus", "hammer", "ip", "contention", "drain")
 DEPTH = 32
@@ -86,10 +87,6 @@ PER_RUN = 256          # recorded stacks per run, as bench_replay.py
 MAX_ENTRIES = 1 << 20  # trace map size of bench_replay.py's replays
 LIVE_HZ = 4999         # ebpf-bolt's default frequency
 GOAL_RATE_HZ = 5000    # the contention figure's rate (the issue's)
-
-
-def loadavg():
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def say(msg):
@@ -122,22 +119,6 @@ def quiet_enough(args):
         say(f"waiting: others use {busy:.2f} CPUs (load {loadavg()})")
         time.sleep(5)
     return f"load {loadavg()}, busy {busy:.2f}"
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
-
-
-def fig(values, fmt):
-    """median (min-max)"""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return (f"{fmt.format(statistics.median(values))} "
-            f"({fmt.format(min(values))}-{fmt.format(max(values))})")
 
 
 def load_range(lines):

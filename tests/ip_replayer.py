@@ -5,8 +5,6 @@ programs cannot be run with BPF_PROG_RUN."""
 import ctypes
 import errno
 import mmap
-import threading
-import time
 from array import array
 
 from ebpf_bolt import _libbpf
@@ -16,7 +14,7 @@ from ebpf_bolt.drain import drain_ip_counts
 from ebpf_bolt.layout import (REPLAY_IPS, USER_ADDR_END, Config, ReplayIpArgs,
                               ReplayIps, ip_cache_slots,
                               table_slots)
-from ebpf_bolt.replay import _MappedInput, run_on_cpu
+from ebpf_bolt.replay import _MappedInput, at_once, run_on_cpu
 
 
 # IP buffers: threads that can replay at the same time
@@ -56,27 +54,10 @@ class IpReplayer(_MappedInput):
     def feed_at_once(self, shares):
         """Count several lists of IPs at the same time, each on its own CPU
         (`shares`: [(cpu, ips)], at most BUFFERS, CPUs distinct), one thread
-        each. Returns each share's (start, end) monotonic times."""
-        if len({cpu for cpu, _ in shares}) != len(shares):
-            raise ValueError("feed_at_once: CPUs repeat")
-        errors, times = [], [None] * len(shares)
-
-        def work(buf, cpu, ips):
-            try:
-                t0 = time.monotonic()
-                self.feed(ips, cpu, buf)
-                times[buf] = (t0, time.monotonic())
-            except BaseException as e:
-                errors.append(e)
-        threads = [threading.Thread(target=work, args=(n, cpu, ips))
-                   for n, (cpu, ips) in enumerate(shares)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return times
+        each (replay.at_once). Returns each share's (start, end) times."""
+        return [times for _, times in at_once([
+            (cpu, lambda buf=buf, cpu=cpu, ips=ips: self.feed(ips, cpu, buf))
+            for buf, (cpu, ips) in enumerate(shares)])]
 
     def counts(self):
         return drain_ip_counts(self.obj)

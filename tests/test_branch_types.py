@@ -260,16 +260,8 @@ def test_golden_returns(name, program, tmp_path):
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    from test_preagg_bf import ASM, PROGRAM
-    import subprocess
-    d = tmp_path_factory.mktemp("typesprog")
-    (d / "prog.c").write_text(PROGRAM)
-    (d / "calls.S").write_text(ASM)
-    exe = d / "prog"
-    subprocess.run(["cc", "-Os", "-fPIE", "-pie", "-Wl,--emit-relocs", "-o",
-                    str(exe), str(d / "prog.c"), str(d / "calls.S")],
-                   check=True)
-    return exe
+    from test_preagg_bf import build_program
+    return build_program(tmp_path_factory.mktemp("typesprog"))
 
 
 # --- 4. live sampling: asking for the types -------------------------------------

@@ -218,9 +218,8 @@ PERIOD = 251        # taken branches between stacks: ~2,600 stacks of 32
 SEED = 10           # issue 10
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bfprog")
+def build_program(d):
+    """PROGRAM and ASM built in directory `d`: the executable's path."""
     (d / "prog.c").write_text(PROGRAM)
     (d / "calls.S").write_text(ASM)
     exe = d / "prog"
@@ -228,6 +227,11 @@ def program(tmp_path_factory):
                     str(exe), str(d / "prog.c"), str(d / "calls.S")],
                    check=True)
     return exe
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    return build_program(tmp_path_factory.mktemp("bfprog"))
 
 
 INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)")

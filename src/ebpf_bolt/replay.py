@@ -216,6 +216,36 @@ def run_on_cpu(obj, program, args, cpu):
                                   f"returned {retval}: a map lookup failed")
 
 
+def at_once(jobs):
+    """Run jobs [(cpu, function)] at the same time, one thread each (the
+    functions pin their runs to their CPU; ctypes lets go of the GIL in the
+    syscall). The CPUs must differ: two runs on one CPU would share its
+    cache, and lose counts where the kernel preempts one for the other.
+    Returns each job's (result, (start, end) monotonic times); a job's
+    exception is raised here, once all are done."""
+    cpus = [cpu for cpu, _ in jobs]
+    if len(set(cpus)) != len(cpus):
+        raise ValueError(f"at_once: CPUs {cpus} repeat")
+    results, errors = [None] * len(jobs), []
+
+    def work(n, function):
+        try:
+            t0 = time.monotonic()
+            value = function()
+            results[n] = (value, (t0, time.monotonic()))
+        except BaseException as e:  # re-raised by the caller's thread
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(n, function))
+               for n, (_, function) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 class _MappedInput(Handle):
     """A loaded object (self.obj) fed through an mmapped array (self._mem):
     both released by close()."""
@@ -380,33 +410,16 @@ class Replayer(_MappedInput):
         with its own part of the replay array, runs the program there
         while the others do (ctypes lets go of the GIL during the
         syscall), so the CPUs update the shared trace table
-        concurrently, as sampling CPUs do. The CPUs must differ: two runs
-        on one CPU would share its cache, and lose counts where the kernel
-        preempts one for the other. Returns each share's (start, end)
-        monotonic times, which show that the runs overlapped."""
-        cpus = [cpu for cpu, _ in shares]
-        if len(set(cpus)) != len(cpus):
-            raise ValueError(f"feed_at_once: CPUs {cpus} repeat")
+        concurrently, as sampling CPUs do (at_once: the CPUs must differ).
+        Returns each share's (start, end) monotonic times, which show that
+        the runs overlapped."""
         room = self.batch // len(shares)
-        cuts, times, errors = [0] * len(shares), [None] * len(shares), []
-
-        def work(n, cpu, stacks):
-            try:
-                t0 = time.monotonic()
-                cuts[n] = self._feed(stacks, cpu, n * room, room)
-                times[n] = (t0, time.monotonic())
-            except BaseException as e:  # re-raised by the caller's thread
-                errors.append(e)
-        threads = [threading.Thread(target=work, args=(n, cpu, stacks))
-                   for n, (cpu, stacks) in enumerate(shares)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        self.cut += sum(cuts)
-        return times
+        results = at_once([
+            (cpu, lambda n=n, cpu=cpu, stacks=stacks:
+             self._feed(stacks, cpu, n * room, room))
+            for n, (cpu, stacks) in enumerate(shares)])
+        self.cut += sum(cut for cut, _ in results)
+        return [times for _, times in results]
 
     def stats(self):
         st = self.obj.stats()
