@@ -32,7 +32,9 @@ Run as root after scripts/setup.sh:  .venv/bin/python bench/bench_replay.py
    worker without and with branch types, and the kernel side of a profiler
    that copies each stack to user space instead,
    bpf_ringbuf_output() of its entries; the ratios typed / copy and
-   typed / untyped.
+   typed / untyped; and the floor of any in-kernel aggregation
+   (ringbuf.bpf.c's trace_floor: translate, pair and hash each entry,
+   count nothing), against the copy.
 3. Drain and write: 1,000,000 distinct traces put in the trace map (through
    replay of random 32-deep stacks in a PIE loaded at a usual address),
    then drained (caches flushed, the table read through mmap), translated
@@ -57,7 +59,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # test helpers, not shipped
 import brtrace  # noqa: E402
 from bpf_builds import BASELINE, build_object  # noqa: E402
 import ringbuf  # noqa: E402
-from ringbuf import RingCopy  # noqa: E402
+from ringbuf import RingCopy, TraceFloor  # noqa: E402
 
 DEPTH = 32
 
@@ -397,6 +399,15 @@ def ringbuf_table(args, work, recorded):
             rings.append(ring)
             ring.check_copy(first)  # it copies the stack's entries
             return ring
+        def open_floor(n, objects):
+            from ebpf_bolt.elf import ElfFile
+            (binary, base), = objects
+            segs = ElfFile(binary).text_segments()
+            floor = TraceFloor(path, n, (
+                base + min(g.vaddr for g in segs),
+                base + max(g.vaddr + g.filesz for g in segs), base))
+            rings.append(floor)
+            return floor
         before = loadavg()
         passes = pass_costs(stacks, [
             lambda _: Replayer(objects, max_entries=1 << 20,
@@ -404,7 +415,8 @@ def ringbuf_table(args, work, recorded):
             lambda _: Replayer(objects, max_entries=1 << 20,
                                branch_types=True),
             lambda n: open_ring(n, False),
-            lambda n: open_ring(n, True)] + ([
+            lambda n: open_ring(n, True),
+            lambda n: open_floor(n, objects)] + ([
             lambda n: open_ring(n, False, reader)] if reader else []),
             repeats=args.repeats, per_run=per_run)
         rows.append((mode, len(stacks), passes, rings,
@@ -412,12 +424,14 @@ def ringbuf_table(args, work, recorded):
     print("\n| recorded stacks (32 deep, typed), 256 per run | worker, "
           "untyped | worker, typed (shipped) | ring-buffer copy | typed / "
           "ring buffer | typed / untyped | failed outputs | copy + a "
-          "wake-up per run | copy, read on CPU "
+          "wake-up per run | aggregation floor (translate, pair, hash; "
+          "no counts) | floor / ring buffer | copy, read on CPU "
           f"{reader if reader else '-'} | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = {"ring": [], "untyped": []}
     for mode, n, passes, rings, load in rows:
-        plain, typed, copy, woken, *read = (median_of(p) for p in passes)
+        plain, typed, copy, woken, floor, *read = (median_of(p)
+                                                  for p in passes)
         # the ratio of the medians, and its range pass by pass
         per_pass = [[statistics.median(runs) for runs in p] for p in passes]
         cells = []
@@ -428,11 +442,13 @@ def ringbuf_table(args, work, recorded):
             verdicts[key].append(f"{mode} {typed / other:.2f}: "
                                  f"{'met' if typed <= other else 'NOT met'}")
         failed = " + ".join(f"{r.kernel_failed} of {r.outputs + r.failed:,}"
-                            for r in rings)
+                            for r in rings if not isinstance(r, TraceFloor))
+        floor_ratios = [f / c for f, c in zip(per_pass[4], per_pass[2])]
         print(f"| {mode} mode, {n} stacks | {plain:,.0f} ns | {typed:,.0f} ns "
               f"| {copy:,.0f} ns | {cells[0]} | {cells[1]} | {failed} | "
               f"{woken:,.0f} ns ({(woken - copy) * per_run / 1000:.1f} us "
-              f"per wake-up) | "
+              f"per wake-up) | {floor:,.0f} ns | {floor / copy:.2f} (passes "
+              f"{min(floor_ratios):.2f}-{max(floor_ratios):.2f}) | "
               f"{f'{read[0]:,.0f} ns' if read else '-'} | {load} |")
     print("\ngoal: the typed worker costs no more per stack than the "
           "ring-buffer copy (typed / ring buffer <= 1): "

@@ -79,14 +79,16 @@ class RingCopy(Handle):
 
     PROGRAM = "ring_copy"
 
-    def __init__(self, path, batch, wakeup=False, read_on=None):
+    def __init__(self, path, batch, wakeup=False, read_on=None,
+                 floor=(0, 0, 0)):
         """wakeup: output with flags 0, which wakes the consumer when it
         has caught up (here, at each run's first record); else
         BPF_RB_NO_WAKEUP, the output alone. read_on: a CPU on which the
         records are read before they are marked consumed, as a consumer
         thread there would read them (the ring's lines then move between
         the CPUs' caches); None: marked consumed unread, so they stay in
-        the writing CPU's cache."""
+        the writing CPU's cache. floor: trace_floor's object (its code's
+        run-time start and end, and its load base)."""
         lib = self._lib = _libbpf.lib()
         self.read_on = read_on
         self.batch = batch
@@ -95,10 +97,12 @@ class RingCopy(Handle):
         self.kernel_failed = None  # failed_outputs() when closed
         self._obj = lib.bpf_object__open_file(os.fsencode(path), None)
         try:
-            flags = ctypes.c_uint64(0 if wakeup else BPF_RB_NO_WAKEUP)
+            # .rodata: output_flags, floor_lo, floor_hi, floor_delta
+            rodata = (ctypes.c_uint64 * 4)(
+                0 if wakeup else BPF_RB_NO_WAKEUP, *floor)
             lib.bpf_map__set_initial_value(self._map(".rodata"),
-                                           ctypes.byref(flags),
-                                           ctypes.sizeof(flags))
+                                           ctypes.byref(rodata),
+                                           ctypes.sizeof(rodata))
             lib.bpf_map__set_max_entries(self._map("ring_stacks"), batch)
             lib.bpf_map__set_max_entries(self._map("stack_ring"),
                                          self.ring_bytes)
@@ -243,3 +247,24 @@ class RingCopy(Handle):
         if getattr(self, "_obj", None):
             obj, self._obj = self._obj, None
             self._lib.bpf_object__close(obj)
+
+
+class TraceFloor(RingCopy):
+    """trace_floor over the same input: per entry what any in-kernel
+    aggregation does before it counts (translate, pair, hash), nothing
+    output, nothing counted. floor: (start, end, load base) of the one
+    object's code at run time."""
+
+    PROGRAM = "trace_floor"
+
+    def __init__(self, path, batch, floor):
+        super().__init__(path, batch, floor=floor)
+
+    def run(self, count, cpu=0, first=0):
+        args = ReplayArgs(first=first, count=count)
+        run_on_cpu(self, self.PROGRAM, args, cpu)
+        if args.done != count:
+            raise RuntimeError(f"{self.PROGRAM}: {args.done} of {count} "
+                               "stacks read")
+        self.outputs += args.done
+        return args

@@ -1129,6 +1129,48 @@ static __always_inline __u32 set_of(const struct eb_trace *t)
 	return (__u32)(h >> 40) & cfg.cache_mask;
 }
 
+/* A return's trace keeps that in bit 61 of its `from` (EB_TRACE_RETURN):
+ * one bit of a mask of the return types, over the entry's type field
+ * (`type_bits`, the flags word or that field of it); 0 without types. */
+static __always_inline __u64 return_bit(__u32 type_bits)
+{
+	if (!cfg.branch_types)
+		return 0;
+	return ((EB_RETURN_TYPES >> ((type_bits & EB_BRANCH_TYPE_BITS) >>
+				     EB_BRANCH_TYPE_SHIFT)) & 1)
+	       << EB_TRACE_RETURN_BIT;
+}
+
+/* The key a trace has in the trace map. */
+static __always_inline struct eb_trace map_key(const struct eb_trace *t,
+					       __u32 type_bits)
+{
+	struct eb_trace key = *t;
+
+	key.from |= return_bit(type_bits);
+	return key;
+}
+
+/* A way's pending counts into the trace map. */
+static __always_inline void add_way(const struct eb_cache_slot *way,
+				    struct eb_stats *st)
+{
+	struct eb_trace key = map_key(&way->key, way->type_bits);
+
+	add_trace(&key, way->count, way->mispreds, st);
+}
+
+/*
+ * Whether `way` counts the trace `t`. A hit reads no branch type, so
+ * typed stacks cost what untyped ones do: a branch's type is that of its
+ * source instruction, and a trace whose source lies in an object has the
+ * type of the entry that claimed its way (perf2bolt keys return-ness by
+ * source address too: DataAggregator's Returns map, filled from R records
+ * and from disassembly). A source outside every object, `from` 0, stands
+ * for many instructions (a return from libc and a longjmp out of it may
+ * land at the same place): such a trace carries its return bit in `from`
+ * before it gets here (aggregate_stack).
+ */
 static __always_inline int owns(const struct eb_cache_slot *way,
 				const struct eb_trace *t)
 {
@@ -1139,11 +1181,13 @@ static __always_inline int owns(const struct eb_cache_slot *way,
 
 /* Count one trace: in its cache way if it owns one, else in the map. */
 static __always_inline void count_trace(struct eb_cache_set *table,
-					const struct eb_trace *t, __u64 mis,
+					const struct eb_trace *t,
+					__u32 type_bits, __u64 mis,
 					struct eb_stats *st)
 {
 	struct eb_cache_set *set = &table[set_of(t)];
 	struct eb_cache_slot *way;
+	struct eb_trace key;
 
 	way = &set->way[0];
 	if (!owns(way, t)) {
@@ -1156,7 +1200,8 @@ static __always_inline void count_trace(struct eb_cache_set *table,
 	credit_hit(&way->credit);
 	return;
 miss:
-	if (add_trace(t, 1, mis, st))
+	key = map_key(t, type_bits);
+	if (add_trace(&key, 1, mis, st))
 		return;  /* not in the map: it must not take a way */
 	/* the victim is the way with less credit (an empty one has none) */
 	way = &set->way[0];
@@ -1165,8 +1210,9 @@ miss:
 	if (!credit_worn(&way->credit))
 		return;
 	if (way->credit && (way->count || way->mispreds))
-		add_trace(&way->key, way->count, way->mispreds, st);
+		add_way(way, st);
 	way->key = *t;
+	way->type_bits = cfg.branch_types ? type_bits & EB_BRANCH_TYPE_BITS : 0;
 	way->count = 0;
 	way->mispreds = 0;
 	way->credit = 1;
@@ -1206,7 +1252,7 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
 		struct eb_trace t;
-		__u64 mis, ty;
+		__u64 mis;
 
 		if (i >= nr)
 			break;
@@ -1237,21 +1283,19 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			continue;
 		}
 		mis = b->flags & EB_BRANCH_MISPRED;
-		/* a return keeps its type in the key (after ft_end took the
-		 * plain `from`, and the test above: 0 stays "outside"): one
-		 * bit of a mask of the return types. Without types the
-		 * verifier removes this (cfg is read-only data): untyped
-		 * stacks cost what they did before types. */
-		if (cfg.branch_types) {
-			ty = (b->flags >> EB_BRANCH_TYPE_SHIFT) &
-			     EB_BRANCH_TYPE_MASK;
-			t.from |= ((EB_RETURN_TYPES >> ty) & 1) <<
-				  EB_TRACE_RETURN_BIT;
-		}
-		if (table)
-			count_trace(table, &t, mis, st);
-		else
+		/* from 0 stands for many source instructions: the entry's
+		 * own type goes into the key (after ft_end took the plain
+		 * `from`, and the test above), as the cache compares none */
+		if (cfg.branch_types && !t.from)
+			t.from = return_bit(b->flags);
+		/* the entry's type goes along; a miss makes it the key's
+		 * return bit (map_key) */
+		if (table) {
+			count_trace(table, &t, (__u32)b->flags, mis, st);
+		} else {
+			t = map_key(&t, (__u32)b->flags);
 			add_trace(&t, 1, mis, st);
+		}
 	}
 	if (!kept)  /* no user-space entry kept */
 		st->counter[EB_EMPTY_STACKS]++;
@@ -1384,7 +1428,7 @@ static long flush_trace_set(__u32 index, void *data)
 	for (w = 0; w < EB_CACHE_WAYS; w++) {
 		way = &table[index & cfg.cache_mask].way[w];
 		if (way->credit && (way->count || way->mispreds))
-			add_trace(&way->key, way->count, way->mispreds, fs->st);
+			add_way(way, fs->st);
 		__builtin_memset(way, 0, sizeof(*way));
 	}
 	return 0;

@@ -214,14 +214,17 @@ struct eb_branch {
  * (<linux/perf_event.h>, enum perf_branch_sample_type). */
 #define EB_BRANCH_TYPE_SHIFT 20
 #define EB_BRANCH_TYPE_MASK 0xf
+#define EB_BRANCH_TYPE_BITS 0xf00000U  /* the field in place */
 #define EB_BR_RET 6
 #define EB_BR_COND_RET 10
 #define EB_RETURN_TYPES 0x440ULL  /* 1 << EB_BR_RET | 1 << EB_BR_COND_RET */
 
-/* A trace whose branch is a return keeps that in its key: bit 61 of
+/* A trace whose branch is a return keeps that in its map key: bit 61 of
  * `from` (object numbers stay below 2^12, so bits 60 and 61 of a key are
- * free), so a return and another branch between the same addresses are
- * two traces. The drain splits it off into a column of its own. */
+ * free). The trace cache keys traces without it where the source lies in
+ * an object (a branch's type is its instruction's) and with it where the
+ * source is outside every object (from 0: many instructions). The drain
+ * splits it off into a column of its own. */
 #define EB_TRACE_RETURN_BIT 61
 #define EB_TRACE_RETURN 0x2000000000000000ULL  /* 1 << EB_TRACE_RETURN_BIT */
 
@@ -231,7 +234,8 @@ struct eb_cache_slot {
 	__u64 count;           /* counts not yet added to the trace map */
 	__u64 mispreds;
 	__u32 credit;          /* hits keep a trace in its way, misses wear it */
-	__u32 reserved;
+	__u32 type_bits;       /* the type field (EB_BRANCH_TYPE_BITS) of the
+	                        * entry that claimed the way; 0 untyped */
 };
 
 /* A set of the trace cache: a trace may sit in either way of its set, so

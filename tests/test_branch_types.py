@@ -68,13 +68,26 @@ LOAD_BASE = 0x555555554000
 TYPES = [RET, COND_RET, 1, 2, 4, 5, 3, 11, 0]
 
 
-def typed(stacks, rng, share=0.5):
-    """The same stacks with a type on about `share` of the entries: often
-    a return, else another type or unknown (0)."""
+def typed(stacks, rng, code, share=0.5):
+    """The same stacks with branch types as the hardware reports them: a
+    branch's type is that of its source instruction, so a source inside
+    the object (`code`: its ranges, as code_ranges gives them) keeps one
+    type, or none, in every entry; a source outside every object stands
+    for many instructions, so its entries get types one by one. About
+    `share` of them are typed: often a return, else another type or
+    unknown (0)."""
+    def pick():
+        return rng.choice(TYPES) if rng.random() < share else None
+
+    per_source = {}
     out = []
     for st in stacks:
-        out.append([e + (rng.choice(TYPES),) if rng.random() < share else e
-                    for e in st])
+        kept = []
+        for e in st:
+            inside = any(lo <= e[0] < hi for lo, hi, _ in code)
+            ty = per_source.setdefault(e[0], pick()) if inside else pick()
+            kept.append(e if ty is None else e + (ty,))
+        out.append(kept)
     return out
 
 
@@ -90,9 +103,10 @@ def profile_rows(prof):
 
 @pytest.fixture(scope="module")
 def typed_stacks(workload_pie):
-    from test_replay import make_stacks
+    from test_replay import code_ranges, make_stacks
     rng = random.Random(1010)
-    return typed(make_stacks(workload_pie, LOAD_BASE, n=1500, seed=1010), rng)
+    return typed(make_stacks(workload_pie, LOAD_BASE, n=1500, seed=1010), rng,
+                 code_ranges(workload_pie, LOAD_BASE))
 
 
 @pytest.mark.root
@@ -100,7 +114,8 @@ def test_returns_exactly_where_typed(workload_pie, typed_stacks):
     """R exactly where the entry's branch is a return: the kernel's traces,
     return flag included, equal the reference's count for count, on both
     CPUs, with returns and other branches between the same addresses
-    kept apart; the preagg records are the reference's R and T lines."""
+    from outside every object kept apart; the preagg records are the
+    reference's R and T lines."""
     from test_replay import code_ranges
     runtime = rules.typed_aggregate(typed_stacks)
     assert any(r for *_, r in runtime) and not all(r for *_, r in runtime)
@@ -113,10 +128,11 @@ def test_returns_exactly_where_typed(workload_pie, typed_stacks):
                                           code_ranges(workload_pie, LOAD_BASE))
     got = profile_rows(prof)
     assert got == expected
-    # a return and another branch of the same addresses: both rows there
+    # a return and another branch of the same addresses, both rows there:
+    # only from outside every object (from 0), where types vary by entry
     both = {k[:3] for k in expected if k[3]} & {k[:3] for k in expected
                                                   if not k[3]}
-    assert both, "the stacks should have such pairs (from 0 at least)"
+    assert both and all(k[0] == 0 for k in both), both
     text = prof.render("preagg")
     assert text.startswith("E cycles\n")
     assert sorted(text.splitlines()[1:]) == rules.preagg_records(expected)
@@ -130,12 +146,12 @@ def test_returns_exactly_where_typed(workload_pie, typed_stacks):
 def test_returns_of_one_object(workload_pie):
     """Every address in the one object (translation's one-shift path,
     translate._uniform_shift): the return flag stays with its row. The
-    stacks walk hot_a; the kernel does not check that a typed entry is
-    really a return, so any entry may carry RET here."""
+    stacks walk hot_a; the kernel does not check that a typed source is
+    really a return, so any source may be typed RET here."""
     from test_replay import code_ranges, walk_stacks
     rng = random.Random(1011)
     stacks = typed(walk_stacks(workload_pie, "hot_a", 300, LOAD_BASE, 1011),
-                   rng, share=0.3)
+                   rng, code_ranges(workload_pie, LOAD_BASE), share=0.3)
     with Replayer([(str(workload_pie), LOAD_BASE)], max_entries=1 << 16) as rep:
         rep.feed(stacks)
         prof = rep.profile()

@@ -11,6 +11,7 @@ BRANCH_MISPRED = 1
 # the types that are returns (<linux/perf_event.h>)
 BRANCH_TYPE_SHIFT = 20
 BRANCH_TYPE_MASK = 0xF
+BRANCH_TYPE_BITS = BRANCH_TYPE_MASK << BRANCH_TYPE_SHIFT  # the field in place
 BR_RET = 6
 BR_COND_RET = 10
 RETURN_TYPES = 1 << BR_RET | 1 << BR_COND_RET
@@ -165,7 +166,7 @@ class ReplayIpArgs(ctypes.Structure):
 class CacheSlot(ctypes.Structure):
     _fields_ = [("key", Trace), ("count", ctypes.c_uint64),
                 ("mispreds", ctypes.c_uint64), ("credit", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32)]
+                ("type_bits", ctypes.c_uint32)]
 
 
 class CacheSet(ctypes.Structure):
