@@ -1,6 +1,7 @@
 """Command line: ``ebpf-bolt [options] -p PID [duration]`` or
 ``ebpf-bolt [options] [duration] -- COMMAND [ARGS]``."""
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -9,14 +10,16 @@ import signal
 import stat
 import sys
 import threading
+import time
 
-from . import __version__, bolt
+from . import __version__, bolt, provenance
 from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
                         MODES, Recorder)
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
-from .output import OutputDirectory, OutputFile, profile_names
+from .output import (OutputDirectory, OutputFile, profile_names,
+                     sidecar_output)
 from .targets import interpreters
 from .perf_event import max_sample_rate
 from .targets import PID_HINT, check_pid
@@ -478,7 +481,8 @@ def record(args, command):
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
-        with rec, OutputFile(args.output, inputs=inputs) as out:
+        with rec, OutputFile(args.output, inputs=inputs) as out, \
+                _sidecar_of(out) as side:
             profile = _record_until_done(
                 rec, args, progress, frequency, duration,
                 check_binary=lambda exe: out.check_inputs([exe]))
@@ -490,6 +494,8 @@ def record(args, command):
                 [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
                 rec.target.alive() else []))
             out.commit(text)
+            _commit_sidecar(side, profile, fmt, text, recorded_provenance(
+                profile, fmt))
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
@@ -500,6 +506,45 @@ def record(args, command):
     if rec.target.child:
         return wait_for_command(rec.target)
     return 0
+
+
+def _sidecar_of(out):
+    """The sidecar's OutputFile beside `out`'s profile, or an empty context
+    where the profile gets none (stdout, a device, a FIFO)."""
+    side = sidecar_output(out)
+    return side if side is not None else contextlib.nullcontext()
+
+
+def recorded_provenance(profile, fmt):
+    """provenance.describe() of a recorded profile: the recording's wall
+    clock, event and frequency, on this host."""
+    i = profile.info
+    return provenance.describe(
+        path=profile.binary, build_id=i.get("build_id"), mode=profile.mode,
+        fmt=fmt, event=profile.event, frequency=i.get("frequency"),
+        start=i["started"], end=i["stopped"])
+
+
+def replayed_provenance(profile, fmt, started, stopped):
+    """provenance.describe() of a replayed profile: event "replay", no
+    frequency (no sampling made it), the replay's own run for its times."""
+    return provenance.describe(
+        path=profile.binary, build_id=profile.info.get("build_id"),
+        mode=profile.mode, fmt=fmt, event="replay", frequency=None,
+        start=started, end=stopped)
+
+
+def _commit_sidecar(side, profile, fmt, text, prov):
+    """Write the sidecar of the profile just committed (`text`), if it
+    gets one. After the profile: its size in the sidecar tells a merge a
+    sidecar left over from an earlier profile of that name."""
+    if side is None:
+        return
+    side.check_inputs([profile.binary])
+    size = len(text.encode() if isinstance(text, str) else text)
+    side.commit(provenance.sidecar_text(provenance.sidecar(
+        prov, samples=profile.total(),
+        processes=profile.info.get("processes", 1), size=size)))
 
 
 def _record_until_done(rec, args, progress, frequency, duration,
@@ -564,7 +609,9 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
                                 "profile": name,
                                 "samples": profile.total(),
                                 "processes": profile.info.get("processes", 0),
-                                "command": command})
+                                "command": command,
+                                **provenance.index_fields(
+                                    recorded_provenance(profile, f))})
             out.commit({"objects": entries})
         for (profile, f, text), name in zip(texts, names):
             _say(f"{name}: {profile.binary}, "
@@ -762,10 +809,15 @@ def replay_command(args):
         args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
     if several:
         return replay_to_directory(args, objects, stacks, inputs)
-    with OutputFile(args.output, inputs=inputs) as out:
+    with OutputFile(args.output, inputs=inputs) as out, \
+            _sidecar_of(out) as side:
+        started = time.time()
         profile, = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
-        out.commit(profile.render(args.format))
+        text = profile.render(args.format)
+        out.commit(text)
+        _commit_sidecar(side, profile, args.format, text, replayed_provenance(
+            profile, args.format, started, time.time()))
     for line in replay_summary(profile, args.format, len(stacks),
                                args.output):
         _say(line)
@@ -779,8 +831,10 @@ def replay_to_directory(args, objects, stacks, inputs):
     from .replay import replay_objects
     fmt = args.format
     with OutputDirectory(args.output, inputs=inputs) as out:
+        started = time.time()
         profiles = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
+        stopped = time.time()
         texts, warnings = render_each(profiles, fmt)
         names = profile_names([(os.path.basename(p.binary),
                                 p.info.get("build_id"), f)
@@ -796,7 +850,9 @@ def replay_to_directory(args, objects, stacks, inputs):
                             "profile": name,
                             "samples": profile.total(),
                             "processes": 1,   # the replay's one address space
-                            "command": command})
+                            "command": command,
+                            **provenance.index_fields(replayed_provenance(
+                                profile, f, started, stopped))})
         out.commit({"objects": entries})
     _say(replay_summary(profiles[0], fmt, len(stacks))[0])
     for line in _made_by(profiles[0]) + warnings:   # one tool made them
