@@ -687,6 +687,30 @@ def _replay_parser():
     return p
 
 
+def _merge_parser():
+    from .merge import ENGINES
+    p = _ArgumentParser(
+        prog=f"{PROG} merge",
+        description="Sum profiles of one object (from several runs or "
+                    "hosts) into one: files ebpf-bolt wrote, with their "
+                    "sidecars (FILE.json), and index.json directories, "
+                    "merged per object into a directory.")
+    p.add_argument("profiles", nargs="+", metavar="PROFILE",
+                   help="a profile with its sidecar, or a directory with "
+                   "index.json")
+    p.add_argument("-o", "--output", help="the merged profile (default: "
+                   "stdout, without sidecar); a directory where an input "
+                   "is one")
+    p.add_argument("--binary", metavar="PATH", help="the object the "
+                   "profiles are of: needed for a profile without sidecar "
+                   "(its build id is read from PATH)")
+    p.add_argument("--engine", choices=ENGINES, default="builtin",
+                   help="builtin (default) or duckdb (pip install "
+                   "'ebpf-bolt[duckdb]'): the same group-by-sum, run by "
+                   "DuckDB over the files")
+    return p
+
+
 def _errno_text(err):
     return f"{err.strerror or os.strerror(err.errno)} " \
            f"({errno.errorcode.get(err.errno, err.errno)})"
@@ -913,6 +937,9 @@ def main(argv=None):
     try:
         if own[:1] == ["replay"]:
             return replay_command(_replay_parser().parse_args(own[1:]))
+        if own[:1] == ["merge"]:
+            from .merge import merge_command
+            return merge_command(_merge_parser().parse_args(own[1:]), _say)
         args = _parser().parse_args(own)
         return record(args, command)
     except EbpfBoltError as e:
@@ -925,8 +952,8 @@ def main(argv=None):
         # written): here it had not started, or it was a replay, which
         # records nothing and writes its profile only at the end
         how = f" by {e.args[0]}" if e.args else ""
-        if own[:1] == ["replay"]:
-            _say(f"replay interrupted{how}: no profile written")
+        if own[:1] in (["replay"], ["merge"]):
+            _say(f"{own[0]} interrupted{how}: no profile written")
         else:
             _say(f"interrupted{how} before recording started: no profile "
                  "written")
