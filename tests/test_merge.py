@@ -298,6 +298,16 @@ def test_refuses_output_that_is_an_input(tmp_path, capsys):
     assert open(b).read() == before
 
 
+def test_duckdb_missing_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    """The extra is an extra: without it, one line saying which."""
+    a = one(tmp_path, "a.preagg")
+    monkeypatch.setitem(sys.modules, "duckdb", None)   # import fails
+    code, err = merge_main(capsys, a, "--engine", "duckdb", "-o",
+                           tmp_path / "out")
+    assert_refused(code, err, "needs the duckdb package",
+                   "ebpf-bolt[duckdb]")
+
+
 # --- directories: per object ----------------------------------------------------
 
 def index_dir(path, objects):
@@ -422,3 +432,41 @@ def test_memory_does_not_grow_with_inputs(tmp_path):
         peaks[n] = peak
     print("tracemalloc peaks:", peaks)
     assert peaks[200] <= peaks[50] * 1.10, peaks
+
+
+# --- the same on DuckDB -------------------------------------------------------
+
+def test_duckdb_gives_the_same_bytes(tmp_path, capsys):
+    """200 profiles, every dialect: --engine duckdb writes what the
+    built-in merge writes, byte for byte, sidecar included."""
+    pytest.importorskip("duckdb", reason="the duckdb extra is not installed "
+                        "(pip install '.[test,duckdb]', as scripts/setup.sh "
+                        "does)")
+    for n, d in enumerate(merge.DIALECTS):
+        parts = random_parts(d, 200 if n == 0 else 20, SEED + 70 + n,
+                             nkeys=500)
+        sub = tmp_path / "-".join(d)
+        sub.mkdir()
+        paths = [write_profile(sub / f"p{i}", render_records(d, r), d,
+                               start=T0 + i)
+                 for i, r in enumerate(parts)]
+        for engine in merge.ENGINES:
+            code, err = merge_main(capsys, *paths, "--engine", engine,
+                                   "-o", sub / f"out-{engine}")
+            assert code == 0, err
+        assert outputs(sub / "out-builtin") == outputs(sub / "out-duckdb"), d
+        assert parse_profile((sub / "out-duckdb").read_text()) == \
+            expected_sum(d, parts)
+
+
+def test_duckdb_refuses_what_builtin_refuses(tmp_path, capsys):
+    """A line that is no record, through DuckDB: one line and a hint."""
+    pytest.importorskip("duckdb", reason="the duckdb extra is not installed")
+    a = one(tmp_path, "a.preagg")
+    c = one(tmp_path, "c.preagg", seed=2)
+    text = open(c).read().replace("\nT ", "\nT 0x", 1)
+    write_profile(c, text, ("preagg", "branch"))
+    code, err = merge_main(capsys, a, c, "--engine", "duckdb", "-o",
+                           tmp_path / "out")
+    assert_refused(code, err, "not a record", "unchanged profiles")
+    assert not (tmp_path / "out").exists()

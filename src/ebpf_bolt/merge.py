@@ -27,10 +27,12 @@ import re
 from . import provenance
 from .errors import UsageError
 
-ENGINES = ("builtin",)
+ENGINES = ("builtin", "duckdb")
 
 _HEX = r"(?:0|[1-9a-f][0-9a-f]{0,15})"   # as the writers spell addresses
-_NUM = r"(?:0|[1-9][0-9]*)"              # a count: no sign, no leading 0
+# a count: no sign, no leading 0, and at most 19 digits, which fit the
+# UBIGINT DuckDB sums (a count past 10^19 is no real profile's)
+_NUM = r"(?:0|[1-9][0-9]{0,18})"
 _NAME = r"[^ ]+"                          # an fdata name or DSO
 
 
