@@ -82,14 +82,6 @@ DIALECTS = {
 }
 
 
-def _groups(m):
-    """(key, first count, second count or '') of a record's match: the
-    preagg-bf pattern has two alternatives of three groups each."""
-    if m.lastindex > 3 and m.group(1) is None:
-        return m.group(4), m.group(5), m.group(6)
-    return m.group(1), m.group(2), m.group(3)
-
-
 def dialect(fmt, mode, source):
     d = DIALECTS.get((fmt, mode))
     if d is None:
@@ -377,7 +369,11 @@ def reduce_builtin(dia, profiles):
                                 "apart")
                         event = h.group(1)
                         continue
-                    key, c1, c2 = _groups(m)
+                    # (key, first count, second count or ''); the
+                    # preagg-bf pattern has two alternatives of three
+                    key, c1, c2 = m.group(1, 2, 3)
+                    if key is None:
+                        key, c1, c2 = m.group(4, 5, 6)
                     first[key] = first.get(key, 0) + int(c1)
                     if c2:
                         second[key] = second.get(key, 0) + int(c2)
