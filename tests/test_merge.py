@@ -336,10 +336,11 @@ def test_directories_merge_per_object(tmp_path, capsys):
         "app.preagg": (render_records(d, parts[0]), BID, "/srv/app"),
         "lib.so.preagg": (render_records(d, parts[1]), OTHER_BID,
                           "/srv/lib.so")})
+    # the other run lists its objects the other way round
     run2 = index_dir(tmp_path / "run2", {
-        "app.preagg": (render_records(d, parts[2]), BID, "/srv/app"),
         "lib.so.preagg": (render_records(d, parts[3]), OTHER_BID,
-                          "/srv/lib.so")})
+                          "/srv/lib.so"),
+        "app.preagg": (render_records(d, parts[2]), BID, "/srv/app")})
     out = tmp_path / "merged"
     code, err = merge_main(capsys, run1, run2, "-o", out)
     assert code == 0, err

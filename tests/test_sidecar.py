@@ -99,13 +99,16 @@ def test_sidecar_never_replaces_what_is_not_a_file(
 
 def test_sidecar_never_replaces_an_input(workload_pie, stacks_file,
                                          ebpf_bolt_cmd, tmp_path):
-    """-o X where X.json is the stacks file being replayed: refused."""
+    """-o X where X.json is the stacks file being replayed: refused before
+    the replay, so no profile is written either."""
     stacks = tmp_path / "app.preagg.json"
     stacks.write_bytes(stacks_file.read_bytes())
     res = run([ebpf_bolt_cmd] + replay_args(workload_pie, stacks,
                                             "-o", str(tmp_path / "app.preagg")))
     assert res.returncode == 6, res.stderr
+    assert "same file as the input" in res.stderr
     assert stacks.read_bytes() == stacks_file.read_bytes()
+    assert not (tmp_path / "app.preagg").exists()
 
 
 def test_directory_index_carries_provenance(workload_pie, workload_nopie,
