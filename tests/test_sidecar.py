@@ -131,3 +131,25 @@ def test_directory_index_carries_provenance(workload_pie, workload_nopie,
     assert not list(out.glob("*.json.json")) and \
         sorted(p.name for p in out.iterdir() if p.suffix == ".json") == \
         ["index.json"]
+
+
+def test_python_write_gives_a_recorded_profile_its_sidecar(workload_pie,
+                                                           tmp_path):
+    """Profile.write (ebpf_bolt.collect()'s result): the sidecar of a
+    recorded profile, its recording's times; none for stdout."""
+    from ebpf_bolt.profile import Profile
+    prof = Profile(str(workload_pie), "cpu-clock", "ip",
+                   samples={0x1139: 7, 0x1140: 3})
+    prof.info.update(build_id=ElfFile(str(workload_pie)).build_id,
+                     frequency=999, started=1764882380.0,
+                     stopped=1764882390.5, processes=3)
+    out = tmp_path / "app.preagg"
+    prof.write(out, "preagg")
+    side = json.loads((tmp_path / "app.preagg.json").read_text())
+    assert provenance.problem(side, provenance.SIDECAR_KEYS) is None
+    assert (side["mode"], side["format"], side["event"], side["frequency"],
+            side["samples"], side["processes"]) == (
+        "ip", "preagg", "cpu-clock", 999, 10, 3)
+    assert (side["start"], side["end"]) == (
+        "2025-12-04T21:06:20.000000Z", "2025-12-04T21:06:30.500000Z")
+    assert side["bytes"] == out.stat().st_size

@@ -494,8 +494,8 @@ def record(args, command):
                 [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
                 rec.target.alive() else []))
             out.commit(text)
-            _commit_sidecar(side, profile, fmt, text, recorded_provenance(
-                profile, fmt))
+            _commit_sidecar(side, profile, fmt, text,
+                            profile.provenance(fmt))
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
@@ -513,16 +513,6 @@ def _sidecar_of(out):
     where the profile gets none (stdout, a device, a FIFO)."""
     side = sidecar_output(out)
     return side if side is not None else contextlib.nullcontext()
-
-
-def recorded_provenance(profile, fmt):
-    """provenance.describe() of a recorded profile: the recording's wall
-    clock, event and frequency, on this host."""
-    i = profile.info
-    return provenance.describe(
-        path=profile.binary, build_id=i.get("build_id"), mode=profile.mode,
-        fmt=fmt, event=profile.event, frequency=i.get("frequency"),
-        start=i["started"], end=i["stopped"])
 
 
 def replayed_provenance(profile, fmt, started, stopped):
@@ -611,7 +601,7 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
                                 "processes": profile.info.get("processes", 0),
                                 "command": command,
                                 **provenance.index_fields(
-                                    recorded_provenance(profile, f))})
+                                    profile.provenance(f))})
             out.commit({"objects": entries})
         for (profile, f, text), name in zip(texts, names):
             _say(f"{name}: {profile.binary}, "
