@@ -34,6 +34,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# a regular (not editable) install: tests run what users get
-.venv/bin/python -m pip install -q '.[test]'
+# a regular (not editable) install: tests run what users get; with the
+# duckdb extra, which tests/test_merge.py checks against the built-in merge
+.venv/bin/python -m pip install -q '.[test,duckdb]'
 echo "setup: ebpf-bolt installed in $(pwd)/.venv ($(.venv/bin/ebpf-bolt -V))" >&2

@@ -156,7 +156,10 @@ def test_all_objects_writes_a_directory_with_its_index(ebpf_bolt_cmd, front,
     by_path = {o["path"]: o for o in index["objects"]}
     for o in index["objects"]:
         assert list(o) == ["path", "build_id", "profile", "samples",
-                           "processes", "command"], o
+                           "processes", "command", "mode", "format",
+                           "event", "frequency", "hosts", "start", "end",
+                           "inputs", "tool"], o
+        assert (o["mode"], o["inputs"]) == ("ip", 1), o
         assert (outdir / o["profile"]).is_file()
     lib = by_path[str(libhot)]
     assert lib["samples"] > 300 and lib["processes"] == 2, lib

@@ -8,6 +8,7 @@ anything runs, the input left byte-identical. Most cases replay
 branch stacks (no sampling needed) and run twice, through cli.main and the
 installed command, as tests/test_errors.py does.
 """
+import json
 import os
 import select
 import shutil
@@ -216,6 +217,15 @@ def test_fifo_reader_gets_the_profile(via, capsys, ebpf_bolt_cmd, binary,
 
 # --- symlinks: the link stays, its target is replaced -------------------------
 
+def take_sidecar(side, profile):
+    """The sidecar of the profile written through a link is beside the
+    name given to -o (the link), a regular file describing `profile`;
+    removed, so that the rest of a test sees the directories as before."""
+    assert side.is_file() and not side.is_symlink()
+    assert json.loads(side.read_text())["bytes"] == profile.stat().st_size
+    side.unlink()
+
+
 @pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("where", ["other-dir", "same-dir"])
 def test_symlink_stays_a_link(via, where, capsys, ebpf_bolt_cmd, binary,
@@ -236,6 +246,7 @@ def test_symlink_stays_a_link(via, where, capsys, ebpf_bolt_cmd, binary,
     assert_ok(res)
     assert link.is_symlink() and os.readlink(link) == before_links["app.link"][1]
     assert same_profile(target.read_text(), expected)
+    take_sidecar(links / "app.link.json", target)
     after = snapshot(targets)
     assert after.pop("app.preagg")[2] != before_targets.pop("app.preagg")[2], \
         "the target was rewritten in place, not replaced"
@@ -259,6 +270,7 @@ def test_dangling_symlink_gets_its_target(via, capsys, ebpf_bolt_cmd, binary,
     assert link.is_symlink()
     assert os.readlink(link) == os.path.join("..", "targets", "new.preagg")
     assert same_profile((targets / "new.preagg").read_text(), expected)
+    take_sidecar(links / "app.link.json", targets / "new.preagg")
     assert [p.name for p in links.iterdir()] == ["app.link"]
     assert [p.name for p in targets.iterdir()] == ["new.preagg"]
 

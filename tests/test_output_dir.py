@@ -29,7 +29,13 @@ BUILD_ID = "0123456789ABCDEF0123456789abcdef01234567"
 def entry(profile, path="/srv/app", build_id=None, samples=10, processes=2):
     return {"path": path, "build_id": build_id, "profile": profile,
             "samples": samples, "processes": processes,
-            "command": f"llvm-bolt {path} -o {path}.bolt -data {profile}"}
+            "command": f"llvm-bolt {path} -o {path}.bolt -data {profile}",
+            # the provenance a merge reads (ebpf_bolt/provenance.py)
+            "mode": "branch", "format": "preagg", "event": "cycles",
+            "frequency": 4999, "hosts": ["web-17"],
+            "start": "2026-12-04T21:06:20.000000Z",
+            "end": "2026-12-04T21:06:30.000000Z", "inputs": 1,
+            "tool": "ebpf-bolt 0.1.0"}
 
 
 PROFILES = {"app.preagg": "E cycles\nT 401000 401010 401020 3\n",
@@ -330,8 +336,10 @@ def test_index_keys_exactly_and_profiles_relative(tmp_path):
     index = json.loads((d / "index.json").read_text())
     assert list(index) == ["objects"]
     for e in index["objects"]:
-        assert tuple(e) == INDEX_KEYS == ("path", "build_id", "profile",
-                                          "samples", "processes", "command")
+        assert tuple(e) == INDEX_KEYS == (
+            "path", "build_id", "profile", "samples", "processes", "command",
+            "mode", "format", "event", "frequency", "hosts", "start", "end",
+            "inputs", "tool")
         assert "/" not in e["profile"] and (d / e["profile"]).is_file()
         assert type(e["samples"]) is int and type(e["processes"]) is int
     assert index == INDEX
@@ -347,6 +355,12 @@ BAD_INDEXES = {
     "profile not added": {"objects": [entry("other.preagg")]},
     "profile listed twice": {"objects": [entry("app.preagg")] * 2},
     "top-level key": {"objects": [entry("app.preagg")], "version": 1},
+    "mode not ip or branch": {"objects": [entry("app.preagg") | {
+        "mode": "lbr"}]},
+    "start not UTC": {"objects": [entry("app.preagg") | {
+        "start": "2026-12-04 21:06:20"}]},
+    "start after end": {"objects": [entry("app.preagg") | {
+        "start": "2026-12-05T00:00:00.000000Z"}]},
 }
 
 

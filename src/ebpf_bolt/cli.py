@@ -1,6 +1,7 @@
 """Command line: ``ebpf-bolt [options] -p PID [duration]`` or
 ``ebpf-bolt [options] [duration] -- COMMAND [ARGS]``."""
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -9,14 +10,16 @@ import signal
 import stat
 import sys
 import threading
+import time
 
-from . import __version__, bolt
+from . import __version__, bolt, provenance
 from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
                         MODES, Recorder)
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
-from .output import OutputDirectory, OutputFile, profile_names
+from .output import (OutputDirectory, OutputFile, profile_names,
+                     sidecar_output)
 from .targets import interpreters
 from .perf_event import max_sample_rate
 from .targets import PID_HINT, check_pid
@@ -478,7 +481,8 @@ def record(args, command):
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
-        with rec, OutputFile(args.output, inputs=inputs) as out:
+        with rec, OutputFile(args.output, inputs=inputs) as out, \
+                _sidecar_of(out) as side:
             profile = _record_until_done(
                 rec, args, progress, frequency, duration,
                 check_binary=lambda exe: out.check_inputs([exe]))
@@ -490,6 +494,8 @@ def record(args, command):
                 [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
                 rec.target.alive() else []))
             out.commit(text)
+            _commit_sidecar(side, profile, fmt, text,
+                            profile.provenance(fmt))
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
@@ -500,6 +506,35 @@ def record(args, command):
     if rec.target.child:
         return wait_for_command(rec.target)
     return 0
+
+
+def _sidecar_of(out):
+    """The sidecar's OutputFile beside `out`'s profile, or an empty context
+    where the profile gets none (stdout, a device, a FIFO)."""
+    side = sidecar_output(out)
+    return side if side is not None else contextlib.nullcontext()
+
+
+def replayed_provenance(profile, fmt, started, stopped):
+    """provenance.describe() of a replayed profile: event "replay", no
+    frequency (no sampling made it), the replay's own run for its times."""
+    return provenance.describe(
+        path=profile.binary, build_id=profile.info.get("build_id"),
+        mode=profile.mode, fmt=fmt, event="replay", frequency=None,
+        start=started, end=stopped)
+
+
+def _commit_sidecar(side, profile, fmt, text, prov):
+    """Write the sidecar of the profile just committed (`text`), if it
+    gets one. After the profile: its size in the sidecar tells a merge a
+    sidecar left over from an earlier profile of that name."""
+    if side is None:
+        return
+    side.check_inputs([profile.binary])
+    size = len(text.encode() if isinstance(text, str) else text)
+    side.commit(provenance.sidecar_text(provenance.sidecar(
+        prov, samples=profile.total(),
+        processes=profile.info.get("processes", 1), size=size)))
 
 
 def _record_until_done(rec, args, progress, frequency, duration,
@@ -564,7 +599,9 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
                                 "profile": name,
                                 "samples": profile.total(),
                                 "processes": profile.info.get("processes", 0),
-                                "command": command})
+                                "command": command,
+                                **provenance.index_fields(
+                                    profile.provenance(f))})
             out.commit({"objects": entries})
         for (profile, f, text), name in zip(texts, names):
             _say(f"{name}: {profile.binary}, "
@@ -637,6 +674,30 @@ def _replay_parser():
                    help="CPU to run on (repeat: the stacks are dealt to "
                         "the CPUs, which replay them at the same time; "
                         "default: the first CPU allowed)")
+    return p
+
+
+def _merge_parser():
+    from .merge import ENGINES
+    p = _ArgumentParser(
+        prog=f"{PROG} merge",
+        description="Sum profiles of one object (from several runs or "
+                    "hosts) into one: files ebpf-bolt wrote, with their "
+                    "sidecars (FILE.json), and index.json directories, "
+                    "merged per object into a directory.")
+    p.add_argument("profiles", nargs="+", metavar="PROFILE",
+                   help="a profile with its sidecar, or a directory with "
+                   "index.json")
+    p.add_argument("-o", "--output", help="the merged profile (default: "
+                   "stdout, without sidecar); a directory where an input "
+                   "is one")
+    p.add_argument("--binary", metavar="PATH", help="the object the "
+                   "profiles are of: needed for a profile without sidecar "
+                   "(its build id is read from PATH)")
+    p.add_argument("--engine", choices=ENGINES, default="builtin",
+                   help="builtin (default) or duckdb (pip install "
+                   "'ebpf-bolt[duckdb]'): the same group-by-sum, run by "
+                   "DuckDB over the files")
     return p
 
 
@@ -762,10 +823,15 @@ def replay_command(args):
         args.stacks if args.stacks != "-" else "/proc/self/fd/0"]
     if several:
         return replay_to_directory(args, objects, stacks, inputs)
-    with OutputFile(args.output, inputs=inputs) as out:
+    with OutputFile(args.output, inputs=inputs) as out, \
+            _sidecar_of(out) as side:
+        started = time.time()
         profile, = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
-        out.commit(profile.render(args.format))
+        text = profile.render(args.format)
+        out.commit(text)
+        _commit_sidecar(side, profile, args.format, text, replayed_provenance(
+            profile, args.format, started, time.time()))
     for line in replay_summary(profile, args.format, len(stacks),
                                args.output):
         _say(line)
@@ -779,8 +845,10 @@ def replay_to_directory(args, objects, stacks, inputs):
     from .replay import replay_objects
     fmt = args.format
     with OutputDirectory(args.output, inputs=inputs) as out:
+        started = time.time()
         profiles = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
+        stopped = time.time()
         texts, warnings = render_each(profiles, fmt)
         names = profile_names([(os.path.basename(p.binary),
                                 p.info.get("build_id"), f)
@@ -796,7 +864,9 @@ def replay_to_directory(args, objects, stacks, inputs):
                             "profile": name,
                             "samples": profile.total(),
                             "processes": 1,   # the replay's one address space
-                            "command": command})
+                            "command": command,
+                            **provenance.index_fields(replayed_provenance(
+                                profile, f, started, stopped))})
         out.commit({"objects": entries})
     _say(replay_summary(profiles[0], fmt, len(stacks))[0])
     for line in _made_by(profiles[0]) + warnings:   # one tool made them
@@ -857,6 +927,9 @@ def main(argv=None):
     try:
         if own[:1] == ["replay"]:
             return replay_command(_replay_parser().parse_args(own[1:]))
+        if own[:1] == ["merge"]:
+            from .merge import merge_command
+            return merge_command(_merge_parser().parse_args(own[1:]), _say)
         args = _parser().parse_args(own)
         return record(args, command)
     except EbpfBoltError as e:
@@ -869,8 +942,8 @@ def main(argv=None):
         # written): here it had not started, or it was a replay, which
         # records nothing and writes its profile only at the end
         how = f" by {e.args[0]}" if e.args else ""
-        if own[:1] == ["replay"]:
-            _say(f"replay interrupted{how}: no profile written")
+        if own[:1] in (["replay"], ["merge"]):
+            _say(f"{own[0]} interrupted{how}: no profile written")
         else:
             _say(f"interrupted{how} before recording started: no profile "
                  "written")

@@ -702,6 +702,7 @@ class Recorder(Handle):
             self.close()
             raise
         self.t_start = time.monotonic()
+        self.wall_start = time.time()   # for the sidecar (provenance.py)
 
     def _open_events(self):
         """Open the sampling events, scoped as narrowly as can be done
@@ -921,6 +922,7 @@ class Recorder(Handle):
             # handler raises a bare KeyboardInterrupt
             self.stopped_by = e.args[0] if e.args else "SIGINT (Ctrl-C)"
         self.t_stop = time.monotonic()
+        self.wall_stop = time.time()
         self._disable()
 
     def finish(self):
@@ -987,6 +989,7 @@ class Recorder(Handle):
             profile.info.update(
                 pid=self.target.pid, frequency=self.frequency,
                 scope=self.scope, duration=self.t_stop - self.t_start,
+                started=self.wall_start, stopped=self.wall_stop,
                 stopped_by=self.stopped_by, distinct_addresses=in_map,
                 map_entries=table_room(self.obj.map_entries[self.map_name]),
                 table_slots=self.obj.map_entries[self.map_name],

@@ -50,6 +50,7 @@ import select
 import stat
 import sys
 
+from . import provenance
 from .handle import Handle
 from .errors import OutputError
 
@@ -441,10 +442,76 @@ class OutputFile(Handle):
             self._dirfd = None
 
 
+def sidecar_output(out):
+    """The Sidecar of the profile that the OutputFile `out` writes:
+    FILE.json beside FILE, checked with it, before the work. None where
+    the profile gets no sidecar: stdout, a device, a FIFO, a file
+    descriptor (no file to be beside)."""
+    if out.path in (None, "-") or out.direct:
+        return None
+    return Sidecar(out.path + provenance.SUFFIX, out._inputs)
+
+
+class Sidecar(Handle):
+    """A profile's sidecar (provenance.py) at `path`, written whole by
+    commit() through an OutputFile, or not at all. An existing file there
+    is replaced only if it is a regular file: a symlink, a device, a FIFO
+    or a directory is refused, as an input is, so that a sidecar never
+    harms what the name holds. Checked when made and again at commit; no
+    file descriptor is held in between (a recording's descriptors are
+    counted against RLIMIT_NOFILE before it starts)."""
+
+    def __init__(self, path, inputs=()):
+        self.path = os.fspath(path)
+        self._inputs = list(inputs) + _ALWAYS_INPUTS
+        self._closed = False
+        self._check()
+
+    def _check(self):
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise output_error(self.path, e) from None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            what = ("a symlink" if stat.S_ISLNK(st.st_mode) else
+                    "a directory" if stat.S_ISDIR(st.st_mode) else
+                    "not a regular file")
+            raise OutputError(f"{self.path}, where the profile's sidecar "
+                              f"goes, is {what}", "move it away, or give "
+                              "the profile another name with -o")
+        _refuse_inputs(self.path, st, self._inputs)
+        if st is None and not os.access(os.path.dirname(
+                os.path.abspath(self.path)), os.W_OK):
+            raise OutputError(f"cannot write {self.path}: "
+                              f"{os.strerror(errno.EACCES)}",
+                              "choose a writable directory with -o")
+
+    def check_inputs(self, inputs):
+        if self._closed:
+            raise ValueError(f"sidecar {self.path} is closed")
+        self._inputs.extend(inputs)
+        self._check()
+
+    def commit(self, data):
+        """Write `data` in place of the file, whole; then closed."""
+        self.check_inputs(())
+        try:
+            with OutputFile(self.path, inputs=self._inputs, reserve=0) as f:
+                f.commit(data)
+        finally:
+            self.close()
+
+    def close(self):
+        self._closed = True
+
+
 INDEX_NAME = "index.json"
-# index.json's keys for each object, in this order (issue 9)
+# index.json's keys for each object, in this order (issue 9), then the
+# provenance a merge needs (issue 11)
 INDEX_KEYS = ("path", "build_id", "profile", "samples", "processes",
-              "command")
+              "command") + provenance.KEYS
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -685,6 +752,9 @@ class OutputDirectory(Handle):
                     not isinstance(entry["command"], str):
                 raise ValueError(f"command {entry['command']!r}: a string "
                                  "or None")
+            wrong = provenance.problem(entry)
+            if wrong:
+                raise ValueError(f"index entry of {entry['profile']}: {wrong}")
             objects.append({key: entry[key] for key in INDEX_KEYS})
         listed = sorted(entry["profile"] for entry in objects)
         if listed != sorted(self._names):

@@ -8,10 +8,10 @@ import tempfile
 from collections.abc import Mapping
 from itertools import compress
 
-from . import writers
+from . import provenance, writers
 from .elf import ElfFile, Symbolizer
 from .errors import UsageError
-from .output import OutputFile
+from .output import OutputFile, sidecar_output
 
 
 class Profile:
@@ -80,11 +80,31 @@ class Profile:
         with tempfile.TemporaryDirectory(prefix="ebpf-bolt-") as tmp:
             return perf2bolt_profile(self, fmt, tmp)
 
+    def provenance(self, fmt):
+        """provenance.describe() of a recorded profile: the recording's
+        wall clock, event and frequency, on this host."""
+        i = self.info
+        return provenance.describe(
+            path=self.binary, build_id=i.get("build_id"), mode=self.mode,
+            fmt=fmt, event=self.event, frequency=i.get("frequency"),
+            start=i["started"], end=i["stopped"])
+
     def write(self, path=None, fmt=None):
         """Write to `path` (None or '-' for stdout) all at once: a file is
-        complete or absent, and never the profiled binary."""
+        complete or absent, and never the profiled binary. A recorded
+        profile written to a file gets its sidecar FILE.json (what `ebpf-bolt
+        merge` reads), written after it."""
+        fmt = fmt or self.default_format
         with OutputFile(path, inputs=[self.binary]) as out:
-            out.commit(self.render(fmt))
+            side = (sidecar_output(out) if "started" in self.info
+                    else None)   # a replay's times are its caller's
+            text = self.render(fmt)
+            out.commit(text)
+            if side is not None:
+                side.commit(provenance.sidecar_text(provenance.sidecar(
+                    self.provenance(fmt), samples=self.total(),
+                    processes=self.info.get("processes", 1),
+                    size=len(text.encode()))))
 
 
 # 1 for a row that is not a return, from TraceTable.returns
