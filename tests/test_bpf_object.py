@@ -29,7 +29,7 @@ SHIPPED_PROGRAMS = {"sample_ip", "sample_branches", "replay_branches",
                     "on_unmapped_area"}
 TEST_PROGRAMS = {"replay_ips"}        # tests/bpf_builds.py TEST_PROGRAMS
 # maps of fixed size, not in MAPS
-FIXED_MAPS = {"stats", "scratch"}
+FIXED_MAPS = {"stats", "scratch", "set_a", "set_b", "active_set"}
 # types only the tests' build holds (replay_ips and its input)
 TEST_ONLY_TYPES = ("eb_replay_ips", "eb_replay_ip_args")
 
