@@ -206,11 +206,11 @@ class BoltObject(Handle):
                 self.map_entries[name] = entries
                 if kind == CPU_TABLE:  # one element per CPU per set
                     lib.bpf_map__set_max_entries(self._map(name),
-                                                 self.ncpus * sets)
+                                                 self.ncpus * self.sets)
                     lib.bpf_map__set_value_size(self._map(name), entries * vsz)
                 elif kind == TABLE:    # one slice of `entries` per set
                     lib.bpf_map__set_max_entries(self._map(name),
-                                                 entries * sets)
+                                                 entries * self.sets)
                 elif name not in FIXED_ENTRIES:
                     lib.bpf_map__set_max_entries(self._map(name), entries)
             if programs is not None:
