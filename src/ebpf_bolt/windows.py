@@ -84,6 +84,8 @@ class Windows:
         self.count = 0          # windows written
         self.early = 0          # of them, drained early
         self.total = {}         # add_counts of every window
+        self.sums = []          # each window's count of samples (IP) or
+                                # traces, every object's
         self.start = rec.t_start
         self.next_end = self.start + interval
 
@@ -105,6 +107,8 @@ class Windows:
 
     def _write(self, counts, now, early=False, fill=0.0):
         add_counts(self.total, counts, self.rec.mode)
+        self.sums.append(sum(counts.values()) if self.rec.mode == "ip"
+                         else sum(counts[3]))
         self.count += 1
         if early:
             self.early += 1
