@@ -981,11 +981,11 @@ static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st,
 }
 
 /* Count one sample at `ip`, an address as the maps key it (object and
- * offset, never 0). */
-static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
+ * offset, never 0), in `set` (current_set(), once per sample). */
+static __always_inline void count_ip(__u64 ip, struct eb_stats *st,
+				     struct eb_set *set)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct eb_set *set = current_set();
 	struct eb_ip_slot *table, *slot;
 
 	if (!set) {  /* no set to count in (cannot happen): not lost silently */
@@ -1067,7 +1067,7 @@ count:
 		st->counter[EB_ANON_IP]++;
 		return 0;
 	}
-	count_ip(key, st);
+	count_ip(key, st, current_set());
 	return 0;
 }
 
@@ -1103,7 +1103,7 @@ static long replay_ip(__u32 index, void *data)
 	else if (!rs->buf->ip[index])
 		rs->st->counter[EB_ANON_IP]++;
 	else
-		count_ip(rs->buf->ip[index], rs->st);
+		count_ip(rs->buf->ip[index], rs->st, current_set());
 	rs->done++;
 	return 0;
 }
@@ -1257,24 +1257,24 @@ miss:
  * on Linux 6.18, which checks a callback over and over until its states
  * converge, with exact state comparison. Global functions taking pointers
  * need Linux 5.12; only the branch programs call it.
+ * `set`: the set of tables the sample counts in (current_set(), looked up
+ * once per sample by the caller: every entry goes to the same window).
+ * tgid: the sampled process, whose mappings may be looked up (live
+ * samples); 0 is replay's pseudo-process, whose addresses are no task's.
  */
 __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			       struct eb_stats *st, struct eb_proc *p,
-			       __u32 tgid, __u32 may_fill)
+			       __u32 tgid, struct eb_set *set)
 {
 	__u32 i, nr, cpu = bpf_get_smp_processor_id();
 	struct eb_cache_set *table;
 	__u64 newer_from = EB_BR_ONLY;
-	struct lookup_state ls = { .tgid = tgid, .may_fill = may_fill };
-	struct eb_set *set;
+	struct lookup_state ls = { .tgid = tgid, .may_fill = tgid != 0 };
 	int kept = 0;
 
 	if (!stack || !st || !p)  /* the verifier sees possibly-NULL arguments */
 		return 0;
-	/* the set this stack counts in: looked up once per stack, so every
-	 * entry of it goes to the same window */
-	set = current_set();
-	if (!set) {  /* cannot happen: not lost silently all the same */
+	if (!set) {  /* no set to count in (cannot happen): not lost silently */
 		st->counter[EB_UPDATE_FAILED]++;
 		return 0;
 	}
@@ -1374,7 +1374,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
 	s->nr = (__u32)size / sizeof(struct eb_branch);
-	aggregate_stack(s, st, p, tgid, 1);
+	aggregate_stack(s, st, p, tgid, current_set());
 	return 0;
 }
 
@@ -1395,6 +1395,7 @@ struct {
 struct replay_state {
 	struct eb_stats *st;
 	struct eb_proc *proc;  /* procs[0]: the ranges user space gave */
+	struct eb_set *set;    /* NULL: each stack looks its set up */
 	__u32 first;
 	__u32 done;
 	__u32 bad;
@@ -1409,7 +1410,10 @@ static long replay_one(__u32 index, void *data)
 	if (!stack || stack->nr > EB_MAX_BRANCHES)
 		goto bad;
 	rs->st->counter[EB_SAMPLES]++;
-	aggregate_stack(stack, rs->st, rs->proc, 0, 0);
+	/* a replayed stack is a sample: its own lookup of the set, unless the
+	 * caller holds one set for its whole run (replay_branches_rcu) */
+	aggregate_stack(stack, rs->st, rs->proc, 0,
+			rs->set ? rs->set : current_set());
 	rs->done++;
 	return 0;
 bad:
@@ -1434,6 +1438,38 @@ int replay_branches(struct eb_replay_args *args)
 	args->bad = rs.bad;
 	return 0;
 }
+
+#ifdef EB_TEST_PROGRAMS
+/*
+ * replay_branches as a raw tracepoint program, built only into the tests'
+ * object: BPF_PROG_RUN runs a raw_tp program inside rcu_read_lock()
+ * (net/bpf/test_run.c, __bpf_prog_test_run_raw_tp), as the kernel runs a
+ * perf_event program (kernel/events/core.c, bpf_overflow_handler), while
+ * it runs a syscall program under rcu_read_lock_trace() only, which the
+ * set switch does not wait for. So a test can replay on one CPU while
+ * another switches sets, as live sampling goes on while user space does
+ * (tests/test_interval.py). The run looks its set up once and holds it,
+ * like one sample lasting the whole run (a millisecond): a switch that
+ * did not wait for it would drain the set under it. args[0]: the first
+ * stack, args[1]: how many; returns the stacks aggregated.
+ */
+SEC("raw_tp")
+int replay_branches_rcu(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct replay_state rs = {
+		.st = get_stats(),
+		.first = ctx->args[0],
+		.set = current_set(),
+	};
+	__u32 zero = 0;
+
+	rs.proc = bpf_map_lookup_elem(&procs, &zero);
+	if (!rs.st || !rs.proc)
+		return 0;
+	bpf_loop(ctx->args[1], replay_one, &rs, 0);
+	return rs.done;
+}
+#endif /* EB_TEST_PROGRAMS */
 
 /* ---- Drain: the caches' pending counts into the tables --------------- */
 

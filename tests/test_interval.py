@@ -12,6 +12,8 @@ import random
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 import perf2bolt_rules as rules
 from ebpf_bolt import _libbpf
 from ebpf_bolt.collector import Recorder
-from ebpf_bolt.replay import Replayer
+from ebpf_bolt.replay import Replayer, pack_stacks
 from ebpf_bolt.windows import Windows
 from ip_replayer import IpReplayer
 from test_replay import LOAD_BASE, make_stacks
@@ -247,3 +249,66 @@ def test_live_every_run_is_in_one_window(workload_pie, max_entries):
         assert "drained early" in notes[0]
         assert st["map_full"] == 0
         assert len(windows.total) > max_entries   # more than one table holds
+
+
+# --- switching while the programs run ---------------------------------------
+
+def replay_rcu(rep, count, cpu):
+    """One BPF_PROG_RUN of replay_branches_rcu (the tests' object) over
+    `count` loaded stacks on `cpu`: the worker run inside rcu_read_lock(),
+    as a sample's program is."""
+    args = (ctypes.c_uint64 * 2)(0, count)
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        return rep.obj.run_program("replay_branches_rcu", args)
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def test_switching_while_replaying_loses_nothing(workload_pie, window_stacks,
+                                                 test_object):
+    """One CPU replays the stacks over and over, in runs of 1,024 (each
+    about a millisecond in the kernel, inside rcu_read_lock as a sample's
+    program is), while the other CPU ends 25 windows: switches land while
+    a run is in the kernel. Each window is drained and cleared only once no
+    run still counts into it (the array of maps' update waits for them),
+    so the windows sum, count for count, to the stacks' traces times the
+    runs. Checked: a switch through a plain array the program reads (no
+    wait) fails this."""
+    cs = cpus()
+    if len(cs) < 2:
+        pytest.skip("needs two CPUs: one replays while the other switches")
+    stacks = window_stacks[:1024]
+    pie = [(str(workload_pie), LOAD_BASE)]
+    with Replayer(pie, max_entries=ENTRIES) as rep:
+        rep.feed(stacks, cpu=cs[0])
+        once = dict(rep.profile().traces.items())
+    total, done, errors = {}, [], []
+    stop = threading.Event()
+    with Replayer(pie, max_entries=ENTRIES, windows=True, path=test_object,
+                  programs=["replay_branches_rcu"]) as rep:
+        count = rep.load(pack_stacks(stacks)[0])
+
+        def replayer():
+            try:
+                while not stop.is_set():
+                    done.append(replay_rcu(rep, count, cs[1]))
+            except BaseException as e:   # re-raised below
+                errors.append(e)
+        thread = threading.Thread(target=replayer)
+        thread.start()
+        try:
+            for _ in range(25):
+                time.sleep(0.002)
+                prof, = rep.end_window()
+                add_traces(total, prof.traces)
+        finally:
+            stop.set()
+            thread.join()
+        prof, = rep.profiles()
+        add_traces(total, prof.traces)
+    assert not errors and done == [count] * len(done)
+    runs = len(done)
+    assert runs >= 25
+    assert total == {k: (c * runs, m * runs) for k, (c, m) in once.items()}

@@ -331,7 +331,7 @@ class Replayer(_MappedInput):
     runtime addresses into the keys of `objects`."""
 
     def __init__(self, objects, max_entries=None, sets=None, path=None,
-                 branch_types=True, windows=False):
+                 branch_types=True, windows=False, programs=()):
         """objects: [(ELF file path, load base)], the code the stacks ran
         in, placed as the loader put it (load base: the runtime address of
         a PIE's or library's first segment, 0 for non-PIE); each gets its
@@ -343,7 +343,9 @@ class Replayer(_MappedInput):
         (False: the worker skips the test, as for an event without
         PERF_SAMPLE_BRANCH_TYPE_SAVE, and every trace is untyped);
         windows: load two sets of tables, so that end_window() can start
-        a new window as --interval does (BoltObject.switch_set)."""
+        a new window as --interval does (BoltObject.switch_set);
+        programs: more programs to load than replay_branches (the tests'
+        object has a few of its own)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -360,7 +362,8 @@ class Replayer(_MappedInput):
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch,
                                "procs": 1},   # procs[0]: the replay's own
-                              programs=["replay_branches"], path=path,
+                              programs=["replay_branches", *programs],
+                              path=path,
                               sets=2 if windows else 1)
         try:
             self.obj.update_elem("procs", ctypes.c_uint32(0), proc)
