@@ -7,6 +7,7 @@ clears them (BoltObject.switch_set, clear_set). Replayed stacks and IPs cut
 into many windows, a switch falling inside a run of identical stacks,
 must sum to one replay of the same input, count for count."""
 import ctypes
+import json
 import os
 import random
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import perf2bolt_rules as rules
-from ebpf_bolt import _libbpf
+from ebpf_bolt import _libbpf, cli
 from ebpf_bolt.collector import Recorder
 from ebpf_bolt.replay import Replayer, pack_stacks
 from ebpf_bolt.windows import Windows
@@ -312,3 +313,63 @@ def test_switching_while_replaying_loses_nothing(workload_pie, window_stacks,
     runs = len(done)
     assert runs >= 25
     assert total == {k: (c * runs, m * runs) for k, (c, m) in once.items()}
+
+
+# --- the command line --------------------------------------------------------
+
+@pytest.mark.parametrize("output", [None, "-", "/dev/null", "fifo",
+                                    "/dev/stdout"])
+def test_interval_needs_a_file_or_directory(output, tmp_path, capsys):
+    """--interval writes files beside -o FILE or into -o DIR: stdout, a
+    device, a FIFO or a descriptor is refused before anything runs, in one
+    line with a hint (exit 2), and nothing is written."""
+    if output == "fifo":
+        output = str(tmp_path / "fifo")
+        os.mkfifo(output)   # opening it would wait for a reader
+    args = ["--interval", "1"] + (["-o", output] if output else [])
+    code = cli.main(args + ["--", "true"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(err) == 2 and err[0].startswith("ebpf-bolt: error: --interval")
+    assert err[1].startswith("  hint: give --interval a regular file or a "
+                             "directory with -o")
+    assert sorted(os.listdir(tmp_path)) == (["fifo"] if "fifo" in
+                                            (output or "") else [])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_interval_must_be_seconds(value, capsys, tmp_path):
+    code = cli.main(["--interval", value, "-o", str(tmp_path / "p"), "--",
+                     "true"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err[0].startswith("ebpf-bolt: error: invalid "
+                                           "--interval")
+    assert err[1].startswith("  hint: ") and not os.listdir(tmp_path)
+
+
+def test_directory_windows_sum_to_the_total(ebpf_bolt_cmd, workload_pie,
+                                            tmp_path):
+    """--all-objects --interval: DIR/0001/ and on, each with its index.json,
+    and the total in DIR with index.json last; per object, the windows'
+    samples add up to the total's."""
+    out = tmp_path / "profiles"
+    res = subprocess.run([ebpf_bolt_cmd, "--mode", "ip", "--interval", "1",
+                          "--all-objects", "-o", str(out), "--",
+                          str(workload_pie), "--scale", "300", "--early", "2",
+                          "--late", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    windows = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(windows) >= 3
+    assert [w.name for w in windows] == [f"{n:04d}" for n in
+                                          range(1, len(windows) + 1)]
+    summed = Counter()
+    for w in windows:
+        for entry in json.loads((w / "index.json").read_text())["objects"]:
+            assert (w / entry["profile"]).is_file()
+            summed[entry["path"]] += entry["samples"]
+    total = {e["path"]: e["samples"] for e in
+             json.loads((out / "index.json").read_text())["objects"]}
+    assert summed == total and total[str(workload_pie)] > 1000
+    assert not [p for p in out.iterdir() if p.name.startswith(".ebpf-bolt")]
+    assert f"{len(windows)} windows of 1 s written" in res.stderr
