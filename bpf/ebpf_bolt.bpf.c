@@ -1350,6 +1350,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 	struct eb_branch_stack *s;
+	struct eb_set *set;
 	struct eb_proc *p;
 	__u32 zero = 0, tgid;
 	long size, total;
@@ -1374,7 +1375,14 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
 	s->nr = (__u32)size / sizeof(struct eb_branch);
-	aggregate_stack(s, st, p, tgid, current_set());
+	/* the set is checked here, not only in the worker: a possibly-NULL
+	 * pointer passed to a global function is not accepted everywhere */
+	set = current_set();
+	if (!set) {  /* no set to count in (cannot happen): not lost silently */
+		st->counter[EB_UPDATE_FAILED]++;
+		return 0;
+	}
+	aggregate_stack(s, st, p, tgid, set);
 	return 0;
 }
 
@@ -1406,14 +1414,20 @@ static long replay_one(__u32 index, void *data)
 	struct replay_state *rs = data;
 	__u32 idx = rs->first + index;
 	struct eb_branch_stack *stack = bpf_map_lookup_elem(&replay_stacks, &idx);
+	struct eb_set *set = rs->set;
 
 	if (!stack || stack->nr > EB_MAX_BRANCHES)
 		goto bad;
 	rs->st->counter[EB_SAMPLES]++;
 	/* a replayed stack is a sample: its own lookup of the set, unless the
 	 * caller holds one set for its whole run (replay_branches_rcu) */
-	aggregate_stack(stack, rs->st, rs->proc, 0,
-			rs->set ? rs->set : current_set());
+	if (!set)
+		set = current_set();
+	if (!set) {  /* cannot happen: counted, and the run stops short */
+		rs->st->counter[EB_UPDATE_FAILED]++;
+		return 1;
+	}
+	aggregate_stack(stack, rs->st, rs->proc, 0, set);
 	rs->done++;
 	return 0;
 bad:
@@ -1464,7 +1478,7 @@ int replay_branches_rcu(struct bpf_raw_tracepoint_args *ctx)
 	__u32 zero = 0;
 
 	rs.proc = bpf_map_lookup_elem(&procs, &zero);
-	if (!rs.st || !rs.proc)
+	if (!rs.st || !rs.proc || !rs.set)
 		return 0;
 	bpf_loop(ctx->args[1], replay_one, &rs, 0);
 	return rs.done;
