@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -383,3 +384,34 @@ def test_directory_windows_sum_to_the_total(ebpf_bolt_cmd, workload_pie,
     assert summed == total and total[str(workload_pie)] > 1000
     assert not [p for p in out.iterdir() if p.name.startswith(".ebpf-bolt")]
     assert f"{len(windows)} windows of 1 s written" in res.stderr
+
+
+@pytest.mark.kernel_matrix
+def test_stop_signal_ends_the_last_window(ebpf_bolt_cmd, workload_pie,
+                                          tmp_path):
+    """SIGINT while windows are written every 0.3 s (a window may be
+    ending when it arrives: it waits until the window is written): the
+    recording ends normally, and the windows still sum to the total."""
+    target = subprocess.Popen([str(workload_pie), "--scale", "2000",
+                               "--early", "1", "--late", "0"],
+                              stdout=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "s.preagg"
+        rec = subprocess.Popen([ebpf_bolt_cmd, "--mode", "ip", "--interval",
+                                "0.3", "--format", "preagg", "-o", str(out),
+                                "-p", str(target.pid), "30"],
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+    finally:
+        target.kill()
+        target.wait()
+    assert rec.returncode == 0, err
+    assert "stopped by SIGINT" in err
+    windows = sorted(tmp_path.glob("s.preagg.*"))
+    assert len(windows) >= 3
+    summed = Counter()
+    for w in windows:
+        summed.update(s_records(w))
+    assert summed == s_records(out) and sum(summed.values()) > 100
