@@ -183,7 +183,28 @@ def test_live_windows_sum_to_the_total(ebpf_bolt_cmd, workload_pie, tmp_path):
     assert sum(total.values()) > 1000
     assert summed == total
     assert f"windows: {len(windows)} windows of 1 s written" in res.stderr
+    assert "earlier run" not in res.stderr
     assert not list(tmp_path.glob(".ebpf-bolt-*"))
+
+
+@pytest.mark.kernel_matrix
+def test_windows_of_an_earlier_run_are_warned_about(ebpf_bolt_cmd,
+                                                    workload_pie, tmp_path):
+    """Windows numbered past this run's last one (an earlier, longer run's)
+    are named in a warning: adding FILE.* up would count them."""
+    out = tmp_path / "w.preagg"
+    for name in ("w.preagg.0050", "w.preagg.0007", "w.preagg.x0003",
+                 "v.preagg.0009"):
+        (tmp_path / name).write_text("E cpu-clock\n")
+    res = subprocess.run([ebpf_bolt_cmd, "--mode", "ip", "--interval", "5",
+                          "--format", "preagg", "-o", str(out), "--",
+                          str(workload_pie), "--scale", "20"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "w.preagg.0001").exists()
+    assert (f"warning: 2 windows past this recording's 1 "
+            f"({tmp_path / 'w.preagg.0007'} first) are an earlier run's"
+            in res.stderr), res.stderr
 
 
 class RunCount:

@@ -277,6 +277,7 @@ def summary_lines(profile, fmt, output, text):
     where = output if output not in (None, "-") else "stdout"
     if windows_line(profile, output):
         lines.append(windows_line(profile, output))
+        lines += stale_windows(profile, output)
     extra = ""
     if fmt == "fdata" and st.get("outside_functions"):
         extra = (f"; {plural(st['outside_functions'], 'sample')} outside "
@@ -542,6 +543,29 @@ def window_name(output, n, directory=False):
             else f"{output}.{n:04d}")
 
 
+def stale_windows(profile, output, directory=False):
+    """A warning when windows numbered past this run's last one are there
+    (left by an earlier, longer run): adding FILE.* up would count them."""
+    n = profile.info.get("windows")
+    if not n:
+        return []
+    where = output if directory else os.path.dirname(output) or "."
+    pattern = re.compile(("" if directory else
+                          re.escape(os.path.basename(output)) + r"\.") +
+                         r"([0-9]{4,})")
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return []
+    stale = sorted((int(m.group(1)), name) for name in names
+                   if (m := pattern.fullmatch(name)) and int(m.group(1)) > n)
+    if not stale:
+        return []
+    return [f"warning: {plural(len(stale), 'window')} past this recording's "
+            f"{n} ({os.path.join(where, stale[0][1])} first) "
+            "are an earlier run's: remove them before adding windows up"]
+
+
 def windows_line(profile, output, directory=False):
     """The summary's line on the windows of --interval (None without)."""
     n = profile.info.get("windows")
@@ -709,6 +733,8 @@ def record_objects(args, rec, inputs, progress, frequency, duration,
                 _say(line)
         if rec.profiles and windows_line(rec.profiles[0], args.output, True):
             _say(windows_line(rec.profiles[0], args.output, True))
+            for line in stale_windows(rec.profiles[0], args.output, True):
+                _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
              f"{args.output}")
     finally:
