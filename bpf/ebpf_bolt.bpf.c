@@ -97,6 +97,59 @@ struct {
 	__type(value, struct eb_trace_entry);
 } trace_counts SEC(".maps");
 
+/*
+ * Sets (--interval): every map a window's counts live in (ip_counts,
+ * trace_counts, ip_cache, trace_cache) holds EB_SETS slices of one size,
+ * and struct eb_set (the set's claimed slots and raced traces) one per
+ * set. The programs count into the slice of the set that active_set, an
+ * array of maps, holds now; user space switches to the other set by
+ * updating active_set's one slot. That update, and not a value the
+ * programs read from a plain map, is what makes the switch exact: for a
+ * map of maps the update syscall waits for an RCU grace period before it
+ * returns (kernel/bpf/syscall.c, map_update_elem -> maybe_wait_bpf_programs
+ * -> synchronize_rcu, Linux 5.10+), and perf_event and tracing programs
+ * run inside an RCU read-side section, so once it returns no program is
+ * still counting into the old set: user space flushes its caches
+ * (flush_caches), reads its tables and clears them, while the programs
+ * count into the new one. A program finds its set once per sample (one
+ * lookup of active_set, one of the inner map), then works on slices.
+ * Without --interval only set A exists (the maps are 1 set long), and
+ * active_set holds it from the load on.
+ */
+struct eb_set_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eb_set);
+} set_a SEC(".maps"), set_b SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct eb_set_map);
+} active_set SEC(".maps") = {
+	.values = { [0] = &set_a },
+};
+
+/* The set samples count into now (NULL: none, which cannot happen while
+ * active_set holds one; the caller counts the sample as update_failed) */
+static __always_inline struct eb_set *current_set(void)
+{
+	__u32 zero = 0;
+	void *inner = bpf_map_lookup_elem(&active_set, &zero);
+
+	if (!inner)
+		return NULL;
+	return bpf_map_lookup_elem(inner, &zero);
+}
+
+/* The first slot of a set's slice of a table of `slots` slots per set */
+static __always_inline __u32 set_base(const struct eb_set *set, __u32 slots)
+{
+	return (set->index & (EB_SETS - 1)) * slots;
+}
+
 /* A key's first slot: the high half of a multiplicative hash (it depends
  * on every bit of the key), scaled to [0, nslots) by a multiply (Lemire's
  * reduction: no division, any table size). */
@@ -125,6 +178,8 @@ struct ip_probe {
 	__u64 n;
 	__u32 idx;             /* the slot to try next */
 	__u32 done;            /* 1: counted */
+	__u32 base, end;       /* the set's slice: [base, end) */
+	__u32 claimed;         /* 1: this search claimed a free slot */
 };
 
 /* Try one slot: 1 when the search ends (counted, or no slot), 0 to go on
@@ -137,15 +192,17 @@ static __always_inline long probe_ip(struct ip_probe *pr)
 	if (!e)
 		return 1;
 	old = READ_ONCE(e->ip);
-	if (!old)  /* free: claim it, unless another CPU just did */
+	if (!old) {  /* free: claim it, unless another CPU just did */
 		old = __sync_val_compare_and_swap(&e->ip, 0, pr->ip);
+		pr->claimed = !old;
+	}
 	if (!old || old == pr->ip) {
 		__sync_fetch_and_add(&e->count, pr->n);
 		pr->done = 1;
 		return 1;
 	}
-	if (++pr->idx >= cfg.ip_slots)
-		pr->idx = 0;
+	if (++pr->idx >= pr->end)
+		pr->idx = pr->base;
 	return 0;
 }
 
@@ -154,19 +211,25 @@ static long probe_ip_cb(__u32 i, void *data)
 	return probe_ip(data);
 }
 
-/* Add `n` samples to IP key `ip` (never 0: 0 marks a free slot). */
-__noinline int table_add_ip(__u64 ip, __u64 n)
+/* Add `n` samples to IP key `ip` (never 0: 0 marks a free slot) in the
+ * table of `set`. */
+__noinline int table_add_ip(__u64 ip, __u64 n, struct eb_set *set)
 {
-	struct ip_probe pr = {
-		.ip = ip, .n = n,
-		.idx = hash_slot(ip * 0x9E3779B97F4A7C15ULL, cfg.ip_slots),
-	};
+	struct ip_probe pr = { .ip = ip, .n = n };
 	int i;
 
+	if (!set)  /* the verifier sees a possibly-NULL argument */
+		return EB_TABLE_FULL;
+	pr.base = set_base(set, cfg.ip_slots);
+	pr.end = pr.base + cfg.ip_slots;
+	pr.idx = pr.base + hash_slot(ip * 0x9E3779B97F4A7C15ULL, cfg.ip_slots);
 	for (i = 0; i < EB_INLINE_PROBES; i++)
 		if (probe_ip(&pr))
-			return pr.done ? 0 : EB_TABLE_FULL;
+			goto out;
 	bpf_loop(EB_MAX_PROBES - EB_INLINE_PROBES, probe_ip_cb, &pr, 0);
+out:
+	if (pr.claimed)  /* the set's fill, for the early drain */
+		__sync_fetch_and_add(&set->claimed, 1);
 	return pr.done ? 0 : EB_TABLE_FULL;
 }
 
@@ -188,6 +251,8 @@ struct trace_probe {
 	__u32 idx;
 	__u16 done;
 	__u16 raced;
+	__u32 base, end;       /* the set's slice: [base, end) */
+	__u32 claimed;         /* 1: this search claimed a free slot */
 };
 
 static __always_inline long probe_trace(struct trace_probe *pr)
@@ -203,6 +268,7 @@ static __always_inline long probe_trace(struct trace_probe *pr)
 		if (!old) {  /* claimed: this slot is the trace's */
 			WRITE_ONCE(e->key.to, pr->to);
 			WRITE_ONCE(e->key.ft_end, pr->ft_end);
+			pr->claimed = 1;
 			goto add;
 		}
 	}
@@ -214,8 +280,8 @@ static __always_inline long probe_trace(struct trace_probe *pr)
 		if (!w1 || !w2)
 			pr->raced = 1;
 	}
-	if (++pr->idx >= cfg.trace_slots)
-		pr->idx = 0;
+	if (++pr->idx >= pr->end)
+		pr->idx = pr->base;
 	return 0;
 add:
 	__sync_fetch_and_add(&e->count, pr->count);
@@ -230,52 +296,46 @@ static long probe_trace_cb(__u32 i, void *data)
 	return probe_trace(data);
 }
 
-/* The traces that may have two slots (struct eb_raced). One element. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct eb_raced);
-} raced SEC(".maps");
-
-static __always_inline void note_race(__u64 from)
+/* Note a trace that may have two slots in the set (its raced notes). */
+static __always_inline void note_race(struct eb_set *set, __u64 from)
 {
-	__u32 zero = 0;
-	struct eb_raced *r = bpf_map_lookup_elem(&raced, &zero);
-	__u64 n;
+	__u64 n = __sync_fetch_and_add(&set->raced.n, 1);
 
-	if (!r)
-		return;
-	n = __sync_fetch_and_add(&r->n, 1);
 	if (n < EB_RACED_MAX)
-		r->from[n] = from;
+		set->raced.from[n] = from;
 }
 
-/* Add counts to trace (from, to, ft_end). */
-__noinline int table_add_trace(__u64 from, __u64 to, __u64 ft_end,
-			       __u64 count, __u64 mispreds)
+/* Add counts to trace `t` in the table of `set`. */
+__noinline int table_add_trace(const struct eb_trace *t, __u64 count,
+			       __u64 mispreds, struct eb_set *set)
 {
-	__u64 h = from * 0x9E3779B97F4A7C15ULL;
-	struct trace_probe pr = {
-		.from = from ^ EB_SLOT_USED, .to = to ^ EB_SLOT_USED,
-		.ft_end = ft_end ^ EB_SLOT_USED,
-		.count = count, .mispreds = mispreds,
-	};
+	struct trace_probe pr = { .count = count, .mispreds = mispreds };
+	__u64 h;
 	int i;
 
-	h = (h ^ to) * 0xC2B2AE3D27D4EB4FULL;
-	h = (h ^ ft_end) * 0x9E3779B97F4A7C15ULL;
-	pr.idx = hash_slot(h, cfg.trace_slots);
+	if (!t || !set)  /* the verifier sees possibly-NULL arguments */
+		return EB_TABLE_FULL;
+	pr.from = t->from ^ EB_SLOT_USED;
+	pr.to = t->to ^ EB_SLOT_USED;
+	pr.ft_end = t->ft_end ^ EB_SLOT_USED;
+	h = t->from * 0x9E3779B97F4A7C15ULL;
+	h = (h ^ t->to) * 0xC2B2AE3D27D4EB4FULL;
+	h = (h ^ t->ft_end) * 0x9E3779B97F4A7C15ULL;
+	pr.base = set_base(set, cfg.trace_slots);
+	pr.end = pr.base + cfg.trace_slots;
+	pr.idx = pr.base + hash_slot(h, cfg.trace_slots);
 	for (i = 0; i < EB_INLINE_PROBES; i++)
 		if (probe_trace(&pr))
 			goto out;
 	bpf_loop(EB_MAX_PROBES - EB_INLINE_PROBES, probe_trace_cb, &pr, 0);
 out:
+	if (pr.claimed)  /* the set's fill, for the early drain */
+		__sync_fetch_and_add(&set->claimed, 1);
 	if (!pr.done)
 		return EB_TABLE_FULL;
 	if (!pr.raced)
 		return 0;
-	note_race(pr.from);
+	note_race(set, pr.from);
 	return EB_TABLE_RACED;
 }
 
@@ -907,10 +967,12 @@ static __always_inline __u32 ip_slot(__u64 ip)
 	return (__u32)((ip * 0x9E3779B97F4A7C15ULL) >> 40) & cfg.ip_cache_mask;
 }
 
-/* Add `n` samples to IP key `ip` in the table, counting a refusal. */
-static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st)
+/* Add `n` samples to IP key `ip` in the table of `set`, counting a
+ * refusal. */
+static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st,
+				  struct eb_set *set)
 {
-	int err = table_add_ip(ip, n);
+	int err = table_add_ip(ip, n, set);
 
 	st->counter[EB_TABLE_UPDATES]++;
 	if (err)
@@ -919,32 +981,39 @@ static __always_inline int add_ip(__u64 ip, __u64 n, struct eb_stats *st)
 }
 
 /* Count one sample at `ip`, an address as the maps key it (object and
- * offset, never 0). */
-static __always_inline void count_ip(__u64 ip, struct eb_stats *st)
+ * offset, never 0), in `set` (current_set(), once per sample). */
+static __always_inline void count_ip(__u64 ip, struct eb_stats *st,
+				     struct eb_set *set)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	struct eb_ip_slot *table, *slot;
 
-	table = cache_table(&ip_cache, cpu);
+	if (!set) {  /* no set to count in (cannot happen): not lost silently */
+		st->counter[EB_UPDATE_FAILED]++;
+		return;
+	}
+	/* the set's caches are its own elements: one per CPU per set */
+	table = cache_table(&ip_cache, cpu + (set->index & (EB_SETS - 1)) *
+					 cfg.ncpus);
 	if (!table) {  /* no table for this CPU: straight to the map */
-		add_ip(ip, 1, st);
+		add_ip(ip, 1, st, set);
 		return;
 	}
 	slot = &table[ip_slot(ip)];
 	if (slot->ip == ip && slot->credit) {
 		if (++slot->count == EB_IP_FLUSH_AT) {
-			add_ip(ip, slot->count, st);
+			add_ip(ip, slot->count, st, set);
 			slot->count = 0;
 		}
 		credit_hit(&slot->credit);
 		return;
 	}
-	if (add_ip(ip, 1, st))
+	if (add_ip(ip, 1, st, set))
 		return;  /* not in the map: it must not take the slot */
 	if (!credit_worn(&slot->credit))
 		return;
 	if (slot->credit && slot->count)  /* the owner is in the map already */
-		add_ip(slot->ip, slot->count, st);
+		add_ip(slot->ip, slot->count, st, set);
 	slot->ip = ip;
 	slot->count = 0;
 	slot->credit = 1;
@@ -998,7 +1067,7 @@ count:
 		st->counter[EB_ANON_IP]++;
 		return 0;
 	}
-	count_ip(key, st);
+	count_ip(key, st, current_set());
 	return 0;
 }
 
@@ -1034,7 +1103,7 @@ static long replay_ip(__u32 index, void *data)
 	else if (!rs->buf->ip[index])
 		rs->st->counter[EB_ANON_IP]++;
 	else
-		count_ip(rs->buf->ip[index], rs->st);
+		count_ip(rs->buf->ip[index], rs->st, current_set());
 	rs->done++;
 	return 0;
 }
@@ -1102,10 +1171,10 @@ struct {
 /* Add counts to one trace in the trace map; returns 0, or the error
  * (after counting it) when the map refused a new trace. */
 static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
-				      __u64 mispreds, struct eb_stats *st)
+				      __u64 mispreds, struct eb_stats *st,
+				      struct eb_set *set)
 {
-	int err = table_add_trace(key->from, key->to, key->ft_end, count,
-				  mispreds);
+	int err = table_add_trace(key, count, mispreds, set);
 
 	st->counter[EB_TABLE_UPDATES]++;
 	if (err == EB_TABLE_RACED)  /* stored (noted in `raced`) */
@@ -1153,11 +1222,11 @@ static __always_inline struct eb_trace map_key(const struct eb_trace *t,
 
 /* A way's pending counts into the trace map. */
 static __always_inline void add_way(const struct eb_cache_slot *way,
-				    struct eb_stats *st)
+				    struct eb_stats *st, struct eb_set *wset)
 {
 	struct eb_trace key = map_key(&way->key, way->type_bits);
 
-	add_trace(&key, way->count, way->mispreds, st);
+	add_trace(&key, way->count, way->mispreds, st, wset);
 }
 
 /*
@@ -1179,11 +1248,12 @@ static __always_inline int owns(const struct eb_cache_slot *way,
 	       way->key.ft_end == t->ft_end && way->credit;
 }
 
-/* Count one trace: in its cache way if it owns one, else in the map. */
+/* Count one trace: in its cache way if it owns one, else in the map of
+ * `wset`, the window's set of tables (whose caches `table` is of). */
 static __always_inline void count_trace(struct eb_cache_set *table,
 					const struct eb_trace *t,
 					__u32 type_bits, __u64 mis,
-					struct eb_stats *st)
+					struct eb_stats *st, struct eb_set *wset)
 {
 	struct eb_cache_set *set = &table[set_of(t)];
 	struct eb_cache_slot *way;
@@ -1201,7 +1271,7 @@ static __always_inline void count_trace(struct eb_cache_set *table,
 	return;
 miss:
 	key = map_key(t, type_bits);
-	if (add_trace(&key, 1, mis, st))
+	if (add_trace(&key, 1, mis, st, wset))
 		return;  /* not in the map: it must not take a way */
 	/* the victim is the way with less credit (an empty one has none) */
 	way = &set->way[0];
@@ -1210,7 +1280,7 @@ miss:
 	if (!credit_worn(&way->credit))
 		return;
 	if (way->credit && (way->count || way->mispreds))
-		add_way(way, st);
+		add_way(way, st, wset);
 	way->key = *t;
 	way->type_bits = cfg.branch_types ? type_bits & EB_BRANCH_TYPE_BITS : 0;
 	way->count = 0;
@@ -1233,21 +1303,31 @@ miss:
  * on Linux 6.18, which checks a callback over and over until its states
  * converge, with exact state comparison. Global functions taking pointers
  * need Linux 5.12; only the branch programs call it.
+ * `set`: the set of tables the sample counts in (current_set(), looked up
+ * once per sample by the caller: every entry goes to the same window).
+ * tgid: the sampled process, whose mappings may be looked up (live
+ * samples); 0 is replay's pseudo-process, whose addresses are no task's.
  */
 __noinline int aggregate_stack(struct eb_branch_stack *stack,
 			       struct eb_stats *st, struct eb_proc *p,
-			       __u32 tgid, __u32 may_fill)
+			       __u32 tgid, struct eb_set *set)
 {
 	__u32 i, nr, cpu = bpf_get_smp_processor_id();
 	struct eb_cache_set *table;
 	__u64 newer_from = EB_BR_ONLY;
-	struct lookup_state ls = { .tgid = tgid, .may_fill = may_fill };
+	struct lookup_state ls = { .tgid = tgid, .may_fill = tgid != 0 };
 	int kept = 0;
 
 	if (!stack || !st || !p)  /* the verifier sees possibly-NULL arguments */
 		return 0;
+	if (!set) {  /* no set to count in (cannot happen): not lost silently */
+		st->counter[EB_UPDATE_FAILED]++;
+		return 0;
+	}
 	nr = stack->nr;
-	table = cache_table(&trace_cache, cpu);
+	/* the set's caches are its own elements: one per CPU per set */
+	table = cache_table(&trace_cache, cpu + (set->index & (EB_SETS - 1)) *
+					   cfg.ncpus);
 	st->counter[EB_BRANCH_ENTRIES] += nr;
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
@@ -1291,10 +1371,10 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 		/* the entry's type goes along; a miss makes it the key's
 		 * return bit (map_key) */
 		if (table) {
-			count_trace(table, &t, (__u32)b->flags, mis, st);
+			count_trace(table, &t, (__u32)b->flags, mis, st, set);
 		} else {
 			t = map_key(&t, (__u32)b->flags);
-			add_trace(&t, 1, mis, st);
+			add_trace(&t, 1, mis, st, set);
 		}
 	}
 	if (!kept)  /* no user-space entry kept */
@@ -1314,6 +1394,7 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 {
 	struct eb_stats *st = get_stats();
 	struct eb_branch_stack *s;
+	struct eb_set *set;
 	struct eb_proc *p;
 	__u32 zero = 0, tgid;
 	long size, total;
@@ -1338,7 +1419,14 @@ int sample_branches(struct bpf_perf_event_data *ctx)
 	if (total > (long)sizeof(s->entries))
 		st->counter[EB_STACK_CUT]++;
 	s->nr = (__u32)size / sizeof(struct eb_branch);
-	aggregate_stack(s, st, p, tgid, 1);
+	/* the set is checked here, not only in the worker: a possibly-NULL
+	 * pointer passed to a global function is not accepted everywhere */
+	set = current_set();
+	if (!set) {  /* no set to count in (cannot happen): not lost silently */
+		st->counter[EB_UPDATE_FAILED]++;
+		return 0;
+	}
+	aggregate_stack(s, st, p, tgid, set);
 	return 0;
 }
 
@@ -1359,6 +1447,7 @@ struct {
 struct replay_state {
 	struct eb_stats *st;
 	struct eb_proc *proc;  /* procs[0]: the ranges user space gave */
+	struct eb_set *set;    /* NULL: each stack looks its set up */
 	__u32 first;
 	__u32 done;
 	__u32 bad;
@@ -1369,11 +1458,20 @@ static long replay_one(__u32 index, void *data)
 	struct replay_state *rs = data;
 	__u32 idx = rs->first + index;
 	struct eb_branch_stack *stack = bpf_map_lookup_elem(&replay_stacks, &idx);
+	struct eb_set *set = rs->set;
 
 	if (!stack || stack->nr > EB_MAX_BRANCHES)
 		goto bad;
 	rs->st->counter[EB_SAMPLES]++;
-	aggregate_stack(stack, rs->st, rs->proc, 0, 0);
+	/* a replayed stack is a sample: its own lookup of the set, unless the
+	 * caller holds one set for its whole run (replay_branches_rcu) */
+	if (!set)
+		set = current_set();
+	if (!set) {  /* cannot happen: counted, and the run stops short */
+		rs->st->counter[EB_UPDATE_FAILED]++;
+		return 1;
+	}
+	aggregate_stack(stack, rs->st, rs->proc, 0, set);
 	rs->done++;
 	return 0;
 bad:
@@ -1399,6 +1497,38 @@ int replay_branches(struct eb_replay_args *args)
 	return 0;
 }
 
+#ifdef EB_TEST_PROGRAMS
+/*
+ * replay_branches as a raw tracepoint program, built only into the tests'
+ * object: BPF_PROG_RUN runs a raw_tp program inside rcu_read_lock()
+ * (net/bpf/test_run.c, __bpf_prog_test_run_raw_tp), as the kernel runs a
+ * perf_event program (kernel/events/core.c, bpf_overflow_handler), while
+ * it runs a syscall program under rcu_read_lock_trace() only, which the
+ * set switch does not wait for. So a test can replay on one CPU while
+ * another switches sets, as live sampling goes on while user space does
+ * (tests/test_interval.py). The run looks its set up once and holds it,
+ * like one sample lasting the whole run (a millisecond): a switch that
+ * did not wait for it would drain the set under it. args[0]: the first
+ * stack, args[1]: how many; returns the stacks aggregated.
+ */
+SEC("raw_tp")
+int replay_branches_rcu(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct replay_state rs = {
+		.st = get_stats(),
+		.first = ctx->args[0],
+		.set = current_set(),
+	};
+	__u32 zero = 0;
+
+	rs.proc = bpf_map_lookup_elem(&procs, &zero);
+	if (!rs.st || !rs.proc || !rs.set)
+		return 0;
+	bpf_loop(ctx->args[1], replay_one, &rs, 0);
+	return rs.done;
+}
+#endif /* EB_TEST_PROGRAMS */
+
 /* ---- Drain: the caches' pending counts into the tables --------------- */
 
 /*
@@ -1406,19 +1536,23 @@ int replay_branches(struct eb_replay_args *args)
  * already). Once the programs have stopped, flush_caches adds them with
  * the same table functions the samples use and empties the caches, so the
  * tables alone hold every count and user space reads them in place
- * (drain.py). Run with BPF_PROG_RUN before each drain, with nothing else
- * running (a second run finds the caches empty). Returns non-zero if it
- * could not walk every cache: counts would be missing.
+ * (drain.py). Run with BPF_PROG_RUN before each drain of a set, with no
+ * program counting into that set: the programs stopped, or switched to
+ * the other set (active_set); a second run finds the caches empty. The
+ * context names the set. Returns non-zero if it could not walk every
+ * cache: counts would be missing.
  */
 struct flush_state {
 	struct eb_stats *st;
+	struct eb_set *set;    /* the set flushed, into its own tables */
 	__u32 per_cpu;         /* sets or slots of one CPU's cache */
+	__u32 first;           /* the set's first element of a cache map */
 };
 
 static long flush_trace_set(__u32 index, void *data)
 {
 	struct flush_state *fs = data;
-	struct eb_cache_set *table = cache_table(&trace_cache,
+	struct eb_cache_set *table = cache_table(&trace_cache, fs->first +
 						 index / fs->per_cpu);
 	struct eb_cache_slot *way;
 	int w;
@@ -1428,7 +1562,7 @@ static long flush_trace_set(__u32 index, void *data)
 	for (w = 0; w < EB_CACHE_WAYS; w++) {
 		way = &table[index & cfg.cache_mask].way[w];
 		if (way->credit && (way->count || way->mispreds))
-			add_way(way, fs->st);
+			add_way(way, fs->st, fs->set);
 		__builtin_memset(way, 0, sizeof(*way));
 	}
 	return 0;
@@ -1437,29 +1571,38 @@ static long flush_trace_set(__u32 index, void *data)
 static long flush_ip_slot(__u32 index, void *data)
 {
 	struct flush_state *fs = data;
-	struct eb_ip_slot *table = cache_table(&ip_cache, index / fs->per_cpu);
+	struct eb_ip_slot *table = cache_table(&ip_cache, fs->first +
+					       index / fs->per_cpu);
 	struct eb_ip_slot *slot;
 
 	if (!table)
 		return 1;
 	slot = &table[index & cfg.ip_cache_mask];
 	if (slot->credit && slot->count)
-		add_ip(slot->ip, slot->count, fs->st);
+		add_ip(slot->ip, slot->count, fs->st, fs->set);
 	__builtin_memset(slot, 0, sizeof(*slot));
 	return 0;
 }
 
 SEC("syscall")
-int flush_caches(void *args)
+int flush_caches(struct eb_flush_args *args)
 {
 	struct flush_state fs = { .st = get_stats() };
+	__u32 zero = 0;
 	long n;
 
 #ifdef EB_BASELINE_NO_CACHES
 	return 0;  /* no caches: nothing pending */
 #endif
-	if (!fs.st)
+	/* the set user space names (after a switch: the old one, which no
+	 * program counts into any more), not the active one */
+	if (args->set & (EB_SETS - 1))
+		fs.set = bpf_map_lookup_elem(&set_b, &zero);
+	else
+		fs.set = bpf_map_lookup_elem(&set_a, &zero);
+	if (!fs.st || !fs.set)
 		return 1;
+	fs.first = (fs.set->index & (EB_SETS - 1)) * cfg.ncpus;
 	fs.per_cpu = cfg.cache_mask + 1;
 	n = cfg.ncpus * fs.per_cpu;
 	if (bpf_loop(n, flush_trace_set, &fs, 0) != n)

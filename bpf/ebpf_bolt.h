@@ -196,6 +196,30 @@ struct eb_raced {
 	__u64 from[EB_RACED_MAX];
 };
 
+/*
+ * Sets of count tables (--interval): each count table and each per-CPU
+ * cache map holds EB_SETS slices of the same size, one per set; the
+ * programs count into the slice of the active set, which they find through
+ * the active_set map of maps (ebpf_bolt.bpf.c says why that way). One
+ * element of each set's own inner map (set_a, set_b) describes it: its
+ * slice, the slots its table has claimed (user space drains a window
+ * early when they pass 80% of the room) and its raced traces.
+ */
+#define EB_SETS 2
+
+struct eb_set {
+	__u32 index;           /* the set's slice of every table: 0 or 1 */
+	__u32 reserved;
+	__u64 claimed;         /* slots claimed in its count table */
+	struct eb_raced raced; /* traces that may have two slots in it */
+};
+
+/* Context of flush_caches: the set whose caches go to its tables. */
+struct eb_flush_args {
+	__u32 set;
+	__u32 reserved;
+};
+
 /* One entry of a branch stack, laid out as the kernel's
  * struct perf_branch_entry (UAPI, 24 bytes): from, to, then flags with
  * bit 0 = mispred, bit 1 = predicted. */

@@ -25,15 +25,17 @@ class IpReplayer(_MappedInput):
     """A loaded test object whose replay_ips program counts supplied IPs
     the way sample_ip counts a sample's IP."""
 
-    def __init__(self, path, max_entries, slots=None):
-        """path: the object built with TEST_PROGRAMS."""
+    def __init__(self, path, max_entries, slots=None, windows=False):
+        """path: the object built with TEST_PROGRAMS; windows: two sets of
+        tables, for end_window() (--interval's switch)."""
         check_privileges()
         self._mem = None
         self.obj = BoltObject(Config(user_addr_end=USER_ADDR_END),
                               {"ip_counts": table_slots(max_entries),
                                "ip_cache": slots or ip_cache_slots(possible_cpus()),
                                "replay_ip_buf": BUFFERS},
-                              programs=["replay_ips"], path=path)
+                              programs=["replay_ips"], path=path,
+                              sets=2 if windows else 1)
         size = -(-ctypes.sizeof(ReplayIps) * BUFFERS // mmap.PAGESIZE) * \
             mmap.PAGESIZE
         self._mem = mmap.mmap(self.obj.map_fd("replay_ip_buf"), size,
@@ -60,7 +62,16 @@ class IpReplayer(_MappedInput):
             for buf, (cpu, ips) in enumerate(shares)])]
 
     def counts(self):
-        return drain_ip_counts(self.obj)
+        return drain_ip_counts(self.obj, self.obj.active)
+
+    def end_window(self):
+        """The counts of the window that ended (the set the worker counted
+        into until the switch), that set then cleared: --interval's step."""
+        old = self.obj.switch_set()
+        try:
+            return drain_ip_counts(self.obj, old)
+        finally:
+            self.obj.clear_set(old)
 
     def stats(self):
         return self.obj.stats()

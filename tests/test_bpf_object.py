@@ -27,9 +27,9 @@ HEADER = ROOT / "bpf" / "ebpf_bolt.h"
 SHIPPED_PROGRAMS = {"sample_ip", "sample_branches", "replay_branches",
                     "flush_caches", "on_fork", "on_exec", "on_exit",
                     "on_unmapped_area"}
-TEST_PROGRAMS = {"replay_ips"}        # tests/bpf_builds.py TEST_PROGRAMS
+TEST_PROGRAMS = {"replay_ips", "replay_branches_rcu"}  # bpf_builds.TEST_PROGRAMS
 # maps of fixed size, not in MAPS
-FIXED_MAPS = {"stats", "scratch"}
+FIXED_MAPS = {"stats", "scratch", "set_a", "set_b", "active_set"}
 # types only the tests' build holds (replay_ips and its input)
 TEST_ONLY_TYPES = ("eb_replay_ips", "eb_replay_ip_args")
 

@@ -15,9 +15,10 @@ from operator import add
 from .handle import Handle
 from . import _libbpf
 from .errors import BpfError
-from .layout import (COUNTERS, MAX_OBJECTS, BranchStack, CacheSet, Config,
-                     IpEntry, IpSlot, LastSample, ObjectInfo, ObjectKey, Proc,
-                     RACED_MAX, Raced, ReplayIps, Stats, TraceEntry)
+from .layout import (COUNTERS, MAX_OBJECTS, SETS, BranchStack, CacheSet,
+                     Config, EbSet, IpEntry, IpSlot, LastSample, ObjectInfo,
+                     ObjectKey, Proc, RACED_MAX, ReplayIps, Stats,
+                     TraceEntry)
 
 OBJECT_NAME = "ebpf_bolt.bpf.o"
 
@@ -47,8 +48,13 @@ MAPS = {"ip_counts": (_U32, ctypes.sizeof(IpEntry), TABLE),
         "objects_info": (_U32, ctypes.sizeof(ObjectInfo), ARRAY),
         "object_procs": (_U64, 1, PLAIN_HASH),
         "exit_pending": (_U32, _U64, PERCPU_ARRAY),
-        "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY),
-        "raced": (_U32, ctypes.sizeof(Raced), ARRAY)}
+        "last_sample": (_U32, ctypes.sizeof(LastSample), PERCPU_ARRAY)}
+# The sets of tables (--interval): each TABLE and CPU_TABLE map holds one
+# slice per set; set_a and set_b (one struct eb_set each, never resized:
+# the inner maps of active_set must match its template) describe them, and
+# active_set, an array of maps, holds the one the programs count into.
+SET_MAPS = ("set_a", "set_b")
+ACTIVE_SET = "active_set"
 # Maps whose size the object fixes: never resized from user space.
 FIXED_ENTRIES = {"object_ids": MAX_OBJECTS, "objects_info": MAX_OBJECTS}
 # Tracepoint programs that keep the procs map exact while recording.
@@ -136,7 +142,7 @@ class Link(Handle):
 
 class BoltObject(Handle):
     def __init__(self, config=None, map_entries=None, programs=None, path=None,
-                 btf=None):
+                 btf=None, sets=1):
         """Open and load the object.
 
         config: layout.Config written to .rodata before load.
@@ -149,6 +155,9 @@ class BoltObject(Handle):
         btf: a BTF file describing the running kernel, instead of
             /sys/kernel/btf/vmlinux (libbpf's btf_custom_path): for kernels
             built without it, with a file from their debug package.
+        sets: sets of count tables and caches (1, or SETS for --interval:
+            each table and cache map then holds SETS slices of the size
+            map_entries gives); the programs count into set 0 at first.
         """
         lib = _libbpf.lib()
         self._lib = lib
@@ -164,6 +173,11 @@ class BoltObject(Handle):
                 sz=ctypes.sizeof(_libbpf.bpf_object_open_opts),
                 btf_custom_path=os.fsencode(btf))
             opts = ctypes.byref(opts)
+        if sets not in range(1, SETS + 1):
+            raise ValueError(f"sets must be 1 to {SETS}")
+        self.sets = sets
+        self.active = 0            # the set the programs count into
+        self._races_drained = 0    # table_races of sets cleared so far
         self._obj = lib.bpf_object__open_file(self.path.encode(), opts)
         try:
             self.ncpus = possible_cpus()
@@ -190,9 +204,13 @@ class BoltObject(Handle):
                 entries = (map_entries or {}).get(
                     name, FIXED_ENTRIES.get(name, 1))
                 self.map_entries[name] = entries
-                if kind == CPU_TABLE:
-                    lib.bpf_map__set_max_entries(self._map(name), self.ncpus)
+                if kind == CPU_TABLE:  # one element per CPU per set
+                    lib.bpf_map__set_max_entries(self._map(name),
+                                                 self.ncpus * self.sets)
                     lib.bpf_map__set_value_size(self._map(name), entries * vsz)
+                elif kind == TABLE:    # one slice of `entries` per set
+                    lib.bpf_map__set_max_entries(self._map(name),
+                                                 entries * self.sets)
                 elif name not in FIXED_ENTRIES:
                     lib.bpf_map__set_max_entries(self._map(name), entries)
             if programs is not None:
@@ -201,6 +219,9 @@ class BoltObject(Handle):
                     lib.bpf_program__set_autoload(self._prog(name),
                                                   name in programs)
             lib.bpf_object__load(self._obj)
+            # set B's slices are the second ones (set A's value is all
+            # zero from the load: index 0)
+            self._write_set(1, EbSet(index=1))
         except Exception:
             self.close()
             raise
@@ -211,6 +232,9 @@ class BoltObject(Handle):
         expected = {name: (k, v) for name, (k, v, _) in MAPS.items()
                     if name in present or name not in TEST_ONLY_MAPS}
         expected["stats"] = (_U32, ctypes.sizeof(Stats))
+        for name in SET_MAPS:
+            expected[name] = (_U32, ctypes.sizeof(EbSet))
+        expected[ACTIVE_SET] = (_U32, _U32)
         missing = sorted(set(expected) - present)
         if missing:
             raise BpfError(f"{self.path} does not match this ebpf-bolt "
@@ -270,19 +294,22 @@ class BoltObject(Handle):
 
     def kernel_bytes(self):
         """Kernel memory of the maps, all allocated at load."""
-        total = sum(map_kernel_bytes(MAPS[name][0], MAPS[name][1], entries,
-                                     self.ncpus, MAPS[name][2])
-                    for name, entries in self.map_entries.items())
+        total = sum(self.table_bytes(name) for name in self.map_entries)
         # and the per-CPU maps the object sizes itself: counters, and the
         # branch stack's scratch copy
         fixed = ctypes.sizeof(Stats) + ctypes.sizeof(BranchStack)
         return total + percpu_value_size(fixed) * self.ncpus
 
     def table_bytes(self, name):
-        """Kernel memory of one map (a count table: all of it from load)."""
+        """Kernel memory of one map (a count table: all of it from load;
+        its every set)."""
         ksz, vsz, kind = MAPS[name]
-        return map_kernel_bytes(ksz, vsz, self.map_entries[name], self.ncpus,
-                                kind)
+        if kind == TABLE:
+            return map_kernel_bytes(ksz, vsz, self.map_entries[name] *
+                                    self.sets, self.ncpus, kind)
+        n = self.sets if kind == CPU_TABLE else 1
+        return n * map_kernel_bytes(ksz, vsz, self.map_entries[name],
+                                    self.ncpus, kind)
 
     # --- attach ------------------------------------------------------------
     def attach(self, program, perf_fd):
@@ -336,8 +363,10 @@ class BoltObject(Handle):
         # every kept branch entry is one trace: derived here rather than
         # counted per entry on the hot path
         stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
-        # traces that may have two slots (counted once, not per CPU)
-        stats["table_races"] = self.read_raced()[0]
+        # traces that may have two slots (counted once, not per CPU), in
+        # the sets drained and cleared so far and in those not yet
+        stats["table_races"] = self._races_drained + sum(
+            self.read_set(s).raced.n for s in range(self.sets))
         return stats
 
     def read_all(self, name, batch=8192):
@@ -414,14 +443,68 @@ class BoltObject(Handle):
         self._lib.bpf_map_update_elem(self.map_fd(name), ctypes.byref(key),
                                       ctypes.byref(value), 0)
 
-    def read_raced(self):
-        """(races, the `from` words of the traces that raced, as stored)
-        of the raced map (ebpf_bolt.h struct eb_raced)."""
-        r = Raced()
+    def read_set(self, s):
+        """Set `s`'s struct eb_set (its claimed slots, raced traces)."""
+        value = EbSet()
         key = ctypes.c_uint32(0)
-        self._lib.bpf_map_lookup_elem(self.map_fd("raced"), ctypes.byref(key),
-                                      ctypes.byref(r))
+        self._lib.bpf_map_lookup_elem(self.map_fd(SET_MAPS[s]),
+                                      ctypes.byref(key), ctypes.byref(value))
+        return value
+
+    def _write_set(self, s, value):
+        key = ctypes.c_uint32(0)
+        self._lib.bpf_map_update_elem(self.map_fd(SET_MAPS[s]),
+                                      ctypes.byref(key), ctypes.byref(value),
+                                      0)
+
+    def read_raced(self, s=0):
+        """(races, the `from` words of the traces that raced, as stored)
+        of set `s` (ebpf_bolt.h struct eb_raced)."""
+        r = self.read_set(s).raced
         return r.n, list(r.from_[:min(r.n, RACED_MAX)])
+
+    def switch_set(self):
+        """Make the programs count into the other set; returns the old one,
+        which no program counts into once this returns: for an array of
+        maps the kernel's update waits for an RCU grace period
+        (kernel/bpf/syscall.c, maybe_wait_bpf_programs -> synchronize_rcu),
+        and perf_event and tracing programs run in RCU read-side sections.
+        (Syscall programs run by BPF_PROG_RUN, replay's, are the caller's
+        own: it switches between its runs.) The new set must be empty:
+        clear_set() after the old one was drained."""
+        if self.sets < 2:
+            raise ValueError("switch_set needs an object loaded with 2 sets")
+        old, new = self.active, 1 - self.active
+        key = ctypes.c_uint32(0)
+        fd = ctypes.c_uint32(self.map_fd(SET_MAPS[new]))
+        self._lib.bpf_map_update_elem(self.map_fd(ACTIVE_SET),
+                                      ctypes.byref(key), ctypes.byref(fd), 0)
+        self.active = new
+        return old
+
+    def clear_set(self, s):
+        """Empty set `s`'s count tables and its notes, once drained (its
+        caches are emptied by the flush that comes before the drain), so
+        that it can take the window after next. Only while no program
+        counts into it."""
+        if s == self.active and self.links:
+            raise ValueError("clear_set: the programs count into that set")
+        for name, (_, vsz, kind) in MAPS.items():
+            if kind != TABLE or name not in self.map_entries:
+                continue
+            per_set = self.map_entries[name] * vsz
+            size = _pages(per_set * self.sets)
+            mem = mmap.mmap(self.map_fd(name), size, mmap.MAP_SHARED,
+                            mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                zeros = bytes(min(per_set, 1 << 22))
+                for at in range(s * per_set, (s + 1) * per_set, len(zeros)):
+                    n = min(len(zeros), (s + 1) * per_set - at)
+                    mem[at:at + n] = zeros[:n]
+            finally:
+                mem.close()
+        self._races_drained += self.read_set(s).raced.n
+        self._write_set(s, EbSet(index=s))
 
     def run_program(self, name, args=None):
         """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
@@ -436,21 +519,23 @@ class BoltObject(Handle):
                                          ctypes.byref(opts))
         return opts.retval
 
-    def read_table(self, name, chunk=1 << 20):
-        """A count table's slots, as arrays of u64 words of up to `chunk`
-        slots each, read through mmap (the table is in the kernel's memory,
-        shared with the programs): read it once they have stopped. Chunks
-        keep the copy small next to a table of 64 MiB or more."""
+    def read_table(self, name, s=0, chunk=1 << 20):
+        """Set `s`'s slice of a count table, as arrays of u64 words of up
+        to `chunk` slots each, read through mmap (the table is in the
+        kernel's memory, shared with the programs): read it once no
+        program counts into the set. Chunks keep the copy small next to a
+        table of 64 MiB or more."""
         slot = MAPS[name][1]
-        size = _pages(self.map_entries[name] * slot)
+        per_set = self.map_entries[name] * slot
+        size = _pages(per_set * self.sets)
         # populated up front: one call instead of a page fault per 4 KiB
         mem = mmap.mmap(self.map_fd(name), size,
                         mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                         mmap.PROT_READ)
         try:
             with memoryview(mem) as view:
-                end = self.map_entries[name] * slot
-                for start in range(0, end, chunk * slot):
+                end = (s + 1) * per_set
+                for start in range(s * per_set, end, chunk * slot):
                     words = array("Q")
                     words.frombytes(view[start:min(end, start + chunk * slot)])
                     yield words

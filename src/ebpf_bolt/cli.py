@@ -20,6 +20,7 @@ from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
 from .output import (OutputDirectory, OutputFile, profile_names,
                      sidecar_output)
+from .windows import EARLY_FILL, Windows
 from .targets import interpreters
 from .perf_event import max_sample_rate
 from .targets import PID_HINT, check_pid
@@ -74,6 +75,10 @@ def _parser():
                    help=f"samples per second per CPU (default {DEFAULT_FREQUENCY}: "
                         "near perf's 4000, off the beat of timer ticks)")
     p.add_argument("-o", "--output", help="profile file (default: stdout)")
+    p.add_argument("--interval", metavar="SECONDS", help="also write the "
+                   "profile of every SECONDS of the recording: -o FILE gets "
+                   "FILE.0001, FILE.0002, ... and the total in FILE; -o DIR "
+                   "gets DIR/0001/, ... and the total in DIR")
     p.add_argument("--format", choices=FORMATS, help="fdata (default for IP "
                    "samples: every BOLT reads it; for branch stacks made by "
                    "the installed perf2bolt), preagg (pre-aggregated "
@@ -138,14 +143,17 @@ class _Progress:
     def __init__(self, enabled):
         self.enabled = enabled
         self.shown = False
+        self.windows = None   # --interval: the windows written so far
 
     def __call__(self, elapsed, duration, stats):
         if not self.enabled:
             return
         total = f"/{duration:g}" if duration else ""
         kept = stats["samples"] - stats["other_process"]
+        window = (f", window {self.windows.count + 1}" if self.windows
+                  else "")
         sys.stderr.write(f"\r{PROG}: recording {elapsed:5.1f}{total} s, "
-                         f"{plural(kept, 'sample')} ")
+                         f"{plural(kept, 'sample')}{window} ")
         sys.stderr.flush()
         self.shown = True
 
@@ -269,6 +277,9 @@ def summary_lines(profile, fmt, output, text):
                      + ", ".join(f"{t}:{c}" for t, c in
                                  sorted(i["threads"].items())) + ")")
     where = output if output not in (None, "-") else "stdout"
+    if windows_line(profile, output):
+        lines.append(windows_line(profile, output))
+        lines += stale_windows(profile, output)
     extra = ""
     if fmt == "fdata" and st.get("outside_functions"):
         extra = (f"; {plural(st['outside_functions'], 'sample')} outside "
@@ -454,6 +465,11 @@ def record(args, command):
     duration = (_parse_number(args.duration, "duration", float,
                               "give a positive number of seconds")
                 if args.duration is not None else None)
+    interval = (_parse_number(args.interval, "--interval", float,
+                              "give a positive number of seconds")
+                if args.interval is not None else None)
+    if interval is not None:
+        _check_interval_output(args.output)
     progress = _Progress(sys.stderr.isatty())
 
     def notice(message):   # a note during recording takes its own line
@@ -469,7 +485,8 @@ def record(args, command):
                    max_entries=args.max_entries, count_threads=args.threads,
                    notice=notice, verbose=args.verbose, warn=warning,
                    binaries=args.binaries or (), all_objects=args.all_objects,
-                   all_processes=args.all, btf=args.btf)
+                   all_processes=args.all, btf=args.btf,
+                   windows=interval is not None)
     # what is recorded must not become the profile: the command's program
     # as it will be run, or what /proc/PID/exe points to, and the objects
     inputs = ([f"/proc/{pid}/exe"] if pid is not None
@@ -477,25 +494,25 @@ def record(args, command):
     inputs += list(args.binaries or ())
     if args.all_objects or len(rec.binaries) > 1:
         return record_objects(args, rec, inputs, progress, frequency,
-                              duration)
+                              duration, interval)
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
         with rec, OutputFile(args.output, inputs=inputs) as out, \
                 _sidecar_of(out) as side:
+            def write_window(n, profiles, early):
+                with OutputFile(window_name(args.output, n),
+                                inputs=inputs) as w, _sidecar_of(w) as ws:
+                    _commit_profile(w, ws, rec, profiles[0], args.format)
+                what = "sample" if rec.mode == "ip" else "trace count"
+                _say(f"window {n}: {window_name(args.output, n)}, "
+                     f"{plural(profiles[0].total(), what)}"
+                     + (" (drained early)" if early else ""))
             profile = _record_until_done(
                 rec, args, progress, frequency, duration,
-                check_binary=lambda exe: out.check_inputs([exe]))
-            fmt = args.format or profile.default_format
-            text = profile.render(fmt)
-            # the executable recorded, and what the process runs now if it
-            # exec'd another program since
-            out.check_inputs([profile.binary] + (
-                [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
-                rec.target.alive() else []))
-            out.commit(text)
-            _commit_sidecar(side, profile, fmt, text,
-                            profile.provenance(fmt))
+                check_binary=lambda exe: out.check_inputs([exe]),
+                interval=interval, write_window=write_window)
+            fmt, text = _commit_profile(out, side, rec, profile, args.format)
         for line in summary_lines(profile, fmt, args.output, text):
             _say(line)
         if profile.total() == 0:
@@ -537,21 +554,137 @@ def _commit_sidecar(side, profile, fmt, text, prov):
         processes=profile.info.get("processes", 1), size=size)))
 
 
+def _commit_profile(out, side, rec, profile, fmt):
+    """Write one recorded profile to `out` (an OutputFile) and its sidecar
+    to `side` (None: it gets none): the total, and each window of
+    --interval. Returns (format, text)."""
+    fmt = fmt or profile.default_format
+    text = profile.render(fmt)
+    # the executable recorded, and what the process runs now if it
+    # exec'd another program since
+    out.check_inputs([profile.binary] + (
+        [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
+        rec.target.alive() else []))
+    out.commit(text)
+    _commit_sidecar(side, profile, fmt, text, profile.provenance(fmt))
+    return fmt, text
+
+
+def window_name(output, n, directory=False):
+    """Where window `n` of --interval goes: FILE.0001 beside -o FILE, or
+    DIR/0001 in -o DIR (several objects)."""
+    return (os.path.join(output, f"{n:04d}") if directory
+            else f"{output}.{n:04d}")
+
+
+def stale_windows(profile, output, directory=False):
+    """A warning when windows numbered past this run's last one are there
+    (left by an earlier, longer run): adding FILE.* up would count them."""
+    n = profile.info.get("windows")
+    if not n:
+        return []
+    where = output if directory else os.path.dirname(output) or "."
+    pattern = re.compile(("" if directory else
+                          re.escape(os.path.basename(output)) + r"\.") +
+                         r"([0-9]{4,})")
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return []
+    stale = sorted((int(m.group(1)), name) for name in names
+                   if (m := pattern.fullmatch(name)) and int(m.group(1)) > n)
+    if not stale:
+        return []
+    return [f"warning: {plural(len(stale), 'window')} past this recording's "
+            f"{n} ({os.path.join(where, stale[0][1])} first) "
+            "are an earlier run's: remove them before adding windows up"]
+
+
+def windows_line(profile, output, directory=False):
+    """The summary's line on the windows of --interval (None without)."""
+    n = profile.info.get("windows")
+    if not n:
+        return None
+    early = profile.info.get("early_windows", 0)
+    return (f"windows: {plural(n, 'window')} of "
+            f"{profile.info['interval']:g} s written, "
+            f"{window_name(output, 1, directory)} to "
+            f"{window_name(output, n, directory)}"
+            + (f", {early:,} of them drained early (their table passed "
+               f"{100 * EARLY_FILL:.0f}% of its room)" if early else "")
+            + f"; the total, their sum, in {output}")
+
+
+def _check_interval_output(output):
+    """--interval writes files beside -o FILE or into -o DIR while
+    recording: stdout, a device, a FIFO or a descriptor cannot take them."""
+    hint = "give --interval a regular file or a directory with -o"
+    if output in (None, "-"):
+        raise UsageError("--interval writes a profile per window: stdout "
+                         "cannot take them", hint)
+    if _is_fd_link(output):
+        raise UsageError(f"--interval: -o {output} is a file descriptor, "
+                         "which cannot take a profile per window", hint)
+    try:
+        st = os.stat(output)
+    except OSError:
+        return   # a new file or directory (OutputFile checks the rest)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"--interval: -o {output} is not a regular file or "
+                         "a directory", hint)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Stop signals wait while a window ends (its counts drained, cleared
+    and written), then stop the recording as they would have."""
+    global _deferring
+    before = len(_signals_received)
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+    if len(_signals_received) > before:
+        name = signal.Signals(_signals_received[-1]).name
+        raise KeyboardInterrupt(name + (
+            " (Ctrl-C)" if _signals_received[-1] == signal.SIGINT else ""))
+
+
 def _record_until_done(rec, args, progress, frequency, duration,
-                       check_binary=None):
+                       check_binary=None, interval=None, write_window=None):
     """The steps every output shares: start (checks before anything runs),
     say what is recorded, record until the end, drain. Returns the first
-    profile; all are in rec.profiles."""
+    profile; all are in rec.profiles. With `interval`, every window is
+    written by write_window(number, profiles, early) as it ends, and the
+    profiles are the windows' total (windows.py)."""
     global _deferring
     rec.start(check_mode=_check_format(args.format), check_binary=check_binary)
     _say(f"recording {rec.target.describe()} "
          f"({rec.mode} mode, {rec.event.name} at {frequency} Hz, "
          f"events {rec.scope})"
+         + (f", a window every {interval:g} s" if interval else "")
          + ("; Ctrl-C stops" if duration is None or duration > 2 else ""))
-    rec.run(progress)
-    _deferring = True   # signals now wait until the profile is written
+    if interval is None:
+        rec.run(progress)
+        _deferring = True   # signals now wait until the profile is written
+        progress.clear()
+        return rec.finish()
+
+    def notice(message):
+        progress.clear()
+        _say("note: " + message)
+
+    def write(n, profiles, early):
+        progress.clear()
+        write_window(n, profiles, early)
+    windows = Windows(rec, interval, write, notice, _deferred_signals)
+    progress.windows = windows
+    rec.run(progress, poll=windows.poll)
+    _deferring = True
     progress.clear()
-    return rec.finish()
+    windows.finish()
+    return rec.profiles[0] if rec.profiles else None
 
 
 def render_each(profiles, fmt):
@@ -573,36 +706,57 @@ def render_each(profiles, fmt):
     return out, warnings
 
 
-def record_objects(args, rec, inputs, progress, frequency, duration):
+def _commit_objects(out, profiles, fmt, directory):
+    """Write several recorded profiles and their index.json to `out` (an
+    OutputDirectory for `directory`): the total, and each window of
+    --interval. Returns (texts, names, warnings) as render_each gives
+    them."""
+    entries = []
+    texts, warnings = render_each(profiles, fmt)
+    names = profile_names([(os.path.basename(p.binary),
+                            p.info.get("build_id"), f)
+                           for p, f, _ in texts])
+    for (profile, f, text), name in zip(texts, names):
+        out.add(name, text)
+        path = os.path.join(directory, name)
+        command = bolt.apply_command(profile.binary, path, f,
+                                     profile.kind, elf=profile.elf)
+        entries.append({"path": profile.binary,
+                        "build_id": profile.info.get("build_id"),
+                        "profile": name,
+                        "samples": profile.total(),
+                        "processes": profile.info.get("processes", 0),
+                        "command": command,
+                        **provenance.index_fields(profile.provenance(f))})
+    out.commit({"objects": entries})
+    return texts, names, warnings
+
+
+def record_objects(args, rec, inputs, progress, frequency, duration,
+                   interval=None):
     """Record, then write one profile per object into the -o directory,
-    with its index.json (complete or absent, as a single file is)."""
+    with its index.json (complete or absent, as a single file is). With
+    `interval`, each window goes to DIR/0001/ and so on while recording,
+    and the total's files into DIR itself, index.json last."""
     global _deferring
     if args.output in (None, "-"):
         raise UsageError("several objects get a profile: -o must name a "
                          "directory", "give -o DIR")
     try:
-        with rec, OutputDirectory(args.output, inputs=inputs) as out:
-            _record_until_done(rec, args, progress, frequency, duration)
+        with rec, OutputDirectory(args.output, inputs=inputs,
+                                  in_place=interval is not None) as out:
+            def write_window(n, profiles, early):
+                where = window_name(args.output, n, directory=True)
+                with OutputDirectory(where, inputs=inputs) as w:
+                    _commit_objects(w, profiles, args.format, where)
+                _say(f"window {n}: {where}/, "
+                     f"{plural(len(profiles), 'profile')}"
+                     + (" (drained early)" if early else ""))
+            _record_until_done(rec, args, progress, frequency, duration,
+                               interval=interval, write_window=write_window)
             fmt = args.format
-            entries = []
-            texts, warnings = render_each(rec.profiles, fmt)
-            names = profile_names([(os.path.basename(p.binary),
-                                    p.info.get("build_id"), f)
-                                   for p, f, _ in texts])
-            for (profile, f, text), name in zip(texts, names):
-                out.add(name, text)
-                path = os.path.join(args.output, name)
-                command = bolt.apply_command(profile.binary, path, f,
-                                             profile.kind, elf=profile.elf)
-                entries.append({"path": profile.binary,
-                                "build_id": profile.info.get("build_id"),
-                                "profile": name,
-                                "samples": profile.total(),
-                                "processes": profile.info.get("processes", 0),
-                                "command": command,
-                                **provenance.index_fields(
-                                    profile.provenance(f))})
-            out.commit({"objects": entries})
+            texts, names, warnings = _commit_objects(out, rec.profiles, fmt,
+                                                     args.output)
         for (profile, f, text), name in zip(texts, names):
             _say(f"{name}: {profile.binary}, "
                  f"{plural(profile.total(), 'sample')} in "
@@ -611,6 +765,10 @@ def record_objects(args, rec, inputs, progress, frequency, duration):
             first = rec.profiles[0]
             for line in _made_by(first) + warnings + loss_warnings(
                     first, fmt or first.default_format):
+                _say(line)
+        if rec.profiles and windows_line(rec.profiles[0], args.output, True):
+            _say(windows_line(rec.profiles[0], args.output, True))
+            for line in stale_windows(rec.profiles[0], args.output, True):
                 _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
              f"{args.output}")

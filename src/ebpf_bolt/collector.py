@@ -25,8 +25,8 @@ from .elf import ElfFile, ElfError
 from .errors import (KernelUnsupported, NoBranchHardware,
                      ParanoidRefusal, PermissionProblem, TargetError,
                      UsageError)
-from .layout import (USER_ADDR_END, Config, cache_sets, ip_cache_slots,
-                     table_room, table_slots)
+from .layout import (SETS, USER_ADDR_END, Config, cache_sets,
+                     ip_cache_slots, table_room, table_slots)
 from .drain import drain_ip_counts, drain_traces
 from .profile import Profile
 from .targets import (CommandTarget, ProcessTarget, SystemTarget, _split_example,
@@ -66,7 +66,7 @@ def default_max_entries(map_name, budget=MAP_BUDGET):
 _MAP_WHAT = {"ip_counts": "IP map", "trace_counts": "trace map"}
 
 
-def check_max_entries(entries, map_name=None):
+def check_max_entries(entries, map_name=None, sets=1):
     """Refuse, before anything is loaded, a --max-entries the kernel would
     refuse or that needs more memory than the machine has available.
     Without `map_name` (the mode not yet known) only what is wrong for any
@@ -90,7 +90,7 @@ def check_max_entries(entries, map_name=None):
         return
     ksz, vsz, kind = MAPS[map_name]
     # the table takes all its memory at load
-    need = map_kernel_bytes(ksz, vsz, table_slots(entries), 1, kind)
+    need = map_kernel_bytes(ksz, vsz, table_slots(entries) * sets, 1, kind)
     avail = memory_available()
     # kernel memory is not swapped out: a map taking most of what is free
     # would push other processes out or into the OOM killer
@@ -584,7 +584,9 @@ class Recorder(Handle):
                  frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
                  count_threads=False, notice=None, verbose=False,
                  warn=None, binaries=(), all_objects=False,
-                 all_processes=False, btf=None):
+                 all_processes=False, btf=None, windows=False):
+        """windows: load two sets of tables, so that end_window() can cut
+        the recording into windows (--interval, windows.py)."""
         if all_processes:
             if pid is not None or command is not None:
                 raise UsageError("-a/--all records every process: give no "
@@ -625,6 +627,7 @@ class Recorder(Handle):
         self.count_threads = count_threads
         self.all_processes, self.all_objects = all_processes, all_objects
         self.btf = btf   # the kernel's BTF, where /sys/kernel/btf has none
+        self.windows = windows
         if isinstance(binaries, (str, bytes, os.PathLike)):
             binaries = [binaries]
         self.binaries = []
@@ -681,7 +684,8 @@ class Recorder(Handle):
             if self.max_entries is not None:
                 check_max_entries(
                     self.max_entries,
-                    "ip_counts" if self.mode == "ip" else "trace_counts")
+                    "ip_counts" if self.mode == "ip" else "trace_counts",
+                    SETS if self.windows else 1)
             self._check_frequency()
             self._open_events()
             # attaching enables the events (libbpf issues the ioctl): for a
@@ -771,7 +775,10 @@ class Recorder(Handle):
     def _load_and_attach(self):
         ncpus = possible_cpus()
         self.map_name = "ip_counts" if self.mode == "ip" else "trace_counts"
-        entries = self.max_entries or default_max_entries(self.map_name)
+        # --interval: two sets of tables share the memory budget
+        sets = SETS if self.windows else 1
+        entries = self.max_entries or default_max_entries(
+            self.map_name, MAP_BUDGET // sets)
         sizes = {self.map_name: table_slots(entries)}
         if self.mode == "lbr":
             sizes["trace_cache"] = cache_sets(ncpus)
@@ -794,7 +801,8 @@ class Recorder(Handle):
         check_btf(self.btf)
         try:
             self.obj = BoltObject(cfg, sizes, programs=[program, *TRACKERS],
-                                  btf=self.btf)
+                                  btf=self.btf,
+                                  sets=sets)
         except _libbpf.LibbpfError as e:
             if e.errno in (errno.ENOMEM, errno.E2BIG) and self.max_entries:
                 raise UsageError(
@@ -893,9 +901,11 @@ class Recorder(Handle):
                         "after the move are not taken")
 
     # --- recording ---------------------------------------------------------
-    def run(self, progress=None, tick=1.0):
+    def run(self, progress=None, tick=1.0, poll=None):
         """Record until the duration passes, the target exits, or Ctrl-C /
-        SIGTERM (KeyboardInterrupt). Records how it stopped."""
+        SIGTERM (KeyboardInterrupt). Records how it stopped. `poll`, if
+        given, is called at every turn of the loop (every 20 ms): the
+        windows of --interval end there (windows.py)."""
         self._check_open()
         end = None if self.duration is None else self.t_start + self.duration
         next_tick = time.monotonic() + tick
@@ -903,6 +913,8 @@ class Recorder(Handle):
             while True:
                 self.objects.poll()
                 self._check_cgroup()   # a move is noticed while it lives
+                if poll:
+                    poll()
                 now = time.monotonic()
                 if end is not None and now >= end:
                     self.stopped_by = "duration"
@@ -922,12 +934,14 @@ class Recorder(Handle):
             # handler raises a bare KeyboardInterrupt
             self.stopped_by = e.args[0] if e.args else "SIGINT (Ctrl-C)"
         self.t_stop = time.monotonic()
-        self.wall_stop = time.time()
         self._disable()
 
-    def finish(self):
+    def finish(self, combine=None):
         """Drain the maps and translate: the Profile of the binary (with
-        several objects chosen, of the first; all are in self.profiles)."""
+        several objects chosen, of the first; all are in self.profiles).
+        combine: called with the drained counts, returns the counts to
+        profile (--interval: the last window is written, and the total of
+        all windows profiled; windows.py)."""
         self._check_open()
         if self.obj is None or not hasattr(self, "t_stop"):
             raise ValueError("finish() needs start() and run() first")
@@ -940,13 +954,66 @@ class Recorder(Handle):
                                    pe.max_sample_rate())
         if message:
             self.warn(message)
+        counts = self.drain()
+        if combine is not None:
+            counts = combine(counts)
+        self.profiles = self.profiles_of(counts, t0)
+        return self.profiles[0] if self.profiles else None
+
+    # --- windows (--interval) ------------------------------------------------
+    def drain(self, s=None):
+        """The counts of set `s` (default: the one the programs count into,
+        once they have stopped): {key: samples} in IP mode, TraceColumns
+        in branch mode (drain.py)."""
+        s = self.obj.active if s is None else s
         if self.mode == "ip":
-            runtime = drain_ip_counts(self.obj)
+            return drain_ip_counts(self.obj, s)
+        return drain_traces(self.obj, s)
+
+    def end_window(self):
+        """Start a new window while recording: the programs switch to the
+        other set of tables (waiting for those still running on the old
+        one, BoltObject.switch_set), whose counts are drained here and
+        then cleared. Returns the counts of the window that ended, as
+        drain() does."""
+        self.objects.poll()   # the objects the window's keys name
+        old = self.obj.switch_set()
+        try:
+            return self.drain(old)
+        finally:
+            self.obj.clear_set(old)
+
+    def wall_time(self, t):
+        """The wall-clock time of monotonic time `t` of this recording (one
+        mapping for windows and total, so their sidecars' times meet)."""
+        return self.wall_start + (t - self.t_start)
+
+    def window_fill(self):
+        """The share of the room of the table the programs count into now
+        that its keys have taken (claimed slots / room)."""
+        claimed = self.obj.read_set(self.obj.active).claimed
+        return claimed / table_room(self.obj.map_entries[self.map_name])
+
+    def profiles_of(self, counts, t0=None, duration=None, report=True,
+                    span=None):
+        """The profiles of the chosen objects from drained `counts` (as
+        drain() gives them: a window's, or the sum of all windows); the
+        counters are the recording's so far. `duration`: the time they
+        cover (default: the recording's), `span` the same as monotonic
+        (start, end) for the sidecar's wall-clock times (default: the
+        recording's); report: say how objects were matched, and which get
+        no profile (once, for the total: not for every window)."""
+        started, stopped = ((self.wall_time(span[0]), self.wall_time(span[1]))
+                            if span else (self.wall_start,
+                                          self.wall_time(self.t_stop)))
+        t0 = time.monotonic() if t0 is None else t0
+        if self.mode == "ip":
+            runtime = counts
             in_map = len(runtime)
             by_object = samples_by_object(runtime)
             per_object = {oid: sum(c.values()) for oid, c in by_object.items()}
         else:
-            columns = drain_traces(self.obj)
+            columns = counts
             in_map = len(columns[0])
             rows = rows_by_object(columns)
             counts = columns[3]
@@ -956,8 +1023,8 @@ class Recorder(Handle):
         total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
-        chosen = self._choose_objects(per_object)
-        self.profiles = []
+        chosen = self._choose_objects(per_object, report)
+        profiles = []
         for binary, objects, how in chosen:
             oids = {o.id for o in objects}
             got = sum(per_object.get(oid, 0) for oid in oids)
@@ -988,8 +1055,9 @@ class Recorder(Handle):
             processes = set().union(*(o.processes for o in objects))
             profile.info.update(
                 pid=self.target.pid, frequency=self.frequency,
-                scope=self.scope, duration=self.t_stop - self.t_start,
-                started=self.wall_start, stopped=self.wall_stop,
+                scope=self.scope, duration=(self.t_stop - self.t_start
+                                            if duration is None else duration),
+                started=started, stopped=stopped,
                 stopped_by=self.stopped_by, distinct_addresses=in_map,
                 map_entries=table_room(self.obj.map_entries[self.map_name]),
                 table_slots=self.obj.map_entries[self.map_name],
@@ -1005,13 +1073,13 @@ class Recorder(Handle):
                 objects_seen=len(self.objects.objects),
                 drain_seconds=time.monotonic() - t0,
                 warnings=list(self.warnings))
-            self.profiles.append(profile)
-        return self.profiles[0] if self.profiles else None
+            profiles.append(profile)
+        return profiles
 
-    def _choose_objects(self, per_object):
+    def _choose_objects(self, per_object, report=True):
         """[(Binary, its objects in the table, how they matched)] to write:
         the --binary files, every object with samples (--all-objects), or
-        the target's executable."""
+        the target's executable. report=False: say nothing about them."""
         table = self.objects
         if self.all_objects:
             out = []
@@ -1021,8 +1089,9 @@ class Recorder(Handle):
                     name = o.name if o else f"[object {oid}]"
                     why = (o.error if o and o.error else
                            "its file was never read")
-                    self.warn(f"{name}: {per_object[oid]:,} samples get no "
-                              f"profile: {why}")
+                    if report:
+                        self.warn(f"{name}: {per_object[oid]:,} samples get "
+                                  f"no profile: {why}")
                     continue
                 out.append((Binary(o.name, o.elf, o.identity), [o],
                             "identity"))
@@ -1031,6 +1100,9 @@ class Recorder(Handle):
         out = []
         for b in binaries:
             found, how = b.find(table)
+            if not report:
+                out.append((b, found, how))
+                continue
             if found and how == "build id":
                 self.notice(f"{b.path}: matched by build id {b.build_id} to "
                             f"{', '.join(o.name for o in found)} (another "

@@ -9,6 +9,11 @@ counts not yet added to keys the tables already have. flush_caches (a
 syscall program) adds those with the samples' own code and empties the
 caches; then the tables alone hold every count, and are read here in one
 copy each. ``Recorder`` and ``Replayer`` both drain through here.
+
+With --interval the tables and caches hold two sets (bpf_object.py
+switch_set): a window's set is drained here once the programs count into
+the other one, then cleared (BoltObject.clear_set) for the window after
+next. Without it, there is one set, 0.
 """
 import sys
 from array import array
@@ -16,7 +21,7 @@ from itertools import compress
 
 from .bpf_object import FLUSH
 from .errors import BpfError
-from .layout import RACED_MAX, SLOT_USED, TRACE_RETURN
+from .layout import RACED_MAX, SLOT_USED, TRACE_RETURN, FlushArgs
 from .profile import TraceColumns
 
 # A stored trace word has SLOT_USED (bit 62) flipped. Flipping it back, a
@@ -51,41 +56,42 @@ def split_returns(frm):
     return array("Q", raw), returns
 
 
-def flush_caches(obj):
-    """Add the counts pending in the CPUs' caches to the count tables and
-    empty the caches (flush_caches, in the kernel). Only while no program
-    runs: afterwards the tables alone hold every count."""
-    failed = obj.run_program(FLUSH)
+def flush_caches(obj, s=0):
+    """Add the counts pending in the CPUs' caches of set `s` to its count
+    tables and empty the caches (flush_caches, in the kernel). Only while
+    no program counts into the set: afterwards its tables alone hold every
+    count."""
+    failed = obj.run_program(FLUSH, FlushArgs(set=s))
     if failed:  # a cache it could not walk: its counts would be missing
         raise BpfError(f"{FLUSH} failed (returned {failed}): the per-CPU "
                        "caches' counts could not be added to the profile",
                        "report this as a bug, with the kernel version")
 
 
-def drain_ip_counts(obj):
-    """{key: samples} (keys as the table holds them: object << 48 | file
-    offset), caches included."""
-    flush_caches(obj)
+def drain_ip_counts(obj, s=0):
+    """{key: samples} of set `s` (keys as the table holds them: object <<
+    48 | file offset), caches included."""
+    flush_caches(obj, s)
     counts = {}
-    for words in obj.read_table("ip_counts"):
+    for words in obj.read_table("ip_counts", s):
         keys = words[0::2]
         counts.update(compress(zip(keys, words[1::2]), keys))
     return counts
 
 
-def drain_traces(obj):
-    """The trace table as columns (from, to, ft_end, count, mispreds), caches
-    included: a million traces stay cheap, with no Python object per trace
-    until something asks for one. `returns` of the result marks the traces
-    whose branch is a return (None: no trace is one)."""
-    flush_caches(obj)
+def drain_traces(obj, s=0):
+    """Set `s`'s trace table as columns (from, to, ft_end, count,
+    mispreds), caches included: a million traces stay cheap, with no Python
+    object per trace until something asks for one. `returns` of the result
+    marks the traces whose branch is a return (None: no trace is one)."""
+    flush_caches(obj, s)
     cols = [array("Q") for _ in range(5)]
-    for words in obj.read_table("trace_counts"):
+    for words in obj.read_table("trace_counts", s):
         used = words[0::5]  # from: 0 only in a free slot
         for i, col in enumerate(cols):
             col.extend(compress(words[i::5], used))
     cols[:3] = [_unflip(c) for c in cols[:3]]
-    races, froms = obj.read_raced()
+    races, froms = obj.read_raced(s)
     if races:  # before the split: a return's `from` still tells it apart
         cols = _merge_duplicates(cols, None if races > RACED_MAX else
                                  {f ^ SLOT_USED for f in froms})

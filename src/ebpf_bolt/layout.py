@@ -103,6 +103,21 @@ class Raced(ctypes.Structure):
     _fields_ = [("n", ctypes.c_uint64), ("from_", ctypes.c_uint64 * RACED_MAX)]
 
 
+# Sets of count tables and caches (--interval): each table and cache map
+# holds SETS slices; the programs count into the one active_set holds
+# (ebpf_bolt.h struct eb_set, ebpf_bolt.bpf.c).
+SETS = 2
+
+
+class EbSet(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("claimed", ctypes.c_uint64), ("raced", Raced)]
+
+
+class FlushArgs(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
 class IpEntry(ctypes.Structure):
     _fields_ = [("ip", ctypes.c_uint64), ("count", ctypes.c_uint64)]
 
@@ -218,6 +233,8 @@ MIRRORS = {
     "eb_trace_entry": (TraceEntry, {}),
     "eb_ip_entry": (IpEntry, {}),
     "eb_raced": (Raced, {"from": "from_"}),
+    "eb_set": (EbSet, {}),
+    "eb_flush_args": (FlushArgs, {}),
     "eb_branch": (Branch, {"from": "from_"}),
     "eb_cache_slot": (CacheSlot, {}),
     "eb_cache_set": (CacheSet, {}),

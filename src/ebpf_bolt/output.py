@@ -36,6 +36,11 @@ sibling directory, which one rename(2) puts in place::
         for name, text in zip(profile_names(objects), texts):
             out.add(name, text)
         out.commit({"objects": [...]})
+
+With --interval the directory takes windows while recording (DIR/0001/,
+each an OutputDirectory of its own) and the total at the end:
+``OutputDirectory(path, in_place=True)`` makes the directory when opened,
+and its commit renames each profile into it, then index.json last.
 """
 import contextlib
 import ctypes
@@ -592,8 +597,17 @@ class OutputDirectory(Handle):
     writing of the profiles, after the work) can leave it behind. The
     parent of the directory must be writable."""
 
-    def __init__(self, path, inputs=(), count=None, reserve=RESERVE):
+    def __init__(self, path, inputs=(), count=None, reserve=RESERVE,
+                 in_place=False):
+        """in_place: the directory is made (or the empty one kept) now,
+        so that other things can be put in it before the commit (the
+        windows of --interval); add() writes each profile to a hidden
+        temporary file in it, which commit() renames to its name, then
+        index.json last: each file is complete when it appears, and a
+        directory with index.json holds every profile."""
         self.path = path
+        self.in_place = in_place
+        self._temps = {}       # in place: name -> hidden temporary name
         self.target = None     # the directory put in place: links resolved
         self._inputs = list(inputs) + _ALWAYS_INPUTS
         self._count = count
@@ -660,6 +674,13 @@ class OutputDirectory(Handle):
             os.close(fd)
             if name is not None:
                 os.unlink(name, dir_fd=self._parentfd)
+        if self.in_place:
+            if st is None:   # 0777: the umask applies, as for mkdir(1)
+                os.mkdir(os.path.basename(self.target), 0o777,
+                         dir_fd=self._parentfd)
+            self._tmpfd = os.open(os.path.basename(self.target), os.O_RDONLY
+                                  | os.O_DIRECTORY | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, dir_fd=self._parentfd)
 
     def _stat_target(self):
         try:
@@ -697,6 +718,18 @@ class OutputDirectory(Handle):
             raise
 
     def _write(self, name, data):
+        if self.in_place:   # a hidden name now, its own at the commit
+            fd, tmp = _create_named(self._tmpfd)
+            self._temps[name] = tmp
+            self._names.append(name)
+            try:
+                os.fchmod(fd, 0o666 & ~_umask())
+                _write_all(fd, data.encode() if isinstance(data, str)
+                           else data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
         if self._tmpfd is None:
             self._make_hidden()
         # 0666: the umask applies, as to a file a shell makes
@@ -772,6 +805,15 @@ class OutputDirectory(Handle):
             self.check_inputs(())
             # last: a directory holding index.json holds everything
             self._write(INDEX_NAME, text)
+            if self.in_place:
+                # index.json last of all, as its rename is
+                for name in list(self._names):
+                    os.rename(self._temps.pop(name), name,
+                              src_dir_fd=self._tmpfd, dst_dir_fd=self._tmpfd)
+                    self._names.remove(name)   # in place: close() spares it
+                os.fsync(self._tmpfd)
+                self.close()
+                return
             st = self._stat_target()
             if st is None:
                 mode = 0o777 & ~_umask()   # as mkdir would make it
@@ -817,7 +859,8 @@ class OutputDirectory(Handle):
         if self._tmpfd is not None:
             for name in self._names:
                 with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=self._tmpfd)
+                    os.unlink(self._temps.get(name, name)
+                              if self.in_place else name, dir_fd=self._tmpfd)
             os.close(self._tmpfd)
             self._tmpfd = None
         self._names = []

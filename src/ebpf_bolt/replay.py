@@ -331,7 +331,7 @@ class Replayer(_MappedInput):
     runtime addresses into the keys of `objects`."""
 
     def __init__(self, objects, max_entries=None, sets=None, path=None,
-                 branch_types=True):
+                 branch_types=True, windows=False, programs=()):
         """objects: [(ELF file path, load base)], the code the stacks ran
         in, placed as the loader put it (load base: the runtime address of
         a PIE's or library's first segment, 0 for non-PIE); each gets its
@@ -341,7 +341,11 @@ class Replayer(_MappedInput):
         the baseline of the tests and benchmarks (default: the shipped
         one); branch_types: keep returns apart where entries have a type
         (False: the worker skips the test, as for an event without
-        PERF_SAMPLE_BRANCH_TYPE_SAVE, and every trace is untyped)."""
+        PERF_SAMPLE_BRANCH_TYPE_SAVE, and every trace is untyped);
+        windows: load two sets of tables, so that end_window() can start
+        a new window as --interval does (BoltObject.switch_set);
+        programs: more programs to load than replay_branches (the tests'
+        object has a few of its own)."""
         check_privileges()
         if max_entries is not None and not (isinstance(max_entries, int)
                                             and 0 < max_entries < 1 << 32):
@@ -358,7 +362,9 @@ class Replayer(_MappedInput):
                                "trace_cache": sets or cache_sets(ncpus),
                                "replay_stacks": batch,
                                "procs": 1},   # procs[0]: the replay's own
-                              programs=["replay_branches"], path=path)
+                              programs=["replay_branches", *programs],
+                              path=path,
+                              sets=2 if windows else 1)
         try:
             self.obj.update_elem("procs", ctypes.c_uint32(0), proc)
             size = -(-batch * STACK_BYTES // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -431,14 +437,26 @@ class Replayer(_MappedInput):
         st["unresolved"] = 0
         return st
 
-    def profiles(self):
-        """The Profile of each object, in the order given: one drain, then
+    def end_window(self):
+        """Switch the worker to the other set of tables and return the
+        profiles of the window that ended (that set's drain), then clear
+        that set for the window after next: as --interval does while
+        recording. Between runs: replay's runs are this thread's own."""
+        old = self.obj.switch_set()
+        try:
+            return self.profiles(old)
+        finally:
+            self.obj.clear_set(old)
+
+    def profiles(self, s=None):
+        """The Profile of each object, in the order given, from set `s`
+        (default: the one the worker counts into now): one drain, then
         one translation per object (translate.object_traces), over the rows
         of that object (found in one pass where there are several).
         stats["traces_outside_binary"]: the traces counted but not in this
         object's profile (no from or to in it, including those the kernel
         dropped for having none in any object)."""
-        columns = drain_traces(self.obj)
+        columns = drain_traces(self.obj, self.obj.active if s is None else s)
         stats = self.stats()
         total = sum(columns[3]) + stats["traces_outside"]
         rows = rows_by_object(columns) if len(self.objects) > 1 else {}
