@@ -439,7 +439,14 @@ def test_stop_signal_ends_the_last_window(ebpf_bolt_cmd, workload_pie,
                                 "0.3", "--format", "preagg", "-o", str(out),
                                 "-p", str(target.pid), "30"],
                                stderr=subprocess.PIPE, text=True)
-        time.sleep(2.0)
+        # the signal once windows are being written (a slow machine, such
+        # as a kernel under emulation, may still be starting up at 2 s)
+        first = tmp_path / "s.preagg.0001"
+        deadline = time.monotonic() + 90
+        while not first.exists() and rec.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
         rec.send_signal(signal.SIGINT)
         _, err = rec.communicate(timeout=60)
     finally:
