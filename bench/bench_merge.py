@@ -25,6 +25,13 @@ Run after scripts/setup.sh (the duckdb extra is installed there):
    line against its record pattern, and a plain one that only splits the
    lines, as the README's Spark SQL does), each in its own process (time
    and peak memory).
+4. Against merge-fdata, LLVM BOLT's own tool for summing fdata (what a
+   user who runs perf2bolt on each host would pick): --files branch fdata
+   profiles (perf2bolt's records, names from a pool of functions) summed by
+   merge-fdata, ``ebpf-bolt merge`` and ``merge --engine duckdb``; time and
+   peak memory of each, and whether all three sums agree record for record.
+
+--parts picks the parts: text (1 and 2), parquet (3), fdata (4).
 """
 import argparse
 import os
@@ -81,6 +88,97 @@ def generate(directory, files, traces, pool, variants, rng):
                 prov, samples=traces, processes=1, size=len(text))))
         paths.append(path)
     return paths, texts
+
+
+def fdata_pool(n, rng, functions=5000):
+    """`n` distinct branch records of perf2bolt's fdata: within a function
+    or a call to another, among `functions` functions."""
+    keys = set()
+    while len(keys) < n:
+        f = rng.randrange(functions)
+        g = f if rng.random() < 0.8 else rng.randrange(functions)
+        keys.add("1 fn%d %x 1 fn%d %x" % (f, rng.randrange(0x2000), g,
+                                           rng.randrange(0x2000)))
+    return list(keys)
+
+
+def generate_fdata(directory, files, records, pool, variants, rng):
+    texts = []
+    for _ in range(variants):
+        texts.append("".join(
+            "%s %d %d\n" % (k, rng.randrange(0, 50), rng.randrange(50, 5000))
+            for k in rng.sample(pool, records)).encode())
+    paths = []
+    for i in range(files):
+        path = os.path.join(directory, f"host{i:04d}.fdata")
+        text = texts[i % variants]
+        with open(path, "wb") as f:
+            f.write(text)
+        prov = provenance.describe(
+            path="/srv/app", build_id=BID, mode="branch", fmt="fdata",
+            event="cycles", frequency=4999, start=T0 + i, end=T0 + i + 600,
+            hosts=[f"host{i:04d}"])
+        with open(path + ".json", "w") as f:
+            f.write(provenance.sidecar_text(provenance.sidecar(
+                prov, samples=records, processes=1, size=len(text))))
+        paths.append(path)
+    return paths
+
+
+def fdata_sums(path):
+    """{record key: [mispreds, count]} of an fdata file's branch records
+    (merge-fdata may add a header line, which is skipped)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 8:
+                continue
+            out[" ".join(parts[:6])] = [int(parts[6]), int(parts[7])]
+    return out
+
+
+def merge_fdata_tool():
+    """The newest installed LLVM's merge-fdata, or None."""
+    import glob
+    found = sorted(glob.glob("/usr/lib/llvm-*/bin/merge-fdata"),
+                   key=lambda p: int(p.split("llvm-")[1].split("/")[0]))
+    return found[-1] if found else None
+
+
+def fdata_part(args, work, rng):
+    tool = merge_fdata_tool()
+    if tool is None:
+        print("\n(fdata part: no merge-fdata installed: apt install bolt-22)")
+        return
+    fd_dir = os.path.join(work, "fdata")
+    os.mkdir(fd_dir)
+    pool = fdata_pool(args.keys, rng)
+    paths = generate_fdata(fd_dir, args.files, args.traces, pool,
+                           min(args.variants, args.files), rng)
+    size = sum(os.path.getsize(p) for p in paths)
+    print(f"\n{args.files:,} branch fdata profiles of {args.traces:,} records"
+          f": {size / 1e9:.2f} GB", flush=True)
+    rows, sums = [], {}
+    runs = [(f"{tool} (LLVM's merge-fdata)", [tool, *paths, "-o"]),
+            ("ebpf-bolt merge", [args.ebpf_bolt, "merge", *paths, "-o"]),
+            ("ebpf-bolt merge --engine duckdb",
+             [args.ebpf_bolt, "merge", "--engine", "duckdb", *paths, "-o"])]
+    for name, argv in runs:
+        out = os.path.join(work, f"fdata-{len(rows)}.fdata")
+        seconds, rss, _ = measure(argv + [out])
+        rows.append((name, seconds, rss))
+        sums[name] = fdata_sums(out)
+        print(f"  {name}: {seconds:.1f} s, {rss:.0f} MiB", flush=True)
+    first = next(iter(sums.values()))
+    agree = all(s == first for s in sums.values())
+    print(f"\n| sum of {args.files:,} branch fdata profiles ({size / 1e9:.2f} "
+          "GB) | wall time | peak RSS |")
+    print("|---|---|---|")
+    for name, seconds, rss in rows:
+        print(f"| {name} | {seconds:.1f} s | {rss:.0f} MiB |")
+    print(f"\nthe three sums agree record for record: {agree} "
+          f"({len(first):,} records)")
 
 
 def measure(argv, **kw):
@@ -165,10 +263,17 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--ebpf-bolt", default=os.path.join(
         os.path.dirname(sys.executable), "ebpf-bolt"))
+    ap.add_argument("--parts", default="text,parquet,fdata",
+                    help="comma-separated: text, parquet, fdata")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     rng = random.Random(20261204)
     work = tempfile.mkdtemp(prefix="bench-merge-", dir=args.dir)
     try:
+        if "fdata" in parts:
+            fdata_part(args, work, rng)
+        if not parts & {"text", "parquet"}:
+            return
         text_dir = os.path.join(work, "text")
         os.mkdir(text_dir)
         t0 = time.monotonic()
