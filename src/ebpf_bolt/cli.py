@@ -174,9 +174,18 @@ def _on_stop_signal(signum, frame):
     _signals_received.append(signum)
     if not _deferring:
         # the name says how the recording stopped, in the summary
-        name = signal.Signals(signum).name
-        raise KeyboardInterrupt(name + (" (Ctrl-C)" if signum == signal.SIGINT
-                                        else ""))
+        raise KeyboardInterrupt(*stop_reason())
+
+
+def stop_reason():
+    """The arguments of the KeyboardInterrupt of the last stop signal
+    received: its name, or none where no signal came (a KeyboardInterrupt
+    without cli's handlers)."""
+    if not _signals_received:
+        return ()
+    signum = _signals_received[-1]
+    return (signal.Signals(signum).name
+            + (" (Ctrl-C)" if signum == signal.SIGINT else ""),)
 
 
 _MODE_DATA = {"ip": "IP samples", "lbr": "branch stacks"}
