@@ -684,6 +684,81 @@ def test_duckdb_merge_interrupted(sig, tmp_path, capsys, monkeypatch):
         "a.preagg", "a.preagg.json", "out"]
 
 
+# --- the sidecar with its profile --------------------------------------------------
+
+def test_interrupt_between_profile_and_sidecar_leaves_no_stale_sidecar(
+        tmp_path, capsys, monkeypatch):
+    """Stopped after the profile is written, before its sidecar: the old
+    profile's sidecar is gone, so the new profile cannot be merged with
+    the old one's hosts and times; it is refused until named with
+    --binary."""
+    from ebpf_bolt import output
+    a = one(tmp_path, "a.preagg")
+    b = one(tmp_path, "b.preagg", seed=1)
+    out = tmp_path / "out.preagg"
+    code, err = merge_main(capsys, a, "-o", out)     # the old pair
+    assert code == 0, err
+
+    def stopped(self, data):
+        raise KeyboardInterrupt("SIGINT (Ctrl-C)")
+    monkeypatch.setattr(output.Sidecar, "commit", stopped)
+    code, err = merge_main(capsys, a, b, "-o", out)
+    assert code == 130, err
+    assert out.read_text() != open(a).read()          # the new profile
+    assert not (tmp_path / "out.preagg.json").exists()
+    monkeypatch.undo()
+    code, err = merge_main(capsys, out, "-o", tmp_path / "again")
+    assert_refused(code, err, "has no sidecar", "--binary")
+
+
+def test_sidecar_made_before_the_profile_is_written(tmp_path, capsys,
+                                                    monkeypatch):
+    """Making the sidecar fails (here: a bug made to happen): nothing is
+    written, the old profile and its sidecar stay as they were."""
+    a = one(tmp_path, "a.preagg")
+    b = one(tmp_path, "b.preagg", seed=1)
+    out = tmp_path / "out.preagg"
+    assert merge_main(capsys, a, "-o", out)[0] == 0
+    before = outputs(out)
+
+    def broken(side):
+        raise ValueError("made to fail")
+    monkeypatch.setattr(provenance, "sidecar_text", broken)
+    code, err = merge_main(capsys, a, b, "-o", out)
+    assert code == 70 and "made to fail" in err, err
+    assert outputs(out) == before
+
+
+@pytest.mark.parametrize("time_text", ["9999-12-31T23:59:59.999999Z",
+                                       "0001-01-01T00:00:00.000000Z"])
+def test_extreme_times_kept_as_they_are(time_text, tmp_path, capsys):
+    """Times at the ends of what the sidecar can spell: merged as the text
+    they are (no float in between to round 9999-12-31T23:59:59.999999
+    into year 10000), and year 1 spelled with 4 digits, so that the output
+    is an input again."""
+    a = one(tmp_path, "a.preagg")
+    b = one(tmp_path, "b.preagg", seed=1)
+    side = json.loads(open(b + ".json").read())
+    side["start"] = side["end"] = time_text
+    with open(b + ".json", "w") as f:
+        f.write(provenance.sidecar_text(side))
+    code, err = merge_main(capsys, a, b, "-o", tmp_path / "out")
+    assert code == 0, err
+    merged = json.loads((tmp_path / "out.json").read_text())
+    assert time_text in (merged["start"], merged["end"])
+    assert provenance.problem(merged, provenance.SIDECAR_KEYS) is None
+    code, err = merge_main(capsys, tmp_path / "out", "-o", tmp_path / "out2")
+    assert code == 0, err
+
+
+def test_utc_spells_four_digit_years():
+    assert provenance.utc(-62135596800) == "0001-01-01T00:00:00.000000Z"
+    assert provenance.parse_utc("0001-01-01T00:00:00.000000Z") == \
+        -62135596800
+    with pytest.raises(ValueError):
+        provenance.parse_utc("1-01-01T00:00:00.000000Z")
+
+
 # --- directories: all provenance first ----------------------------------------------
 
 def test_directories_check_every_object_before_reading(tmp_path, capsys):

@@ -9,9 +9,9 @@ can be summed: their provenance (provenance.py, from the sidecar or the
 index.json entry) says which, and anything else is refused before reading a
 record.
 
-Memory holds the summed key -> count table and nothing per input: files
-are read a line at a time, and the provenance of the inputs is folded as
-it is read (ProvenanceSum). The output is sorted by key, so merging is
+Memory holds the summed key -> count table and, per input, its provenance
+(a small dict): files are read a line at a time, and the provenance of the
+inputs is folded (ProvenanceSum) before any record is read. The output is sorted by key, so merging is
 associative and commutative byte for byte, and a merge's output (with its
 own sidecar) is an input like any other.
 
@@ -348,8 +348,8 @@ class ProvenanceSum:
             path=self.path, build_id=f["build_id"], mode=f["mode"],
             fmt=f["format"], event=(next(iter(self.events)) if self.events
                                     else UNKNOWN_EVENT),
-            frequency=self.frequency, start=provenance.parse_utc(self.start),
-            end=provenance.parse_utc(self.end), hosts=self.hosts,
+            frequency=self.frequency, start=self.start, end=self.end,
+            hosts=self.hosts,
             inputs=self.inputs)
         return prov
 
@@ -484,8 +484,8 @@ def merge_group(inputs, engine="builtin", total=None):
 def merge_command(args, say):
     """ebpf-bolt merge: one profile (-o FILE) where the inputs are files,
     a directory with index.json (-o DIR) where any input is a directory."""
-    from .output import (OutputDirectory, OutputFile, profile_names,
-                         sidecar_output)
+    from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
+                         profile_names, sidecar_output)
     if args.engine == "duckdb":
         from .merge_duckdb import import_duckdb
         import_duckdb()    # before anything: the hint says how to get it
@@ -505,11 +505,9 @@ def merge_command(args, say):
             side = sidecar_output(out)
             try:
                 text, total = merge_group(group, args.engine)
-                out.commit(text)
-                if side is not None:
-                    side.commit(provenance.sidecar_text(provenance.sidecar(
-                        total.describe(), total.samples, total.processes,
-                        len(text.encode()))))
+                commit_with_sidecar(out, side, text, provenance.sidecar_text(
+                    provenance.sidecar(total.describe(), total.samples,
+                                       total.processes, len(text.encode()))))
             finally:
                 if side is not None:
                     side.close()
