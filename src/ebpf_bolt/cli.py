@@ -18,8 +18,8 @@ from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      UsageError)
-from .output import (OutputDirectory, OutputFile, profile_names,
-                     sidecar_output)
+from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
+                     profile_names, sidecar_output)
 from .windows import EARLY_FILL, Windows
 from .targets import interpreters
 from .perf_event import max_sample_rate
@@ -174,9 +174,18 @@ def _on_stop_signal(signum, frame):
     _signals_received.append(signum)
     if not _deferring:
         # the name says how the recording stopped, in the summary
-        name = signal.Signals(signum).name
-        raise KeyboardInterrupt(name + (" (Ctrl-C)" if signum == signal.SIGINT
-                                        else ""))
+        raise KeyboardInterrupt(*stop_reason())
+
+
+def stop_reason():
+    """The arguments of the KeyboardInterrupt of the last stop signal
+    received: its name, or none where no signal came (a KeyboardInterrupt
+    without cli's handlers)."""
+    if not _signals_received:
+        return ()
+    signum = _signals_received[-1]
+    return (signal.Signals(signum).name
+            + (" (Ctrl-C)" if signum == signal.SIGINT else ""),)
 
 
 _MODE_DATA = {"ip": "IP samples", "lbr": "branch stacks"}
@@ -541,17 +550,18 @@ def replayed_provenance(profile, fmt, started, stopped):
         start=started, end=stopped)
 
 
-def _commit_sidecar(side, profile, fmt, text, prov):
-    """Write the sidecar of the profile just committed (`text`), if it
-    gets one. After the profile: its size in the sidecar tells a merge a
-    sidecar left over from an earlier profile of that name."""
-    if side is None:
-        return
-    side.check_inputs([profile.binary])
-    size = len(text.encode() if isinstance(text, str) else text)
-    side.commit(provenance.sidecar_text(provenance.sidecar(
-        prov, samples=profile.total(),
-        processes=profile.info.get("processes", 1), size=size)))
+def _commit_with_sidecar(out, side, profile, text, prov):
+    """Commit `text`, the profile `profile` rendered, to `out`, and its
+    sidecar of provenance `prov` to `side` (None: it gets none), made
+    before either is written (output.commit_with_sidecar)."""
+    side_text = None
+    if side is not None:
+        side.check_inputs([profile.binary])
+        size = len(text.encode() if isinstance(text, str) else text)
+        side_text = provenance.sidecar_text(provenance.sidecar(
+            prov, samples=profile.total(),
+            processes=profile.info.get("processes", 1), size=size))
+    commit_with_sidecar(out, side, text, side_text)
 
 
 def _commit_profile(out, side, rec, profile, fmt):
@@ -565,8 +575,7 @@ def _commit_profile(out, side, rec, profile, fmt):
     out.check_inputs([profile.binary] + (
         [f"/proc/{rec.target.pid}/exe"] if rec.target.pid and
         rec.target.alive() else []))
-    out.commit(text)
-    _commit_sidecar(side, profile, fmt, text, profile.provenance(fmt))
+    _commit_with_sidecar(out, side, profile, text, profile.provenance(fmt))
     return fmt, text
 
 
@@ -987,8 +996,7 @@ def replay_command(args):
         profile, = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
         text = profile.render(args.format)
-        out.commit(text)
-        _commit_sidecar(side, profile, args.format, text, replayed_provenance(
+        _commit_with_sidecar(out, side, profile, text, replayed_provenance(
             profile, args.format, started, time.time()))
     for line in replay_summary(profile, args.format, len(stacks),
                                args.output):

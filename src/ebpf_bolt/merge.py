@@ -9,9 +9,9 @@ can be summed: their provenance (provenance.py, from the sidecar or the
 index.json entry) says which, and anything else is refused before reading a
 record.
 
-Memory holds the summed key -> count table and nothing per input: files
-are read a line at a time, and the provenance of the inputs is folded as
-it is read (ProvenanceSum). The output is sorted by key, so merging is
+Memory holds the summed key -> count table and, per input, its provenance
+(a small dict): files are read a line at a time, and the provenance of the
+inputs is folded (ProvenanceSum) before any record is read. The output is sorted by key, so merging is
 associative and commutative byte for byte, and a merge's output (with its
 own sidecar) is an input like any other.
 
@@ -30,10 +30,16 @@ from .errors import UsageError
 ENGINES = ("builtin", "duckdb")
 
 _HEX = r"(?:0|[1-9a-f][0-9a-f]{0,15})"   # as the writers spell addresses
-# a count: no sign, no leading 0, and at most 19 digits, which fit the
-# UBIGINT DuckDB sums (a count past 10^19 is no real profile's)
-_NUM = r"(?:0|[1-9][0-9]{0,18})"
+# a count: no sign, no leading 0, at most 20 digits; its value is checked
+# against COUNT_MAX with the sums (check_counts)
+_NUM = r"(?:0|[1-9][0-9]{0,19})"
 _NAME = r"[^ ]+"                          # an fdata name or DSO
+_EVENT = r"([!-~]+)"   # printable ASCII but space: no "\r" of a CRLF line
+
+# BOLT reads a count as uint64: an input may hold any, and a sum past it
+# is refused (check_counts), never wrapped nor clipped, so that a merge's
+# output is always a valid input and merges compose exactly
+COUNT_MAX = (1 << 64) - 1
 
 
 class Dialect:
@@ -62,7 +68,7 @@ DIALECTS = {
     # T/R from to ft_end count (writers.preagg_traces)
     ("preagg", "branch"): Dialect(
         "kxxx", rf"([TR] {_HEX} {_HEX} {_HEX}) ({_NUM})()",
-        r"E ([^ ]+)", "E %s\n"),
+        "E " + _EVENT, "E %s\n"),
     # B from to count mispreds; F/f start end count
     # (writers.preagg_branches_fallthroughs)
     ("preagg-bf", "branch"): Dialect(
@@ -70,11 +76,11 @@ DIALECTS = {
                rf"([Ff] {_HEX} {_HEX}) ({_NUM})()"),
     # S addr count (writers.preagg_basic)
     ("preagg", "ip"): Dialect(
-        "kx", rf"(S {_HEX}) ({_NUM})()", r"E ([^ ]+)", "E %s\n"),
+        "kx", rf"(S {_HEX}) ({_NUM})()", "E " + _EVENT, "E %s\n"),
     # is_sym name offset count (writers.fdata_basic)
     ("fdata", "ip"): Dialect(
         "isx", rf"([012] {_NAME} {_HEX}) ({_NUM})()",
-        r"no_lbr ([^ ]+)", "no_lbr %s\n"),
+        "no_lbr " + _EVENT, "no_lbr %s\n"),
     # is_sym name offset is_sym name offset mispreds count (perf2bolt's)
     ("fdata", "branch"): Dialect(
         "isxisx", rf"([012] {_NAME} {_HEX} [012] {_NAME} {_HEX}) ({_NUM}) "
@@ -234,11 +240,23 @@ def sniff(path):
                      "profiles")
 
 
+def object_of(prov):
+    """What tells objects apart: the build id, or the path where an object
+    has none."""
+    return prov["build_id"] or ("path", prov["path"])
+
+
+def _object_name(prov):
+    return (f"build id {prov['build_id']} ({prov['path']})"
+            if prov["build_id"] else f"{prov['path']} (no build id)")
+
+
 def gather(paths, binary=None):
     """{object: [Input]} of `paths` (profiles and index.json directories),
-    objects keyed by build id (by path where an object has none), and
-    whether any input was a directory."""
-    groups, any_dir = {}, False
+    objects keyed by object_of(), and whether any input was a directory.
+    The same profile file given twice (by another path, a link, or in two
+    directories) is refused: it would be counted twice."""
+    groups, any_dir, seen = {}, False, {}
     for path in paths:
         if os.path.isdir(path):
             any_dir = True
@@ -246,9 +264,16 @@ def gather(paths, binary=None):
         else:
             inputs = [file_input(path, binary)]
         for inp in inputs:
-            bid = inp.prov["build_id"]
-            groups.setdefault(bid or ("path", inp.prov["path"]),
-                              []).append(inp)
+            try:
+                st = os.stat(inp.profile)
+            except OSError as e:
+                raise cannot_read(inp.profile, e) from None
+            again = seen.setdefault((st.st_dev, st.st_ino), inp)
+            if again is not inp:
+                raise UsageError(f"{inp.profile} is {again.profile} again: its "
+                                 "counts would be summed twice",
+                                 "give each profile once")
+            groups.setdefault(object_of(inp.prov), []).append(inp)
     return groups, any_dir
 
 
@@ -270,11 +295,10 @@ class ProvenanceSum:
         if first is None:
             self.first = first = inp
         f = first.prov
-        if p["build_id"] != f["build_id"]:
+        if object_of(p) != object_of(f):
             raise UsageError(
-                f"{inp.source} is of build id {p['build_id']} "
-                f"({p['path']}), {first.source} of {f['build_id']} "
-                f"({f['path']}): profiles of different objects cannot be "
+                f"{inp.source} is of {_object_name(p)}, {first.source} of "
+                f"{_object_name(f)}: profiles of different objects cannot be "
                 "summed", "merge each object's profiles apart (an index.json "
                 "directory merges per object)")
         if p["mode"] != f["mode"]:
@@ -291,11 +315,8 @@ class ProvenanceSum:
         if p["event"] != UNKNOWN_EVENT:
             self.events.add(p["event"])
             if len(self.events) > 1:
-                raise UsageError(
-                    f"{inp.source} counts event {p['event']}, others "
-                    f"{', '.join(sorted(self.events - {p['event']}))}: "
-                    "counts of different events cannot be summed",
-                    "merge each event's profiles apart")
+                raise other_event(inp.source, p["event"],
+                                  sorted(self.events - {p["event"]}))
         self.frequencies.add(p["frequency"])
         self.hosts.update(p["hosts"])
         self.start = min(filter(None, (self.start, p["start"])))
@@ -327,8 +348,8 @@ class ProvenanceSum:
             path=self.path, build_id=f["build_id"], mode=f["mode"],
             fmt=f["format"], event=(next(iter(self.events)) if self.events
                                     else UNKNOWN_EVENT),
-            frequency=self.frequency, start=provenance.parse_utc(self.start),
-            end=provenance.parse_utc(self.end), hosts=self.hosts,
+            frequency=self.frequency, start=self.start, end=self.end,
+            hosts=self.hosts,
             inputs=self.inputs)
         return prov
 
@@ -349,8 +370,7 @@ def reduce_builtin(dia, profiles):
         try:
             f = open(path, encoding="utf-8", errors="strict", newline="\n")
         except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}",
-                             "check the profile's path") from None
+            raise cannot_read(path, e) from None
         with f:
             try:
                 for n, line in enumerate(f, 1):
@@ -360,13 +380,9 @@ def reduce_builtin(dia, profiles):
                         h = header.fullmatch(line) if header and n == 1 \
                             else None
                         if h is None:
-                            raise _bad_line(path, n, line, dia)
+                            raise bad_line(path, n, line, dia)
                         if event is not None and h.group(1) != event:
-                            raise UsageError(
-                                f"{path} counts event {h.group(1)}, others "
-                                f"{event}: counts of different events cannot "
-                                "be summed", "merge each event's profiles "
-                                "apart")
+                            raise other_event(path, h.group(1), [event])
                         event = h.group(1)
                         continue
                     # (key, first count, second count or ''); the
@@ -383,10 +399,42 @@ def reduce_builtin(dia, profiles):
     return event, first, second
 
 
-def _bad_line(path, n, line, dia):
+def cannot_read(path, err):
+    return UsageError(f"cannot read {path}: {err.strerror}",
+                      "check the profile's path")
+
+
+def bad_line(path, n, line, dia):
+    crlf = " (a CRLF line end)" if line.endswith("\r") else ""
     return UsageError(f"{path}, line {n}: not a record of this profile's "
-                      f"format: {line[:80]!r}", "give unchanged profiles as "
-                      "ebpf-bolt wrote them (the sidecar names their format)")
+                      f"format{crlf}: {line[:80]!r}", "give unchanged "
+                      "profiles as ebpf-bolt wrote them (the sidecar names "
+                      "their format)")
+
+
+def other_event(where, event, others):
+    """The refusal of `where`'s event among those of `others`; names as
+    Python strings where they are not plain text (a "\r" must show)."""
+    def shown(name):
+        return name if name.isprintable() else repr(name)
+    return UsageError(f"{where} counts event {shown(event)}, others "
+                      f"{', '.join(map(shown, others))}: counts of different "
+                      "events cannot be summed",
+                      "merge each event's profiles apart")
+
+
+def check_counts(first, second, source):
+    """Refuse a sum (or an input's count) past COUNT_MAX, the most BOLT
+    reads, rather than write a profile BOLT and merge itself cannot read.
+    Either engine's sums, checked once."""
+    for counts in (first, second):
+        if counts and max(counts.values()) > COUNT_MAX:
+            key = next(k for k, c in counts.items() if c > COUNT_MAX)
+            raise UsageError(
+                f"{source}: the counts of record {key!r} sum to "
+                f"{counts[key]}, past {COUNT_MAX} (2^64-1), the most a BOLT "
+                "profile's count holds", "merge fewer profiles into one (or "
+                "profiles recorded over less time)")
 
 
 def render(dia, event, first, second, presorted=False):
@@ -401,12 +449,19 @@ def render(dia, event, first, second, presorted=False):
     return "".join(out)
 
 
-def merge_group(inputs, engine="builtin"):
-    """(text, ProvenanceSum) of the sum of `inputs`, Inputs of one object.
-    The provenance is checked for all before any record is read."""
+def fold(inputs):
+    """The ProvenanceSum of `inputs`, Inputs of one object: refuses what
+    cannot be summed, before any record is read."""
     total = ProvenanceSum()
     for inp in inputs:
         total.add(inp)
+    return total
+
+
+def merge_group(inputs, engine="builtin", total=None):
+    """(text, ProvenanceSum) of the sum of `inputs`, Inputs of one object,
+    `total` their fold() where it was made already."""
+    total = total or fold(inputs)
     f = total.first.prov
     dia = dialect(f["format"], f["mode"], total.first.source)
     profiles = [inp.profile for inp in inputs]
@@ -419,6 +474,7 @@ def merge_group(inputs, engine="builtin"):
         raise UsageError(f"{total.first.source}: no profile has a header "
                          "line naming its event",
                          "give unchanged profiles as ebpf-bolt wrote them")
+    check_counts(first, second, total.path)
     return render(dia, event, first, second,
                   presorted=engine == "duckdb"), total
 
@@ -428,8 +484,8 @@ def merge_group(inputs, engine="builtin"):
 def merge_command(args, say):
     """ebpf-bolt merge: one profile (-o FILE) where the inputs are files,
     a directory with index.json (-o DIR) where any input is a directory."""
-    from .output import (OutputDirectory, OutputFile, profile_names,
-                         sidecar_output)
+    from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
+                         profile_names, sidecar_output)
     if args.engine == "duckdb":
         from .merge_duckdb import import_duckdb
         import_duckdb()    # before anything: the hint says how to get it
@@ -443,19 +499,15 @@ def merge_command(args, say):
         inputs.append(args.binary)
     if not any_dir:
         if len(groups) > 1:   # files of several objects: refused
-            total = ProvenanceSum()
-            for group in groups.values():
-                total.add(group[0])
+            fold(group[0] for group in groups.values())
         group, = groups.values()
         with OutputFile(args.output, inputs=inputs) as out:
             side = sidecar_output(out)
             try:
                 text, total = merge_group(group, args.engine)
-                out.commit(text)
-                if side is not None:
-                    side.commit(provenance.sidecar_text(provenance.sidecar(
-                        total.describe(), total.samples, total.processes,
-                        len(text.encode()))))
+                commit_with_sidecar(out, side, text, provenance.sidecar_text(
+                    provenance.sidecar(total.describe(), total.samples,
+                                       total.processes, len(text.encode()))))
             finally:
                 if side is not None:
                     side.close()
@@ -469,13 +521,13 @@ def merge_command(args, say):
         raise UsageError("an index.json directory merges into a directory: "
                          "-o must name one", "give -o DIR")
     with OutputDirectory(args.output, inputs=inputs) as out:
-        results = []
         # objects in a fixed order (their build id, or path), whatever the
-        # order of the inputs
-        for key in sorted(groups, key=lambda k: (isinstance(k, tuple),
-                                                 str(k))):
-            text, total = merge_group(groups[key], args.engine)
-            results.append((text, total))
+        # order of the inputs; every object's provenance checked before
+        # any record is read
+        keys = sorted(groups, key=lambda k: (isinstance(k, tuple), str(k)))
+        totals = [fold(groups[key]) for key in keys]
+        results = [merge_group(groups[key], args.engine, total)
+                   for key, total in zip(keys, totals)]
         names = profile_names([(os.path.basename(t.path),
                                 t.first.prov["build_id"],
                                 t.first.prov["format"]) for _, t in results])
@@ -494,8 +546,8 @@ def merge_command(args, say):
     for (_, total), name in zip(results, names):
         for line in total.warnings():
             say("warning: " + line)
-        say(f"{name}: {total.path}, {total.inputs:,} recorded or replayed "
-            "profiles summed")
+        say(f"{name}: {total.path}, "
+            f"{_plural(total.inputs, 'recorded or replayed profile')} summed")
     say(f"wrote {_plural(len(names), 'profile')} and index.json to "
         f"{args.output}")
     return 0

@@ -457,6 +457,21 @@ def sidecar_output(out):
     return Sidecar(out.path + provenance.SUFFIX, out._inputs)
 
 
+def commit_with_sidecar(out, side, data, side_data):
+    """Commit the profile `data` to `out` (an OutputFile) and its sidecar
+    `side_data` (text made before, so that nothing can fail between the
+    two but the writing) to `side` (a Sidecar, or None where the profile
+    gets none). The old sidecar goes first, then the profile, then the new
+    sidecar: stopped or failing anywhere, the profile there has its own
+    sidecar or none (which merge refuses), never an earlier profile's."""
+    if side is not None:
+        out.check_inputs(())   # what commit refuses, before removing
+        side.remove()
+    out.commit(data)
+    if side is not None:
+        side.commit(side_data)
+
+
 class Sidecar(Handle):
     """A profile's sidecar (provenance.py) at `path`, written whole by
     commit() through an OutputFile, or not at all. An existing file there
@@ -498,6 +513,14 @@ class Sidecar(Handle):
             raise ValueError(f"sidecar {self.path} is closed")
         self._inputs.extend(inputs)
         self._check()
+
+    def remove(self):
+        """Remove the file there (a regular file, as checked), so that no
+        earlier profile's sidecar is left beside the profile about to be
+        committed."""
+        self.check_inputs(())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def commit(self, data):
         """Write `data` in place of the file, whole; then closed."""

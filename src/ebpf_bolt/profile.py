@@ -11,7 +11,7 @@ from itertools import compress
 from . import provenance, writers
 from .elf import ElfFile, Symbolizer
 from .errors import UsageError
-from .output import OutputFile, sidecar_output
+from .output import OutputFile, commit_with_sidecar, sidecar_output
 
 
 class Profile:
@@ -93,18 +93,17 @@ class Profile:
         """Write to `path` (None or '-' for stdout) all at once: a file is
         complete or absent, and never the profiled binary. A recorded
         profile written to a file gets its sidecar FILE.json (what `ebpf-bolt
-        merge` reads), written after it."""
+        merge` reads), made before and written after it."""
         fmt = fmt or self.default_format
         with OutputFile(path, inputs=[self.binary]) as out:
             side = (sidecar_output(out) if "started" in self.info
                     else None)   # a replay's times are its caller's
             text = self.render(fmt)
-            out.commit(text)
-            if side is not None:
-                side.commit(provenance.sidecar_text(provenance.sidecar(
-                    self.provenance(fmt), samples=self.total(),
-                    processes=self.info.get("processes", 1),
-                    size=len(text.encode()))))
+            side_text = None if side is None else provenance.sidecar_text(
+                provenance.sidecar(self.provenance(fmt), samples=self.total(),
+                                   processes=self.info.get("processes", 1),
+                                   size=len(text.encode())))
+            commit_with_sidecar(out, side, text, side_text)
 
 
 # 1 for a row that is not a return, from TraceTable.returns

@@ -34,18 +34,23 @@ KEYS = ("mode", "format", "event", "frequency", "hosts", "start", "end",
 SIDECAR_KEYS = ("path", "build_id", "samples", "processes", "bytes") + KEYS
 
 MODES = ("ip", "branch")
-_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"   # fixed width: sorts as it reads
+_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+# fixed width (a 4-digit year, as strftime's %Y does not pad): sorts as it
+# reads
+_TIME_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _HEX = re.compile(r"[0-9a-f]+")
 
 
 def utc(epoch):
     """Seconds since the epoch as ISO-8601 UTC, to the microsecond."""
-    return datetime.datetime.fromtimestamp(
-        epoch, datetime.timezone.utc).strftime(_TIME)
+    t = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_utc(text):
     """The epoch seconds of utc()'s text; ValueError for anything else."""
+    if not (isinstance(text, str) and _TIME_TEXT.fullmatch(text)):
+        raise ValueError(f"not a time as utc() writes it: {text!r}")
     return datetime.datetime.strptime(text, _TIME).replace(
         tzinfo=datetime.timezone.utc).timestamp()
 
@@ -59,7 +64,9 @@ def describe(*, path, build_id, mode, fmt, event, frequency, start, end,
              hosts=None, inputs=1):
     """The provenance of one profile. `mode`: "ip" or "branch" (a
     Profile's "lbr" is "branch": what the profile holds, not how the CPU
-    recorded it); `start`, `end`: epoch seconds of the time it covers;
+    recorded it); `start`, `end`: the time it covers, as epoch seconds or
+    as utc()'s text (kept as it is: a merge folds the text of its inputs,
+    which a float would round);
     `frequency`: samples per second per CPU, None where no sampling
     made it (a replay, a merge of several frequencies); `hosts`: default
     this machine; `inputs`: the profiles summed into it (1 unless merged)."""
@@ -68,8 +75,16 @@ def describe(*, path, build_id, mode, fmt, event, frequency, start, end,
             "format": fmt, "event": event, "frequency": frequency,
             "hosts": sorted(set(hosts)) if hosts is not None
             else [socket.gethostname()],
-            "start": utc(start), "end": utc(end), "inputs": inputs,
+            "start": _time_text(start), "end": _time_text(end),
+            "inputs": inputs,
             "tool": tool()}
+
+
+def _time_text(t):
+    if isinstance(t, str):
+        parse_utc(t)   # ValueError unless utc()'s text
+        return t
+    return utc(t)
 
 
 def sidecar(prov, samples, processes, size):
