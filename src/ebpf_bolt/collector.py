@@ -975,10 +975,15 @@ class Recorder(Handle):
         other set of tables (waiting for those still running on the old
         one, BoltObject.switch_set), whose counts are drained here and
         then cleared. Returns the counts of the window that ended, as
-        drain() does."""
-        self.objects.poll()   # the objects the window's keys name
+        drain() does. The objects are read after the switch (one numbered
+        while it waited for the old set's programs has keys in the window),
+        and those whose process exited before their file was opened are
+        looked for in the processes that live now, as finish() does: a
+        window's profiles are translated before the recording ends."""
         old = self.obj.switch_set()
         try:
+            self.objects.poll()   # the objects the window's keys name
+            self.objects.reopen_missing()
             return self.drain(old)
         finally:
             self.obj.clear_set(old)
@@ -995,14 +1000,16 @@ class Recorder(Handle):
         return claimed / table_room(self.obj.map_entries[self.map_name])
 
     def profiles_of(self, counts, t0=None, duration=None, report=True,
-                    span=None):
+                    span=None, window=None):
         """The profiles of the chosen objects from drained `counts` (as
         drain() gives them: a window's, or the sum of all windows); the
         counters are the recording's so far. `duration`: the time they
         cover (default: the recording's), `span` the same as monotonic
         (start, end) for the sidecar's wall-clock times (default: the
         recording's); report: say how objects were matched, and which get
-        no profile (once, for the total: not for every window)."""
+        no profile (once, for the total: not for every window); window: the
+        number of the window `counts` are, whose objects left without a
+        profile are warned about even so."""
         started, stopped = ((self.wall_time(span[0]), self.wall_time(span[1]))
                             if span else (self.wall_start,
                                           self.wall_time(self.t_stop)))
@@ -1023,7 +1030,7 @@ class Recorder(Handle):
         total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
-        chosen = self._choose_objects(per_object, report)
+        chosen = self._choose_objects(per_object, report, window)
         profiles = []
         for binary, objects, how in chosen:
             oids = {o.id for o in objects}
@@ -1076,10 +1083,11 @@ class Recorder(Handle):
             profiles.append(profile)
         return profiles
 
-    def _choose_objects(self, per_object, report=True):
+    def _choose_objects(self, per_object, report=True, window=None):
         """[(Binary, its objects in the table, how they matched)] to write:
         the --binary files, every object with samples (--all-objects), or
-        the target's executable. report=False: say nothing about them."""
+        the target's executable. report=False: say nothing about them, but
+        for the samples of window `window` that get no profile."""
         table = self.objects
         if self.all_objects:
             out = []
@@ -1092,6 +1100,11 @@ class Recorder(Handle):
                     if report:
                         self.warn(f"{name}: {per_object[oid]:,} samples get "
                                   f"no profile: {why}")
+                    elif window is not None:
+                        self.warn(f"window {window}: {name}: "
+                                  f"{per_object[oid]:,} samples get no "
+                                  f"profile in this window: {why}; its "
+                                  "windows may not add up to the total")
                     continue
                 out.append((Binary(o.name, o.elf, o.identity), [o],
                             "identity"))

@@ -119,7 +119,8 @@ class Windows:
                         f"{self.room():,} keys); window {self.count + 1} "
                         "starts now")
         profiles = self.rec.profiles_of(counts, duration=now - self.start,
-                                        report=False, span=(self.start, now))
+                                        report=False, span=(self.start, now),
+                                        window=self.count)
         self.start = now
         self.write(self.count, profiles, early)
 
