@@ -498,3 +498,62 @@ def test_windows_keep_objects_of_exited_processes(ebpf_bolt_cmd, tmp_path):
     if summed != total:
         assert re.search(r"warning: window \d+: .*samples get no profile "
                          "in this window", res.stderr), res.stderr
+
+
+@pytest.mark.parametrize("taken", ["directory", "fifo", "sidecar-directory",
+                                   "long-name"])
+def test_window_names_are_checked_before_recording(taken, tmp_path, capsys):
+    """A window's name taken by a directory or FIFO (FILE.0002, or its
+    sidecar FILE.0002.json), or too long for the directory (FILE.0001.json
+    past NAME_MAX, room kept for 5 digits): refused before anything runs,
+    in one line with a hint (exit 6), and nothing is written."""
+    out = tmp_path / "w.fdata"
+    if taken == "directory":
+        (tmp_path / "w.fdata.0002").mkdir()
+    elif taken == "fifo":
+        os.mkfifo(tmp_path / "w.fdata.0007")
+    elif taken == "sidecar-directory":
+        (tmp_path / "w.fdata.0002.json").mkdir()
+    else:
+        name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+        out = tmp_path / ("p" * (name_max - len(".00000.json") + 1))
+    before = sorted(os.listdir(tmp_path))
+    code = cli.main(["--mode", "ip", "--interval", "1", "-o", str(out),
+                     "--", "true"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 6, err
+    assert len(err) == 2 and err[0].startswith("ebpf-bolt: error: "
+                                               "--interval: "), err
+    assert err[1].startswith("  hint: ")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.kernel_matrix
+def test_a_window_not_written_is_a_warning(ebpf_bolt_cmd, workload_pie,
+                                           tmp_path):
+    """A window that cannot be written when it ends (its name made a
+    directory after the start): a warning names it and the cause, and
+    recording, the later windows and the total go on."""
+    out = tmp_path / "w.preagg"
+    rec = subprocess.Popen([ebpf_bolt_cmd, "--mode", "ip", "--interval", "1",
+                            "--format", "preagg", "-o", str(out), "--",
+                            str(workload_pie), *WORKLOAD],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "w.preagg.0001").exists():
+            assert time.monotonic() < deadline and rec.poll() is None
+            time.sleep(0.01)
+        (tmp_path / "w.preagg.0002").mkdir()
+        _, err = rec.communicate(timeout=60)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    assert rec.returncode == 0, err
+    assert re.search(r"warning: window 2 \(.*w\.preagg\.0002\) was not "
+                     r"written: .*directory.*the windows no longer add up "
+                     "to the total", err), err
+    assert (tmp_path / "w.preagg.0003").is_file(), err
+    assert sum(s_records(out).values()) > 1000
+    assert "warning: 1 window not written (2)" in err
