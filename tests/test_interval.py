@@ -201,6 +201,13 @@ def test_live_windows_sum_to_the_total(ebpf_bolt_cmd, workload_pie, tmp_path):
     assert s_records(merged) == total
     assert f"windows: {len(windows)} windows of 1 s written" in res.stderr
     assert "earlier run" not in res.stderr
+    # the table's bytes are both sets', its slots and room each set's
+    m = re.search(r"the IPs' table ([\d.]+) MiB \(2 sets of ([\d,]+) slots, "
+                  r"shared by all CPUs: room for ([\d,]+) IPs each;",
+                  res.stderr)
+    assert m, res.stderr
+    slots, room = (int(g.replace(",", "")) for g in m.groups()[1:])
+    assert room < slots and float(m[1]) * 2**20 >= 2 * slots * 16
     assert not list(tmp_path.glob(".ebpf-bolt-*"))
 
 

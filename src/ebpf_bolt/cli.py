@@ -248,10 +248,15 @@ def summary_lines(profile, fmt, output, text):
                  (f"; raise --max-entries (now {i['map_entries']:,})"
                   if st["map_full"] else ""))
     what = "IPs" if profile.kind == "basic" else "traces"
+    sets = i.get("table_sets", 1)
+    # with --interval, the bytes are both sets', the slots and room each's
+    slots = (f"{i['table_slots']:,} slots, shared by all CPUs: room for "
+             f"{i['map_entries']:,} {what}" if sets == 1 else
+             f"{sets} sets of {i['table_slots']:,} slots, shared by all "
+             f"CPUs: room for {i['map_entries']:,} {what} each")
     lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB: the "
                  f"{what}' table {i['table_bytes'] / 2**20:.2f} MiB "
-                 f"({i['table_slots']:,} slots, shared by all CPUs: room for "
-                 f"{i['map_entries']:,} {what}; "
+                 f"({slots}; "
                  f"{plural(st['table_updates'], 'update')} past the per-CPU "
                  f"caches), caches and process tables "
                  f"{(i['kernel_bytes'] - i['table_bytes']) / 2**20:.2f} MiB "

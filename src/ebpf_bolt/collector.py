@@ -1068,6 +1068,7 @@ class Recorder(Handle):
                 stopped_by=self.stopped_by, distinct_addresses=in_map,
                 map_entries=table_room(self.obj.map_entries[self.map_name]),
                 table_slots=self.obj.map_entries[self.map_name],
+                table_sets=self.obj.sets,
                 table_bytes=self.obj.table_bytes(self.map_name),
                 kernel_bytes=self.obj.kernel_bytes(),
                 ncpus=self.obj.ncpus,
