@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -564,3 +565,65 @@ def test_a_window_not_written_is_a_warning(ebpf_bolt_cmd, workload_pie,
     assert (tmp_path / "w.preagg.0003").is_file(), err
     assert sum(s_records(out).values()) > 1000
     assert "warning: 1 window not written (2)" in err
+
+
+@pytest.mark.kernel_matrix
+def test_early_drain_while_a_window_is_written(workload_pie):
+    """Keys arriving fast (the icache workload: thousands of IPs) into a
+    table of 300, while each window's writing takes 0.4 s: the table that
+    counts meanwhile is watched, and drained early as it fills, so nothing
+    is lost to a full table; had anything been, the summary's warning says
+    so (loss_warnings)."""
+    notes, written = [], []
+
+    def write(n, profiles, early):
+        written.append((n, profiles, early))
+        time.sleep(0.4)   # a slow disk, or many objects to render
+
+    with Recorder(command=[str(workload_pie), "--mode", "icache", "--scale",
+                           "300"], mode="ip", max_entries=300,
+                  windows=True) as rec:
+        rec.start()
+        windows = Windows(rec, 1.0, write, notes.append)
+        rec.run(poll=windows.poll)
+        windows.finish()
+        st = rec.obj.stats()
+        profile = rec.profiles[0]
+    assert windows.early >= 2 and len(notes) == windows.early
+    assert [n for n, _, _ in written] == list(range(1, windows.count + 1))
+    summed = Counter()
+    for _, (window,), _ in written:
+        summed.update(window.samples)
+    assert summed == Counter(profile.samples)
+    lost = cli.loss_warnings(profile, "fdata")
+    assert st["map_full"] == 0, (st["map_full"], lost)
+    assert not [w for w in lost if "lost" in w]
+
+
+@pytest.mark.kernel_matrix
+def test_no_window_ends_past_the_duration(workload_pie):
+    """-p/duration with --interval: window ends (here 0.3 s each, a slow
+    write) do not stretch the recording: none starts once the duration
+    has passed, the run stops at it, and the summary's drain and
+    translation time leaves out writing the last window."""
+    written = []
+
+    def write(n, profiles, early):
+        written.append(n)
+        time.sleep(0.3)
+
+    with Recorder(command=[str(workload_pie), *WORKLOAD], mode="ip",
+                  duration=1.5, windows=True) as rec:
+        rec.start()
+        windows = Windows(rec, 0.5, write)
+        rec.run(poll=windows.poll)
+        ran = rec.t_stop - rec.t_start
+        windows.finish()
+        profile = rec.profiles[0]
+        rec.target.signal(signal.SIGKILL)   # it runs on past the duration
+        rec.target.wait()
+    assert rec.stopped_by == "duration"
+    assert 1.5 <= ran < 1.5 + 0.15, ran
+    assert written == [1, 2, 3]
+    assert profile.info["drain_seconds"] < 0.3, profile.info
+

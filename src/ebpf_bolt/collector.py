@@ -904,8 +904,9 @@ class Recorder(Handle):
     def run(self, progress=None, tick=1.0, poll=None):
         """Record until the duration passes, the target exits, or Ctrl-C /
         SIGTERM (KeyboardInterrupt). Records how it stopped. `poll`, if
-        given, is called at every turn of the loop (every 20 ms): the
-        windows of --interval end there (windows.py)."""
+        given, is called at every turn of the loop (every 20 ms; not once
+        the duration has passed): the windows of --interval end there
+        (windows.py)."""
         self._check_open()
         end = None if self.duration is None else self.t_start + self.duration
         next_tick = time.monotonic() + tick
@@ -913,6 +914,12 @@ class Recorder(Handle):
             while True:
                 self.objects.poll()
                 self._check_cgroup()   # a move is noticed while it lives
+                # the duration is checked before and after `poll` (a window
+                # end takes 0.1 s or more): none starts after the end, and
+                # the recording stops as soon as one that ran over returns
+                if end is not None and time.monotonic() >= end:
+                    self.stopped_by = "duration"
+                    break
                 if poll:
                     poll()
                 now = time.monotonic()
@@ -956,7 +963,11 @@ class Recorder(Handle):
             self.warn(message)
         counts = self.drain()
         if combine is not None:
+            # writing the last window is not the total's drain and
+            # translation (drain_seconds)
+            t = time.monotonic()
             counts = combine(counts)
+            t0 += time.monotonic() - t
         self.profiles = self.profiles_of(counts, t0)
         return self.profiles[0] if self.profiles else None
 
@@ -970,7 +981,13 @@ class Recorder(Handle):
             return drain_ip_counts(self.obj, s)
         return drain_traces(self.obj, s)
 
-    def end_window(self):
+    def refresh_objects(self):
+        """Read the objects numbered since the last poll, and look for the
+        files of those whose process exited before they were opened."""
+        self.objects.poll()
+        self.objects.reopen_missing()
+
+    def end_window(self, objects=True):
         """Start a new window while recording: the programs switch to the
         other set of tables (waiting for those still running on the old
         one, BoltObject.switch_set), whose counts are drained here and
@@ -979,11 +996,13 @@ class Recorder(Handle):
         while it waited for the old set's programs has keys in the window),
         and those whose process exited before their file was opened are
         looked for in the processes that live now, as finish() does: a
-        window's profiles are translated before the recording ends."""
+        window's profiles are translated before the recording ends.
+        objects=False: not here (Windows' watcher thread; the caller calls
+        refresh_objects() before translating the counts)."""
         old = self.obj.switch_set()
         try:
-            self.objects.poll()   # the objects the window's keys name
-            self.objects.reopen_missing()
+            if objects:   # the objects the window's keys name
+                self.refresh_objects()
             return self.drain(old)
         finally:
             self.obj.clear_set(old)
