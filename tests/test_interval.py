@@ -627,3 +627,42 @@ def test_no_window_ends_past_the_duration(workload_pie):
     assert written == [1, 2, 3]
     assert profile.info["drain_seconds"] < 0.3, profile.info
 
+
+@pytest.mark.kernel_matrix
+def test_trace_in_two_slots_of_set_b_is_added_up(workload_pie):
+    """test_replay's duplicate slot, in the second set: after one window,
+    the worker counts into set 1, whose raced notes (not set 0's) tell the
+    drain which rows to add up. Made by hand as there: the `to` word of
+    set 1's hottest slot cleared between two replays and put back."""
+    import mmap
+    from ebpf_bolt.bpf_object import MAPS
+    from ebpf_bolt.drain import drain_traces
+    from ebpf_bolt.layout import RACED_MAX
+    stacks = make_stacks(workload_pie, LOAD_BASE)
+    with Replayer([(str(workload_pie), LOAD_BASE)], max_entries=ENTRIES,
+                  sets=1, windows=True) as rep:
+        rep.feed(stacks[:10])
+        rep.end_window()
+        assert rep.obj.active == 1
+        rep.feed(stacks)
+        per_set = rep.obj.map_entries["trace_counts"] * MAPS["trace_counts"][1]
+        with mmap.mmap(rep.obj.map_fd("trace_counts"),
+                       -(-2 * per_set // mmap.PAGESIZE) * mmap.PAGESIZE) as mem:
+            words = array("Q", mem[per_set:2 * per_set])
+            slot = max(range(len(words) // 5), key=lambda i: words[5 * i + 3])
+            at = per_set + (5 * slot + 1) * 8   # word 1 of a slot: `to`
+            saved = mem[at:at + 8]
+            mem[at:at + 8] = bytes(8)
+            rep.feed(stacks)
+            mem[at:at + 8] = saved
+        races, froms = rep.obj.read_raced(1)
+        assert races > 0 and len(froms) == min(races, RACED_MAX)
+        assert rep.obj.read_raced(0) == (0, [])
+        frm, to, ft_end, _, _ = drain_traces(rep.obj, 1)
+        assert len(set(zip(frm, to, ft_end))) == len(frm)
+        got = dict(rep.profile().traces.items())
+    with Replayer([(str(workload_pie), LOAD_BASE)], max_entries=ENTRIES,
+                  sets=1) as ref:   # the same two replays, in one set
+        ref.feed(stacks)
+        ref.feed(stacks)
+        assert got == dict(ref.profile().traces.items())
