@@ -17,7 +17,7 @@ from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
                         MODES, Recorder)
 from .elf import ElfError, ElfFile
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
-                     UsageError)
+                     OutputError, UsageError)
 from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
                      profile_names, sidecar_output)
 from .windows import EARLY_FILL, Windows
@@ -257,10 +257,15 @@ def summary_lines(profile, fmt, output, text):
                  (f"; raise --max-entries (now {i['map_entries']:,})"
                   if st["map_full"] else ""))
     what = "IPs" if profile.kind == "basic" else "traces"
+    sets = i.get("table_sets", 1)
+    # with --interval, the bytes are both sets', the slots and room each's
+    slots = (f"{i['table_slots']:,} slots, shared by all CPUs: room for "
+             f"{i['map_entries']:,} {what}" if sets == 1 else
+             f"{sets} sets of {i['table_slots']:,} slots, shared by all "
+             f"CPUs: room for {i['map_entries']:,} {what} each")
     lines.append(f"kernel memory: {i['kernel_bytes'] / 2**20:.2f} MiB: the "
                  f"{what}' table {i['table_bytes'] / 2**20:.2f} MiB "
-                 f"({i['table_slots']:,} slots, shared by all CPUs: room for "
-                 f"{i['map_entries']:,} {what}; "
+                 f"({slots}; "
                  f"{plural(st['table_updates'], 'update')} past the per-CPU "
                  f"caches), caches and process tables "
                  f"{(i['kernel_bytes'] - i['table_bytes']) / 2**20:.2f} MiB "
@@ -504,11 +509,15 @@ def record(args, command):
     if args.all_objects or len(rec.binaries) > 1:
         return record_objects(args, rec, inputs, progress, frequency,
                               duration, interval)
+    if interval is not None:
+        _check_window_names(args.output)
+    unwritten = []
     try:
         # the output opened, hence checked, before recording; the recording
         # closed on leaving, whatever happens
         with rec, OutputFile(args.output, inputs=inputs) as out, \
                 _sidecar_of(out) as side:
+            @_window_writer(unwritten, lambda n: window_name(args.output, n))
             def write_window(n, profiles, early):
                 with OutputFile(window_name(args.output, n),
                                 inputs=inputs) as w, _sidecar_of(w) as ws:
@@ -523,6 +532,8 @@ def record(args, command):
                 interval=interval, write_window=write_window)
             fmt, text = _commit_profile(out, side, rec, profile, args.format)
         for line in summary_lines(profile, fmt, args.output, text):
+            _say(line)
+        for line in unwritten_warning(unwritten):
             _say(line)
         if profile.total() == 0:
             _say("warning: no samples in the binary; is it running on CPU?")
@@ -622,6 +633,79 @@ def windows_line(profile, output, directory=False):
             + (f", {early:,} of them drained early (their table passed "
                f"{100 * EARLY_FILL:.0f}% of its room)" if early else "")
             + f"; the total, their sum, in {output}")
+
+
+def _window_writer(unwritten, name):
+    """Decorates a write_window: a window that cannot be written (a full
+    disk, a name taken since the start) is a warning, and its number goes
+    to `unwritten`; recording, the later windows and the total go on."""
+    def wrap(write):
+        def write_window(n, profiles, early):
+            try:
+                write(n, profiles, early)
+            except (OutputError, OSError) as e:
+                why = (e.args[0] if isinstance(e, OutputError) else
+                       f"{e.filename or name(n)}: {e.strerror or e}")
+                hint = getattr(e, "hint", "")
+                unwritten.append(n)
+                _say(f"warning: window {n} ({name(n)}) was not written: "
+                     f"{why}{f' ({hint})' if hint else ''}; recording goes "
+                     "on, but the windows no longer add up to the total")
+        return write_window
+    return wrap
+
+
+def unwritten_warning(unwritten):
+    """The summary's warning on windows that could not be written."""
+    if not unwritten:
+        return []
+    return [f"warning: {plural(len(unwritten), 'window')} not written "
+            f"({', '.join(map(str, unwritten))}): the windows written do "
+            "not add up to the total"]
+
+
+# window numbers have 4 digits, more past 9999: names are checked for 5
+WINDOW_SUFFIX = ".00000.json"
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_window_names(output):
+    """Before recording, that -o FILE's windows, FILE.0001 and on, and
+    their sidecars FILE.0001.json, can be written: their names fit the
+    directory's NAME_MAX, and those already there are regular files (a
+    FIFO would stop the recording until read)."""
+    where = os.path.dirname(output) or "."
+    base = os.path.basename(output)
+    try:
+        name_max = os.pathconf(where, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = None   # no such directory: OutputFile says so
+    if name_max and len(os.fsencode(base + WINDOW_SUFFIX)) > name_max:
+        raise OutputError(f"--interval: the windows of -o {output} would be "
+                          f"named {base}.0001.json and on, longer than the "
+                          f"{name_max} bytes a file name can have there",
+                          "give -o a shorter file name")
+    pattern = re.compile(re.escape(base) + r"\.[0-9]{4,}(\.json)?")
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    for entry in sorted(names):
+        if not pattern.fullmatch(entry):
+            continue
+        path = os.path.join(where, entry)
+        try:
+            st = os.stat(path)   # through links: their target is written
+        except OSError:
+            continue             # a dangling link: its target is made
+        if not stat.S_ISREG(st.st_mode):
+            what = next((desc for test, desc in _FILE_TYPES
+                         if test(st.st_mode)), "not a regular file")
+            raise OutputError(f"--interval: {path}, where a window of -o "
+                              f"{output} goes, is {what}",
+                              "remove it, or give -o another file name")
 
 
 def _check_interval_output(output):
@@ -751,9 +835,12 @@ def record_objects(args, rec, inputs, progress, frequency, duration,
     if args.output in (None, "-"):
         raise UsageError("several objects get a profile: -o must name a "
                          "directory", "give -o DIR")
+    unwritten = []
     try:
         with rec, OutputDirectory(args.output, inputs=inputs,
                                   in_place=interval is not None) as out:
+            @_window_writer(unwritten, lambda n: window_name(
+                args.output, n, directory=True))
             def write_window(n, profiles, early):
                 where = window_name(args.output, n, directory=True)
                 with OutputDirectory(where, inputs=inputs) as w:
@@ -779,6 +866,8 @@ def record_objects(args, rec, inputs, progress, frequency, duration,
             _say(windows_line(rec.profiles[0], args.output, True))
             for line in stale_windows(rec.profiles[0], args.output, True):
                 _say(line)
+        for line in unwritten_warning(unwritten):
+            _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
              f"{args.output}")
     finally:

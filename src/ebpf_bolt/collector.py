@@ -904,8 +904,9 @@ class Recorder(Handle):
     def run(self, progress=None, tick=1.0, poll=None):
         """Record until the duration passes, the target exits, or Ctrl-C /
         SIGTERM (KeyboardInterrupt). Records how it stopped. `poll`, if
-        given, is called at every turn of the loop (every 20 ms): the
-        windows of --interval end there (windows.py)."""
+        given, is called at every turn of the loop (every 20 ms; not once
+        the duration has passed): the windows of --interval end there
+        (windows.py)."""
         self._check_open()
         end = None if self.duration is None else self.t_start + self.duration
         next_tick = time.monotonic() + tick
@@ -913,6 +914,12 @@ class Recorder(Handle):
             while True:
                 self.objects.poll()
                 self._check_cgroup()   # a move is noticed while it lives
+                # the duration is checked before and after `poll` (a window
+                # end takes 0.1 s or more): none starts after the end, and
+                # the recording stops as soon as one that ran over returns
+                if end is not None and time.monotonic() >= end:
+                    self.stopped_by = "duration"
+                    break
                 if poll:
                     poll()
                 now = time.monotonic()
@@ -956,7 +963,11 @@ class Recorder(Handle):
             self.warn(message)
         counts = self.drain()
         if combine is not None:
+            # writing the last window is not the total's drain and
+            # translation (drain_seconds)
+            t = time.monotonic()
             counts = combine(counts)
+            t0 += time.monotonic() - t
         self.profiles = self.profiles_of(counts, t0)
         return self.profiles[0] if self.profiles else None
 
@@ -970,15 +981,28 @@ class Recorder(Handle):
             return drain_ip_counts(self.obj, s)
         return drain_traces(self.obj, s)
 
-    def end_window(self):
+    def refresh_objects(self):
+        """Read the objects numbered since the last poll, and look for the
+        files of those whose process exited before they were opened."""
+        self.objects.poll()
+        self.objects.reopen_missing()
+
+    def end_window(self, objects=True):
         """Start a new window while recording: the programs switch to the
         other set of tables (waiting for those still running on the old
         one, BoltObject.switch_set), whose counts are drained here and
         then cleared. Returns the counts of the window that ended, as
-        drain() does."""
-        self.objects.poll()   # the objects the window's keys name
+        drain() does. The objects are read after the switch (one numbered
+        while it waited for the old set's programs has keys in the window),
+        and those whose process exited before their file was opened are
+        looked for in the processes that live now, as finish() does: a
+        window's profiles are translated before the recording ends.
+        objects=False: not here (Windows' watcher thread; the caller calls
+        refresh_objects() before translating the counts)."""
         old = self.obj.switch_set()
         try:
+            if objects:   # the objects the window's keys name
+                self.refresh_objects()
             return self.drain(old)
         finally:
             self.obj.clear_set(old)
@@ -995,14 +1019,16 @@ class Recorder(Handle):
         return claimed / table_room(self.obj.map_entries[self.map_name])
 
     def profiles_of(self, counts, t0=None, duration=None, report=True,
-                    span=None):
+                    span=None, window=None):
         """The profiles of the chosen objects from drained `counts` (as
         drain() gives them: a window's, or the sum of all windows); the
         counters are the recording's so far. `duration`: the time they
         cover (default: the recording's), `span` the same as monotonic
         (start, end) for the sidecar's wall-clock times (default: the
         recording's); report: say how objects were matched, and which get
-        no profile (once, for the total: not for every window)."""
+        no profile (once, for the total: not for every window); window: the
+        number of the window `counts` are, whose objects left without a
+        profile are warned about even so."""
         started, stopped = ((self.wall_time(span[0]), self.wall_time(span[1]))
                             if span else (self.wall_start,
                                           self.wall_time(self.t_stop)))
@@ -1023,7 +1049,7 @@ class Recorder(Handle):
         total = sum(per_object.values())
         threads = (self.obj.read_u64_counts("thread_samples", "I")
                    if self.count_threads else {})
-        chosen = self._choose_objects(per_object, report)
+        chosen = self._choose_objects(per_object, report, window)
         profiles = []
         for binary, objects, how in chosen:
             oids = {o.id for o in objects}
@@ -1061,6 +1087,7 @@ class Recorder(Handle):
                 stopped_by=self.stopped_by, distinct_addresses=in_map,
                 map_entries=table_room(self.obj.map_entries[self.map_name]),
                 table_slots=self.obj.map_entries[self.map_name],
+                table_sets=self.obj.sets,
                 table_bytes=self.obj.table_bytes(self.map_name),
                 kernel_bytes=self.obj.kernel_bytes(),
                 ncpus=self.obj.ncpus,
@@ -1076,10 +1103,11 @@ class Recorder(Handle):
             profiles.append(profile)
         return profiles
 
-    def _choose_objects(self, per_object, report=True):
+    def _choose_objects(self, per_object, report=True, window=None):
         """[(Binary, its objects in the table, how they matched)] to write:
         the --binary files, every object with samples (--all-objects), or
-        the target's executable. report=False: say nothing about them."""
+        the target's executable. report=False: say nothing about them, but
+        for the samples of window `window` that get no profile."""
         table = self.objects
         if self.all_objects:
             out = []
@@ -1092,6 +1120,11 @@ class Recorder(Handle):
                     if report:
                         self.warn(f"{name}: {per_object[oid]:,} samples get "
                                   f"no profile: {why}")
+                    elif window is not None:
+                        self.warn(f"window {window}: {name}: "
+                                  f"{per_object[oid]:,} samples get no "
+                                  f"profile in this window: {why}; its "
+                                  "windows may not add up to the total")
                     continue
                 out.append((Binary(o.name, o.elf, o.identity), [o],
                             "identity"))

@@ -150,8 +150,9 @@ class ObjectTable:
         """Open the objects whose noted process exited (or exec'd) before
         the poll through any process that maps them now, this one
         included (ld.so and libc, which short processes number first).
-        Tried once, when the recording ends: it reads every process's
-        maps."""
+        Tried at each window's end (--interval) and when the recording
+        ends: it reads every process's maps, only while an object is
+        missing."""
         missing = {o.ino: o for o in self.objects.values()
                    if o.fd is None}
         if not missing:

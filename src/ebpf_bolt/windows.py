@@ -17,9 +17,12 @@ The windows' counts are added up here, key by key as the kernel keys them
 it equals the windows' sum by construction, and holds more distinct keys
 than one table has room for. A window whose table passes EARLY_FILL of its
 room ends at once (an early drain): so a long run does not lose traces for
-want of map space.
+want of map space. While a window is translated and written, a thread
+watches the next one's fill (every WATCH seconds) and ends it early too;
+what still overflows is counted (map_full) and warned about by the CLI.
 """
 import contextlib
+import threading
 import time
 from array import array
 
@@ -30,6 +33,8 @@ from .profile import TraceColumns
 # A window whose table has claimed this share of its room (3/4 of its
 # slots) is drained at once, before new keys are refused.
 EARLY_FILL = 0.8
+# while a window is written, the fill of the next is read this often
+WATCH = 0.05
 
 
 def add_counts(total, counts, mode):
@@ -88,22 +93,66 @@ class Windows:
                                 # traces, every object's
         self.start = rec.t_start
         self.next_end = self.start + interval
+        # no window ends once the duration has passed (Recorder.run stops)
+        self.stop_at = (None if rec.duration is None else
+                        rec.t_start + rec.duration)
 
     def poll(self):
         now = time.monotonic()
+        if self.stop_at is not None and now >= self.stop_at:
+            return   # the recording ends: its last window is finish()'s
         fill = self.rec.window_fill()
         if now >= self.next_end or fill >= EARLY_FILL:
             with self.defer():
                 self._end(now, early=now < self.next_end, fill=fill)
 
     def _end(self, now, early, fill):
-        counts = self.rec.end_window()
-        self._write(counts, now, early, fill)
+        # While a window is translated and written (0.1 s to seconds: many
+        # objects, a slow disk), a thread watches the set the programs
+        # count into (_watch): past EARLY_FILL it is drained at once and
+        # its counts queued, written after, in order.
+        queue = [(self.rec.end_window(), now, early, fill)]
+        stop, errors = threading.Event(), []
+        watcher = threading.Thread(target=self._watch,
+                                   args=(queue, stop, errors), daemon=True)
+        watcher.start()
+        try:
+            while queue:
+                now, early = self._write_queued(queue)
+        finally:
+            stop.set()
+            watcher.join()
+        if errors:
+            raise errors[0]
+        while queue:   # ended after the last write, before the stop
+            now, early = self._write_queued(queue)
         # an early window starts the interval anew; a timed one keeps the
         # beat (or restarts it, if writing took longer than an interval)
         self.next_end = (now + self.interval if early or
                          self.next_end + self.interval <= now else
                          self.next_end + self.interval)
+
+    def _write_queued(self, queue):
+        counts, now, early, fill = queue.pop(0)
+        # the watcher leaves the objects alone (this thread reads them):
+        # those its window names are read now
+        self.rec.refresh_objects()
+        self._write(counts, now, early, fill)
+        return now, early
+
+    def _watch(self, queue, stop, errors):
+        """The watcher thread of _end: every WATCH seconds, the fill of the
+        set counting now; past EARLY_FILL, that window ends here (switch,
+        drain, clear: the other set was cleared when the window being
+        written ended) and its counts join `queue`."""
+        try:
+            while not stop.wait(WATCH):
+                fill = self.rec.window_fill()
+                if fill >= EARLY_FILL:
+                    counts = self.rec.end_window(objects=False)
+                    queue.append((counts, time.monotonic(), True, fill))
+        except BaseException as e:   # raised again by _end
+            errors.append(e)
 
     def _write(self, counts, now, early=False, fill=0.0):
         add_counts(self.total, counts, self.rec.mode)
@@ -119,7 +168,8 @@ class Windows:
                         f"{self.room():,} keys); window {self.count + 1} "
                         "starts now")
         profiles = self.rec.profiles_of(counts, duration=now - self.start,
-                                        report=False, span=(self.start, now))
+                                        report=False, span=(self.start, now),
+                                        window=self.count)
         self.start = now
         self.write(self.count, profiles, early)
 
