@@ -73,21 +73,27 @@ def generate(directory, files, traces, pool, variants, rng):
         lines += ["%s %d\n" % (k, rng.randrange(1, 5000))
                   for k in rng.sample(pool, traces)]
         texts.append("".join(lines).encode())
+    return write_hosts(directory, "preagg", texts, files, traces), texts
+
+
+def write_hosts(directory, fmt, texts, files, records):
+    """`files` profiles host0000.FMT... (each one of `texts` in turn) of
+    one branch-mode object, each with its sidecar; returns their paths."""
     paths = []
     for i in range(files):
-        path = os.path.join(directory, f"host{i:04d}.preagg")
-        text = texts[i % variants]
+        path = os.path.join(directory, f"host{i:04d}.{fmt}")
+        text = texts[i % len(texts)]
         with open(path, "wb") as f:
             f.write(text)
         prov = provenance.describe(
-            path="/srv/app", build_id=BID, mode="branch", fmt="preagg",
+            path="/srv/app", build_id=BID, mode="branch", fmt=fmt,
             event="cycles", frequency=4999, start=T0 + i, end=T0 + i + 600,
             hosts=[f"host{i:04d}"])
         with open(path + ".json", "w") as f:
             f.write(provenance.sidecar_text(provenance.sidecar(
-                prov, samples=traces, processes=1, size=len(text))))
+                prov, samples=records, processes=1, size=len(text))))
         paths.append(path)
-    return paths, texts
+    return paths
 
 
 def fdata_pool(n, rng, functions=5000):
@@ -108,21 +114,7 @@ def generate_fdata(directory, files, records, pool, variants, rng):
         texts.append("".join(
             "%s %d %d\n" % (k, rng.randrange(0, 50), rng.randrange(50, 5000))
             for k in rng.sample(pool, records)).encode())
-    paths = []
-    for i in range(files):
-        path = os.path.join(directory, f"host{i:04d}.fdata")
-        text = texts[i % variants]
-        with open(path, "wb") as f:
-            f.write(text)
-        prov = provenance.describe(
-            path="/srv/app", build_id=BID, mode="branch", fmt="fdata",
-            event="cycles", frequency=4999, start=T0 + i, end=T0 + i + 600,
-            hosts=[f"host{i:04d}"])
-        with open(path + ".json", "w") as f:
-            f.write(provenance.sidecar_text(provenance.sidecar(
-                prov, samples=records, processes=1, size=len(text))))
-        paths.append(path)
-    return paths
+    return write_hosts(directory, "fdata", texts, files, records)
 
 
 def fdata_sums(path):
