@@ -46,8 +46,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys

@@ -302,7 +302,7 @@ def test_types_where_the_kernel_saves_them(monkeypatch, types_refused,
     """Branch stacks with types if the kernel takes the typed event, else
     without; -v says which."""
     import errno
-    from ebpf_bolt import collector, perf_event as pe
+    from ebpf_bolt import collector
 
     def probe(spec, frequency):
         if spec.branch_types and types_refused:

@@ -1,7 +1,6 @@
 """How user space finds the file of each object the kernel numbered
 (objects.ObjectTable): through /proc/TGID/map_files/START-END of the
 process the kernel noted, which must still map that very file."""
-import ctypes
 import os
 
 from ebpf_bolt.layout import ObjectInfo

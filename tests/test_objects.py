@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -358,7 +357,7 @@ def test_command_is_recorded_from_its_exec(ebpf_bolt_cmd, tmp_path):
     child running Python: its samples are counted apart (before_exec),
     and libpython is not among the objects recorded."""
     outdir = tmp_path / "objs"
-    p = record(ebpf_bolt_cmd, "--all-objects", "-o", outdir, "--", "sh",
+    record(ebpf_bolt_cmd, "--all-objects", "-o", outdir, "--", "sh",
                "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done")
     index = json.loads((outdir / "index.json").read_text())
     paths = [o["path"] for o in index["objects"]]

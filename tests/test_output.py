@@ -470,7 +470,7 @@ def test_program_execd_while_recorded_as_output(ebpf_bolt_cmd, tmp_path):
 def test_stdin_pipe_as_output(ebpf_bolt_cmd, binary, stacks):
     """-o /dev/stdin with the stacks piped in: the profile must not go into
     its own input (a profile over 64 KiB then hung for good)."""
-    p = subprocess.Popen(["sh", "-c", f'cat "$1" | "$2" replay --binary "$3" '
+    p = subprocess.Popen(["sh", "-c", 'cat "$1" | "$2" replay --binary "$3" '
                           "-o /dev/stdin", "sh", stacks, ebpf_bolt_cmd, binary],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)

@@ -3,10 +3,8 @@ their perf reference (tests/perf_reference.py): each program builds and
 prints the same thing every time, the reference sees what each workload
 is for, and BOLT rewrites the library and its front end from perf's
 profile without changing their output."""
-import os
 import re
 import resource
-import shutil
 import subprocess
 
 import pytest

@@ -437,7 +437,6 @@ def loss_warnings(profile, fmt):
             out.append(f"{left:,} of {counted - lost:,} trace counts "
                        f"({_share(left, counted - lost)}) have neither end "
                        "in the binary: check --binary and --load-base")
-    other, kept = st["other_process"], st["samples"] - st["other_process"]
     if st["unresolved"]:
         out.append(f"{plural(st['unresolved'], 'address', 'addresses')} "
                    "could not be placed in an object (the kernel's mapping "
