@@ -15,9 +15,9 @@ import time
 from . import __version__, bolt, provenance
 from .collector import (DEFAULT_DURATION, DEFAULT_FREQUENCY, TABLE_MAX_ENTRIES,
                         MODES, Recorder)
-from .elf import ElfError, ElfFile
+from .elf import read_binary
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
-                     OutputError, UsageError)
+                     OutputError, UsageError, os_error_text)
 from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
                      profile_names, sidecar_output)
 from .windows import EARLY_FILL, Windows
@@ -956,24 +956,10 @@ def _merge_parser():
     return p
 
 
-def _errno_text(err):
-    return f"{err.strerror or os.strerror(err.errno)} " \
-           f"({errno.errorcode.get(err.errno, err.errno)})"
-
-
 def _check_binary(path):
-    """--binary is read before the stacks are replayed: a file that is not
-    a readable 64-bit ELF executable is refused with what is wrong.
-    Returns its ElfFile."""
-    try:
-        return ElfFile(path)
-    except OSError as e:
-        raise UsageError(f"cannot read --binary {path}: {_errno_text(e)}",
-                         "give the profiled executable with --binary") from None
-    except ElfError as e:
-        raise UsageError(f"--binary {e}",
-                         "give the profiled executable (64-bit little-endian "
-                         "ELF) with --binary") from None
+    """--binary is read before the stacks are replayed."""
+    return read_binary(path, "give the profiled executable (64-bit "
+                       "little-endian ELF) with --binary")
 
 
 def _check_cpus(cpus):
@@ -1067,7 +1053,7 @@ def replay_command(args):
             with open(args.stacks, "rb") as f:
                 stacks = parse_stacks(f)
         except OSError as e:
-            raise UsageError(f"cannot read {args.stacks}: {_errno_text(e)}",
+            raise UsageError(f"cannot read {args.stacks}: {os_error_text(e)}",
                              "check the stacks file") from None
     # what keeps BOLT from using a profile of it, before replaying
     for elf, (path, _) in zip(elfs, objects):

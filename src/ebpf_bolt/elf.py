@@ -21,6 +21,20 @@ class ElfError(ValueError):
     file and what is wrong. Callers turn it into their own error class."""
 
 
+def read_binary(path, hint):
+    """The ElfFile of a --binary option, read before it is used: a file that
+    cannot be read, or is not a 64-bit little-endian ELF, is a UsageError
+    saying which, with `hint`."""
+    from .errors import UsageError, os_error_text
+    try:
+        return ElfFile(path)
+    except OSError as e:
+        raise UsageError(f"cannot read --binary {path}: {os_error_text(e)}",
+                         hint) from None
+    except ElfError as e:
+        raise UsageError(f"--binary {e}", hint) from None
+
+
 SHT_NOBITS = 8
 EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SYM_SIZE = 64, 56, 64, 24
 ELFCLASS = {1: "32-bit", 2: "64-bit"}

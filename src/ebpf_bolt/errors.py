@@ -7,6 +7,15 @@ keeps the two in step).
 """
 
 
+def os_error_text(err):
+    """An OSError in a message: its text and its name, 'No such file or
+    directory (ENOENT)'."""
+    import errno
+    import os
+    return (f"{err.strerror or os.strerror(err.errno)} "
+            f"({errno.errorcode.get(err.errno, err.errno)})")
+
+
 class EbpfBoltError(Exception):
     exit_code = 1
     hint = ""

@@ -571,15 +571,9 @@ def _apply_command(total, profile_path):
 
 
 def _binary(path):
-    from .elf import ElfError, ElfFile
-    try:
-        return ElfFile(path)
-    except OSError as e:
-        raise UsageError(f"cannot read --binary {path}: {e.strerror}",
-                         "give the object the profiles are of") from None
-    except ElfError as e:
-        raise UsageError(f"--binary {e}", "give the object the profiles "
-                         "are of (a 64-bit ELF file)") from None
+    from .elf import read_binary
+    return read_binary(path, "give the object the profiles are of (a 64-bit "
+                       "little-endian ELF file)")
 
 
 def _plural(n, noun):
