@@ -179,6 +179,35 @@ def test_merge_is_the_sum(dialect, three, tmp_path, capsys):
     assert side["bytes"] == out.stat().st_size
 
 
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_blocks_cut_anywhere(dialect, three, block, tmp_path, capsys,
+                             monkeypatch):
+    """The built-in reduce reads BLOCK bytes at a time: with blocks cut
+    inside lines, inside a UTF-8 name and after several lines, the sum is
+    that of whole lines, a last line without "\\n" counts, and a bad line
+    is named by its number in the file."""
+    monkeypatch.setattr(merge, "BLOCK", block)
+    paths, parts = three
+    if dialect[0] == "fdata":       # a name of 2-byte characters
+        name = "1 " if dialect[1] == "ip" else "1 f\u00fcnf 10 "
+        key = f"1 f\u00fc\u00fcf 10" if dialect[1] == "ip" \
+            else f"{name}1 f\u00fc\u00fcf 20"
+        parts[0][key] = (5, 0 if dialect[1] == "ip" else 2)
+    texts = [render_records(dialect, r).rstrip("\n") for r in parts]
+    for path, text in zip(paths, texts):
+        write_profile(path, text, dialect)
+    code, err = merge_main(capsys, *paths, "-o", tmp_path / "sum")
+    assert code == 0, err
+    assert parse_profile((tmp_path / "sum").read_text()) == \
+        expected_sum(dialect, parts)
+    lines = texts[2].split("\n")
+    lines.insert(5, lines[5] + " 1")
+    write_profile(paths[2], "\n".join(lines), dialect)
+    code, err = merge_main(capsys, *paths, "-o", tmp_path / "bad")
+    assert_refused(code, err, f"{paths[2]}, line 6: not a record",
+                   "unchanged profiles")
+
+
 def outputs(path):
     return (open(path).read(), open(str(path) + ".json").read())
 
