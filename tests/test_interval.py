@@ -544,11 +544,13 @@ def test_window_names_are_checked_before_recording(taken, tmp_path, capsys):
 
 
 @pytest.mark.kernel_matrix
-def test_a_window_not_written_is_a_warning(ebpf_bolt_cmd, workload_pie,
+@pytest.mark.parametrize("taken", ["directory", "FIFO"])
+def test_a_window_not_written_is_a_warning(taken, ebpf_bolt_cmd, workload_pie,
                                            tmp_path):
     """A window that cannot be written when it ends (its name made a
-    directory after the start): a warning names it and the cause, and
-    recording, the later windows and the total go on."""
+    directory or a FIFO after the start: a FIFO's open would wait for a
+    reader, with the stop signals deferred): a warning names it and the
+    cause, and recording, the later windows and the total go on."""
     out = tmp_path / "w.preagg"
     rec = subprocess.Popen([ebpf_bolt_cmd, "--mode", "ip", "--interval", "1",
                             "--format", "preagg", "-o", str(out), "--",
@@ -559,7 +561,10 @@ def test_a_window_not_written_is_a_warning(ebpf_bolt_cmd, workload_pie,
         while not (tmp_path / "w.preagg.0001").exists():
             assert time.monotonic() < deadline and rec.poll() is None
             time.sleep(0.01)
-        (tmp_path / "w.preagg.0002").mkdir()
+        if taken == "FIFO":
+            os.mkfifo(tmp_path / "w.preagg.0002")
+        else:
+            (tmp_path / "w.preagg.0002").mkdir()
         _, err = rec.communicate(timeout=60)
     finally:
         if rec.poll() is None:
@@ -567,7 +572,7 @@ def test_a_window_not_written_is_a_warning(ebpf_bolt_cmd, workload_pie,
             rec.wait()
     assert rec.returncode == 0, err
     assert re.search(r"warning: window 2 \(.*w\.preagg\.0002\) was not "
-                     r"written: .*directory.*the windows no longer add up "
+                     rf"written: .*{taken}.*the windows no longer add up "
                      "to the total", err), err
     assert (tmp_path / "w.preagg.0003").is_file(), err
     assert sum(s_records(out).values()) > 1000

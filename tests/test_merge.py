@@ -317,6 +317,34 @@ def test_refuses_stale_sidecar_and_bad_lines(tmp_path, capsys):
     assert "line " in err
 
 
+BAD_SIDECARS = {
+    "empty path": {"path": ""},
+    "list path": {"path": ["x"], "build_id": None},
+    "number path": {"path": 5},
+    "mode": {"mode": "lbr"},
+    "hosts": {"hosts": "web-1"},
+    "start": {"start": "yesterday"},
+    "frequency": {"frequency": -1},
+    "samples": {"samples": "7"},
+    "no event": {"event": None},
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_SIDECARS), ids=list(BAD_SIDECARS))
+def test_refuses_malformed_sidecar(bad, tmp_path, capsys):
+    """A sidecar field of the wrong type or value, next to a good input:
+    one line naming the sidecar and the field, with a hint, exit 2."""
+    a = one(tmp_path, "a.preagg")
+    b = one(tmp_path, "b.preagg", seed=1)
+    side = json.loads(open(b + ".json").read())
+    side.update(BAD_SIDECARS[bad])
+    with open(b + ".json", "w") as f:
+        json.dump(side, f)
+    code, err = merge_main(capsys, a, b, "-o", tmp_path / "out")
+    field = next(iter(BAD_SIDECARS[bad]))
+    assert_refused(code, err, f"{b}.json: {field}", "as ebpf-bolt writes it")
+
+
 def test_refuses_output_that_is_an_input(tmp_path, capsys):
     a = one(tmp_path, "a.preagg")
     b = one(tmp_path, "b.preagg", seed=1)

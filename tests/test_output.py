@@ -780,3 +780,40 @@ def test_profile_write_never_overwrites_its_binary(binary, tmp_path):
     profile.write(tmp_path / "app.preagg")
     assert (tmp_path / "app.preagg").read_text() == \
         "E cycles\nT 401000 401010 401020 3\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "descriptor"])
+def test_regular_only_output_refuses_what_it_would_write_into(kind, tmp_path):
+    """OutputFile(regular=True), a window of --interval: a FIFO, a device
+    or a descriptor at the name is refused at once (a FIFO's open would
+    wait for a reader), and left as it was."""
+    path = {"fifo": tmp_path / "w.0002", "device": "/dev/null",
+            "descriptor": "/dev/stdout"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(errors.OutputError, match="regular file|is a FIFO|"
+                       "is a character device") as e:
+        OutputFile(path, regular=True)
+    assert "--interval" in e.value.hint
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_name_taken_while_recording_is_not_replaced(kind, tmp_path):
+    """A FIFO or symlink put at -o FILE after it was checked (a long
+    recording) is refused at commit, not replaced by the profile."""
+    path, other = tmp_path / "app.fdata", tmp_path / "other"
+    other.write_text("mine\n")
+    out = OutputFile(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(other)
+    with pytest.raises(errors.OutputError, match="while the profile was "
+                       "made"):
+        out.commit("no_lbr cycles\n1 main 0 1\n")
+    assert (stat.S_ISFIFO(os.lstat(path).st_mode) if kind == "fifo"
+            else path.is_symlink())
+    assert other.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.fdata", "other"]

@@ -310,6 +310,37 @@ def test_file_put_in_meanwhile_is_kept(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["profiles"]
 
 
+@pytest.mark.parametrize("put", ["symlink", "fifo", "file", "index"])
+def test_in_place_names_taken_meanwhile_are_kept(put, tmp_path):
+    """In place (the total of --interval -o DIR, whose windows are in it
+    already): a name taken while recording is refused, what took it kept
+    as it was, and no profile nor index.json of this commit is left."""
+    d = tmp_path / "profiles"
+    precious = tmp_path / "precious"
+    precious.write_text("mine\n")
+    taken = d / ("index.json" if put == "index" else "app.preagg")
+    with pytest.raises(errors.OutputError, match="appeared while"):
+        with OutputDirectory(d, in_place=True) as out:
+            (d / "0001").mkdir()            # a window
+            out.add("app.preagg", PROFILES["app.preagg"])
+            out.add("lib.preagg", PROFILES["app.preagg"])
+            if put == "symlink":
+                taken.symlink_to(precious)
+            elif put == "fifo":
+                os.mkfifo(taken)
+            else:
+                taken.write_text("mine\n")
+            out.commit({"objects": [entry("app.preagg"),
+                                    entry("lib.preagg")]})
+    assert sorted(p.name for p in d.iterdir()) == ["0001", taken.name]
+    if put == "symlink":
+        assert taken.is_symlink() and precious.read_text() == "mine\n"
+    elif put == "fifo":
+        assert stat.S_ISFIFO(taken.lstat().st_mode)
+    else:
+        assert taken.read_text() == "mine\n"
+
+
 def test_closed_output_raises_a_python_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)   # where a use after close would write
     out = OutputDirectory(tmp_path / "a")

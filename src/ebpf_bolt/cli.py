@@ -19,7 +19,7 @@ from .elf import read_binary
 from .errors import (EbpfBoltError, InternalError, KernelUnsupported,
                      OutputError, UsageError, os_error_text)
 from .output import (OutputDirectory, OutputFile, commit_with_sidecar,
-                     profile_names, sidecar_output)
+                     file_type, profile_names, sidecar_output)
 from .windows import EARLY_FILL, Windows
 from .targets import interpreters
 from .perf_event import max_sample_rate
@@ -518,8 +518,8 @@ def record(args, command):
                 _sidecar_of(out) as side:
             @_window_writer(unwritten, lambda n: window_name(args.output, n))
             def write_window(n, profiles, early):
-                with OutputFile(window_name(args.output, n),
-                                inputs=inputs) as w, _sidecar_of(w) as ws:
+                with OutputFile(window_name(args.output, n), inputs=inputs,
+                                regular=True) as w, _sidecar_of(w) as ws:
                     _commit_profile(w, ws, rec, profiles[0], args.format)
                 what = "sample" if rec.mode == "ip" else "trace count"
                 _say(f"window {n}: {window_name(args.output, n)}, "
@@ -665,9 +665,6 @@ def unwritten_warning(unwritten):
 
 # window numbers have 4 digits, more past 9999: names are checked for 5
 WINDOW_SUFFIX = ".00000.json"
-_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-               (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _check_window_names(output):
@@ -700,10 +697,8 @@ def _check_window_names(output):
         except OSError:
             continue             # a dangling link: its target is made
         if not stat.S_ISREG(st.st_mode):
-            what = next((desc for test, desc in _FILE_TYPES
-                         if test(st.st_mode)), "not a regular file")
             raise OutputError(f"--interval: {path}, where a window of -o "
-                              f"{output} goes, is {what}",
+                              f"{output} goes, is {file_type(st.st_mode)}",
                               "remove it, or give -o another file name")
 
 

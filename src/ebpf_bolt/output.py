@@ -258,7 +258,16 @@ def _refuse_inputs(shown, written, inputs):
                 "input is never overwritten")
 
 
-_REFUSED_TYPES = ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISLNK, "a symlink"))
+
+
+def file_type(mode):
+    """What a file that is not a regular one is, for messages."""
+    return next((name for test, name in _FILE_TYPES if test(mode)),
+                "not a regular file")
 
 
 class OutputFile(Handle):
@@ -266,10 +275,15 @@ class OutputFile(Handle):
     not at all. `inputs` are paths of files the output must not be (after
     resolving links and hard links); missing ones are skipped. `reserve`
     bytes must be free. `tmpfile=False` uses a named temporary file, as file
-    systems without O_TMPFILE get."""
+    systems without O_TMPFILE get. `regular`: only a regular file is
+    written (made or replaced); a device, FIFO or file descriptor there is
+    refused rather than written into (the windows of --interval, written
+    while recording: a FIFO's open would wait for a reader)."""
 
-    def __init__(self, path, inputs=(), reserve=RESERVE, tmpfile=True):
+    def __init__(self, path, inputs=(), reserve=RESERVE, tmpfile=True,
+                 regular=False):
         self.path = path
+        self.regular = regular
         self.target = None     # the file replaced: links resolved
         self.direct = False    # written in place: a device, FIFO or fd
         self._inputs = []
@@ -299,6 +313,9 @@ class OutputFile(Handle):
             raise OutputError("empty output file name",
                               "give a file name with -o")
         fd = _own_fd(path)
+        if fd is not None and self.regular:
+            raise OutputError(f"output {path} is a file descriptor, not a "
+                              "regular file", REGULAR_HINT)
         if fd is not None:
             # /dev/stdout, /dev/fd/N, /proc/self/fd/N: this process's fd N,
             # written at its offset as a shell does (`> /dev/stdout`).
@@ -333,6 +350,9 @@ class OutputFile(Handle):
             st = None            # a new file, or a dangling link's target
         if st is not None and (stat.S_ISCHR(st.st_mode)
                                or stat.S_ISFIFO(st.st_mode)):
+            if self.regular:
+                raise OutputError(f"output {path} is "
+                                  f"{file_type(st.st_mode)}", REGULAR_HINT)
             self.direct = True
             # before the open: a FIFO's open waits for a reader, and the
             # FIFO may be the input just read
@@ -344,9 +364,7 @@ class OutputFile(Handle):
         # a symlink's target is what gets replaced, so the link stays
         self.target = os.path.realpath(path)
         if st is not None and not stat.S_ISREG(st.st_mode):
-            what = next((name for test, name in _REFUSED_TYPES
-                         if test(st.st_mode)), "not a regular file")
-            raise OutputError(f"output {path} is {what}",
+            raise OutputError(f"output {path} is {file_type(st.st_mode)}",
                               "give a file name, a character device or a "
                               "FIFO with -o")
         self._dirfd = os.open(os.path.dirname(self.target),
@@ -412,6 +430,7 @@ class OutputFile(Handle):
                 data = data.encode()
             _write_all(self._fd, data)
             if not self.direct:
+                self._check_still_regular()
                 os.fsync(self._fd)
                 if self._tmpname is None:
                     self._tmpname = _name_unnamed(self._fd, self._dirfd)
@@ -427,6 +446,20 @@ class OutputFile(Handle):
             self.close()
             raise
         self.close()
+
+    def _check_still_regular(self):
+        """What the rename would replace is still a regular file or
+        nothing: a device, FIFO or symlink put at the name while the
+        profile was made (a long recording) is refused, not replaced."""
+        try:
+            st = os.lstat(self.target)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"output {self.path} became "
+                              f"{file_type(st.st_mode)} while the profile "
+                              "was made: it is not replaced",
+                              "give -o a new file name")
 
     def close(self):
         """Release the file; without a commit before, nothing is left (a
@@ -445,6 +478,10 @@ class OutputFile(Handle):
         if self._dirfd is not None:
             os.close(self._dirfd)
             self._dirfd = None
+
+
+REGULAR_HINT = ("remove it, or give -o another file name: --interval writes "
+                "its windows to regular files")
 
 
 def sidecar_output(out):
@@ -829,12 +866,7 @@ class OutputDirectory(Handle):
             # last: a directory holding index.json holds everything
             self._write(INDEX_NAME, text)
             if self.in_place:
-                # index.json last of all, as its rename is
-                for name in list(self._names):
-                    os.rename(self._temps.pop(name), name,
-                              src_dir_fd=self._tmpfd, dst_dir_fd=self._tmpfd)
-                    self._names.remove(name)   # in place: close() spares it
-                os.fsync(self._tmpfd)
+                self._link_in_place()
                 self.close()
                 return
             st = self._stat_target()
@@ -872,6 +904,34 @@ class OutputDirectory(Handle):
             self.close()
             raise
         self.close()
+
+    def _link_in_place(self):
+        """In place, each file gets its name (index.json last of all) by a
+        hard link, which, unlike rename(2), replaces nothing: a file, link,
+        FIFO or device put at a name while recording is refused, and the
+        files linked before it are taken back (no index.json without all
+        the profiles it lists)."""
+        linked = []
+        try:
+            for name in list(self._names):
+                try:
+                    os.link(self._temps[name], name, src_dir_fd=self._tmpfd,
+                            dst_dir_fd=self._tmpfd, follow_symlinks=False)
+                except FileExistsError:
+                    raise OutputError(
+                        f"{os.path.join(self.path, name)} appeared while "
+                        "the profiles were made: it is not replaced",
+                        "give -o a new or an empty directory") from None
+                linked.append(name)
+        except BaseException:
+            for name in linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self._tmpfd)
+            raise
+        for name in linked:   # close() spares them; the temporary goes
+            os.unlink(self._temps.pop(name), dir_fd=self._tmpfd)
+            self._names.remove(name)
+        os.fsync(self._tmpfd)
 
     def close(self):
         """Release the directory; without a commit before, the hidden

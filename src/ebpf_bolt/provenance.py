@@ -110,6 +110,9 @@ def problem(entry, keys=KEYS):
     missing = [key for key in keys if key not in entry]
     if missing:
         return f"no {', '.join(missing)}"
+    if "path" in keys and not (isinstance(entry["path"], str)
+                               and entry["path"]):
+        return f"path {entry['path']!r} is not an object's path"
     bid = entry.get("build_id")
     if bid is not None and not (isinstance(bid, str) and _HEX.fullmatch(bid)):
         return f"build_id {bid!r} is not lower-case hex"
