@@ -189,9 +189,8 @@ def test_blocks_cut_anywhere(dialect, three, block, tmp_path, capsys,
     monkeypatch.setattr(merge, "BLOCK", block)
     paths, parts = three
     if dialect[0] == "fdata":       # a name of 2-byte characters
-        name = "1 " if dialect[1] == "ip" else "1 f\u00fcnf 10 "
-        key = f"1 f\u00fc\u00fcf 10" if dialect[1] == "ip" \
-            else f"{name}1 f\u00fc\u00fcf 20"
+        key = "1 f\u00fc\u00fcf 10" if dialect[1] == "ip" \
+            else "1 f\u00fcnf 10 1 f\u00fc\u00fcf 20"
         parts[0][key] = (5, 0 if dialect[1] == "ip" else 2)
     texts = [render_records(dialect, r).rstrip("\n") for r in parts]
     for path, text in zip(paths, texts):
