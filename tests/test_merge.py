@@ -293,6 +293,14 @@ def test_refuses_profile_without_sidecar_unless_binary(tmp_path, capsys,
     side = json.loads((tmp_path / "out.json").read_text())
     assert side["build_id"] == ElfFile(str(workload_pie)).build_id
     assert side["inputs"] == 2
+    # the bare input's samples are not known: so is the sum (not a's 10),
+    # and the merged profile merges again
+    assert (side["samples"], side["processes"]) == (None, None)
+    code, err = merge_main(capsys, tmp_path / "out", a, "-o",
+                           tmp_path / "again")
+    assert code == 0, err
+    assert json.loads((tmp_path / "again.json").read_text())["samples"] \
+        is None
     # --binary of another object than a sidecar says: refused
     other = one(tmp_path, "other.preagg", build_id=OTHER_BID)
     code, err = merge_main(capsys, other, bare, "--binary", workload_pie,
@@ -342,6 +350,21 @@ def test_refuses_malformed_sidecar(bad, tmp_path, capsys):
     code, err = merge_main(capsys, a, b, "-o", tmp_path / "out")
     field = next(iter(BAD_SIDECARS[bad]))
     assert_refused(code, err, f"{b}.json: {field}", "as ebpf-bolt writes it")
+
+
+@pytest.mark.parametrize("engine", merge.ENGINES)
+def test_refuses_header_event_other_than_the_sidecars(engine, tmp_path,
+                                                      capsys):
+    """Sidecars that say instructions over profiles headed cycles: refused,
+    not a profile of one event with a sidecar of another."""
+    a = preagg(tmp_path, "a.preagg", ["T 1 2 3 4"], event="instructions")
+    b = preagg(tmp_path, "b.preagg", ["T 1 2 3 5"], event="instructions")
+    code, err = merge_main(capsys, a, b, *engine_args(engine),
+                           "-o", tmp_path / "out")
+    assert_refused(code, err, "header lines name event cycles, their "
+                   "provenance instructions", "unchanged profiles and "
+                   "sidecars")
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_output_that_is_an_input(tmp_path, capsys):

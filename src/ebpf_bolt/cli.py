@@ -556,8 +556,8 @@ def replayed_provenance(profile, fmt, started, stopped):
     frequency (no sampling made it), the replay's own run for its times."""
     return provenance.describe(
         path=profile.binary, build_id=profile.info.get("build_id"),
-        mode=profile.mode, fmt=fmt, event="replay", frequency=None,
-        start=started, end=stopped)
+        mode=profile.mode, fmt=fmt, event=provenance.REPLAY_EVENT,
+        frequency=None, start=started, end=stopped)
 
 
 def _commit_with_sidecar(out, side, profile, text, prov):

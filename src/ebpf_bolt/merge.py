@@ -136,6 +136,11 @@ def _count(value):
     return type(value) is int and value >= 0
 
 
+def _count_or_unknown(value):
+    """samples and processes: null where a merged input had no sidecar."""
+    return value is None or _count(value)
+
+
 def directory_inputs(path):
     """The profiles of a directory's index.json, one Input per object."""
     index_path = os.path.join(path, "index.json")
@@ -149,9 +154,9 @@ def directory_inputs(path):
             raise _bad_provenance(source, "not an object")
         wrong = provenance.problem(entry, provenance.KEYS + (
             "path", "build_id", "profile", "samples", "processes"))
-        if wrong is None and not all(_count(entry[k]) for k in
+        if wrong is None and not all(_count_or_unknown(entry[k]) for k in
                                      ("samples", "processes")):
-            wrong = "samples and processes are not counts"
+            wrong = "samples and processes are not counts or null"
         if wrong is None and not (isinstance(entry["profile"], str) and
                                   "/" not in entry["profile"]):
             wrong = f"profile {entry['profile']!r} is not a file name"
@@ -183,9 +188,9 @@ def file_input(path, binary):
     if not isinstance(side, dict):
         raise _bad_provenance(side_path, "not an object")
     wrong = provenance.problem(side, provenance.SIDECAR_KEYS)
-    if wrong is None and not all(_count(side[k]) for k in
-                                 ("samples", "processes", "bytes")):
-        wrong = "samples, processes and bytes are not counts"
+    if wrong is None and not (_count(side["bytes"]) and all(
+            _count_or_unknown(side[k]) for k in ("samples", "processes"))):
+        wrong = "samples, processes or bytes is not a count"
     if wrong:
         raise _bad_provenance(side_path, wrong)
     if side["bytes"] != size:
@@ -205,14 +210,15 @@ def file_input(path, binary):
 def _provenance_of_bare(path, binary):
     """What --binary and the profile's first lines tell of a profile that
     has no sidecar. Its time is the file's modification time; its host and
-    frequency unknown."""
+    frequency, samples and processes unknown (None: a merge's sum of them
+    is unknown too, rather than short of this input's)."""
     fmt, mode, event = sniff(path)
     mtime = os.stat(path).st_mtime
     prov = provenance.describe(
         path=binary.path, build_id=binary.build_id, mode=mode, fmt=fmt,
         event=event or UNKNOWN_EVENT, frequency=None, start=mtime,
         end=mtime, hosts=[])
-    return dict(prov, samples=0, processes=0)
+    return dict(prov, samples=None, processes=None)
 
 
 UNKNOWN_EVENT = "unknown"   # an input without sidecar nor header
@@ -325,8 +331,8 @@ class ProvenanceSum:
         self.start = min(filter(None, (self.start, p["start"])))
         self.end = max(filter(None, (self.end, p["end"])))
         self.inputs += p["inputs"]
-        self.samples += p["samples"]
-        self.processes += p["processes"]
+        self.samples = _sum_known(self.samples, p["samples"])
+        self.processes = _sum_known(self.processes, p["processes"])
         self.path = min(filter(None, (self.path, p["path"])))
 
     @property
@@ -358,6 +364,10 @@ class ProvenanceSum:
 
 
 _MODE_NAMES = {"ip": "IP samples", "branch": "branch traces"}
+
+
+def _sum_known(a, b):
+    return None if a is None or b is None else a + b
 
 
 # --- the reduce --------------------------------------------------------------
@@ -519,6 +529,13 @@ def merge_group(inputs, engine="builtin", total=None):
         raise UsageError(f"{total.first.source}: no profile has a header "
                          "line naming its event",
                          "give unchanged profiles as ebpf-bolt wrote them")
+    recorded = total.events - {provenance.REPLAY_EVENT}
+    if event is not None and recorded and event not in recorded:
+        raise UsageError(f"{total.path}: the profiles' header lines name "
+                         f"event {event}, their provenance "
+                         f"{', '.join(sorted(recorded))}",
+                         "give unchanged profiles and sidecars as ebpf-bolt "
+                         "wrote them")
     check_counts(first, second, total.path)
     return render(dia, event, first, second,
                   presorted=engine == "duckdb"), total

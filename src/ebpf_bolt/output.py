@@ -833,9 +833,10 @@ class OutputDirectory(Handle):
             if bid is not None and not (isinstance(bid, str)
                                         and _HEX.fullmatch(bid)):
                 raise ValueError(f"build_id {bid!r}: lower-case hex or None")
-            for key in ("samples", "processes"):
-                if type(entry[key]) is not int or entry[key] < 0:
-                    raise ValueError(f"{key} {entry[key]!r}: a count")
+            for key in ("samples", "processes"):   # null: not known (merge)
+                if entry[key] is not None and (type(entry[key]) is not int
+                                               or entry[key] < 0):
+                    raise ValueError(f"{key} {entry[key]!r}: a count or None")
             for key in ("path", "profile"):
                 if not isinstance(entry[key], str):
                     raise ValueError(f"{key} {entry[key]!r}: a string")

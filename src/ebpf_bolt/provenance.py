@@ -34,6 +34,9 @@ KEYS = ("mode", "format", "event", "frequency", "hosts", "start", "end",
 SIDECAR_KEYS = ("path", "build_id", "samples", "processes", "bytes") + KEYS
 
 MODES = ("ip", "branch")
+# the event of a replayed profile's provenance: nothing sampled it (its
+# header names cycles, the event branch stacks are most often taken on)
+REPLAY_EVENT = "replay"
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 # fixed width (a 4-digit year, as strftime's %Y does not pad): sorts as it
 # reads
