@@ -8,6 +8,7 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from array import array
 from importlib import resources
 from operator import add
@@ -182,6 +183,9 @@ class BoltObject(Handle):
         self.sets = sets
         self.active = 0            # the set the programs count into
         self._races_drained = 0    # table_races of sets cleared so far
+        # --interval's watcher thread clears a set while the main thread
+        # reads stats(): a set's notes move to _races_drained in one step
+        self._races_lock = threading.Lock()
         self._obj = lib.bpf_object__open_file(self.path.encode(), opts)
         try:
             self.ncpus = possible_cpus()
@@ -369,8 +373,9 @@ class BoltObject(Handle):
         stats["traces"] = stats["branch_entries"] - stats["kernel_branches"]
         # traces that may have two slots (counted once, not per CPU), in
         # the sets drained and cleared so far and in those not yet
-        stats["table_races"] = self._races_drained + sum(
-            self.read_set(s).raced.n for s in range(self.sets))
+        with self._races_lock:
+            stats["table_races"] = self._races_drained + sum(
+                self.read_set(s).raced.n for s in range(self.sets))
         return stats
 
     def read_all(self, name, batch=8192):
@@ -507,8 +512,9 @@ class BoltObject(Handle):
                     mem[at:at + n] = zeros[:n]
             finally:
                 mem.close()
-        self._races_drained += self.read_set(s).raced.n
-        self._write_set(s, EbSet(index=s))
+        with self._races_lock:
+            self._races_drained += self.read_set(s).raced.n
+            self._write_set(s, EbSet(index=s))
 
     def run_program(self, name, args=None):
         """BPF_PROG_RUN of a syscall program with `args` (a ctypes struct,
