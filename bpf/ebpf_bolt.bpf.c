@@ -63,7 +63,8 @@ const volatile struct eb_config cfg = {
 
 /*
  * The count tables: the profile itself, one table shared by all CPUs per
- * mode, so kernel memory is slots x slot size whatever the number of CPUs.
+ * mode, so kernel memory is slots x slot size (x 2 sets with --interval)
+ * whatever the number of CPUs.
  * (Per-CPU hashes cost entries x value x possible CPUs: at 192 CPUs,
  * 64 MiB held ~21,000 traces; a clang-sized profile needs ~100,000.)
  * Each is an open-addressing hash table in a plain array, sized from user
@@ -148,6 +149,14 @@ static __always_inline struct eb_set *current_set(void)
 static __always_inline __u32 set_base(const struct eb_set *set, __u32 slots)
 {
 	return (set->index & (EB_SETS - 1)) * slots;
+}
+
+/* A CPU's element of a per-CPU-per-set cache (ip_cache, trace_cache): the
+ * set's caches are its own elements, so a switch moves them with the set */
+static __always_inline __u32 cache_element(const struct eb_set *set,
+					   __u32 cpu)
+{
+	return cpu + set_base(set, cfg.ncpus);
 }
 
 /* A key's first slot: the high half of a multiplicative hash (it depends
@@ -948,9 +957,10 @@ static __always_inline void *cache_table(void *cache_map, __u32 cpu)
  * the CPU caches, and a map lookup is a cold miss or several (with the
  * per-CPU hash ip_counts once was: bucket, element and per-CPU value;
  * sample_ip took ~1.0 us per sample of the demo's shares workload without
- * the table, ~0.47 us with it, medians, bench/bench_sample_ip.py). One element per possible CPU, sized by user space
- * (4,096 slots, 64 KiB, fewer above 128 CPUs: layout.ip_cache_slots); the
- * slot index is bounded by cfg.ip_cache_mask.
+ * the table, ~0.47 us with it, medians, bench/bench_sample_ip.py). One
+ * element per possible CPU per set (element cpu + set x ncpus: cache_element),
+ * sized by user space (4,096 slots, 64 KiB, fewer above 128 CPUs:
+ * layout.ip_cache_slots); the slot index is bounded by cfg.ip_cache_mask.
  * The trace cache's comment below has the rules in full.
  */
 struct {
@@ -992,9 +1002,7 @@ static __always_inline void count_ip(__u64 ip, struct eb_stats *st,
 		st->counter[EB_UPDATE_FAILED]++;
 		return;
 	}
-	/* the set's caches are its own elements: one per CPU per set */
-	table = cache_table(&ip_cache, cpu + (set->index & (EB_SETS - 1)) *
-					 cfg.ncpus);
+	table = cache_table(&ip_cache, cache_element(set, cpu));
 	if (!table) {  /* no table for this CPU: straight to the map */
 		add_ip(ip, 1, st, set);
 		return;
@@ -1151,8 +1159,9 @@ struct {
  *   memory allows, in a simulation of the same policy).
  * - Ways keep counts not yet in the map: they go to the map when the way
  *   changes owner, and flush_caches adds the rest when user space drains.
- * Layout: an array with one element per possible CPU, indexed by the
- * running CPU's id, each element a whole table of cfg.cache_mask + 1 sets.
+ * Layout: an array with one element per possible CPU per set, the running
+ * CPU's element of the set counted into (cache_element), each a whole
+ * table of cfg.cache_mask + 1 sets.
  * Only the running CPU touches its element (programs do not nest on a
  * CPU), as with a per-CPU array; but one lookup per stack finds the
  * table, where a per-CPU array of sets needs a lookup (a dependent load
@@ -1177,7 +1186,7 @@ static __always_inline int add_trace(const struct eb_trace *key, __u64 count,
 	int err = table_add_trace(key, count, mispreds, set);
 
 	st->counter[EB_TABLE_UPDATES]++;
-	if (err == EB_TABLE_RACED)  /* stored (noted in `raced`) */
+	if (err == EB_TABLE_RACED)  /* stored (noted in set->raced) */
 		return 0;
 	if (err) {
 		st->counter[EB_MAP_FULL]++;
@@ -1325,9 +1334,7 @@ __noinline int aggregate_stack(struct eb_branch_stack *stack,
 		return 0;
 	}
 	nr = stack->nr;
-	/* the set's caches are its own elements: one per CPU per set */
-	table = cache_table(&trace_cache, cpu + (set->index & (EB_SETS - 1)) *
-					   cfg.ncpus);
+	table = cache_table(&trace_cache, cache_element(set, cpu));
 	st->counter[EB_BRANCH_ENTRIES] += nr;
 	for (i = 0; i < EB_MAX_BRANCHES; i++) {
 		struct eb_branch *b;
@@ -1602,7 +1609,7 @@ int flush_caches(struct eb_flush_args *args)
 		fs.set = bpf_map_lookup_elem(&set_a, &zero);
 	if (!fs.st || !fs.set)
 		return 1;
-	fs.first = (fs.set->index & (EB_SETS - 1)) * cfg.ncpus;
+	fs.first = cache_element(fs.set, 0);
 	fs.per_cpu = cfg.cache_mask + 1;
 	n = cfg.ncpus * fs.per_cpu;
 	if (bpf_loop(n, flush_trace_set, &fs, 0) != n)

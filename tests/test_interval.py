@@ -579,6 +579,20 @@ def test_a_window_not_written_is_a_warning(taken, ebpf_bolt_cmd, workload_pie,
     assert "warning: 1 window not written (2)" in err
 
 
+@pytest.mark.parametrize("sets", [1, 2])
+def test_max_entries_hint_names_the_default_of_its_sets(sets):
+    """--max-entries refused with --interval: the hint's default is that of
+    one set of two (half the budget), as the recording would take."""
+    from ebpf_bolt import collector, errors
+    with pytest.raises(errors.UsageError) as e:
+        collector.check_max_entries(collector.TABLE_MAX_ENTRIES + 1,
+                                    "trace_counts", sets)
+    default = collector.default_max_entries(
+        "trace_counts", collector.MAP_BUDGET // sets)
+    assert f"default is {default:,}:" in e.value.hint
+    assert ("per set" in e.value.hint) == (sets > 1)
+
+
 @pytest.mark.kernel_matrix
 def test_early_drain_while_a_window_is_written(workload_pie):
     """Keys arriving fast (the icache workload: thousands of IPs) into a

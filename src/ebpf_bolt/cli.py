@@ -545,8 +545,8 @@ def record(args, command):
 
 
 def _sidecar_of(out):
-    """The sidecar's OutputFile beside `out`'s profile, or an empty context
-    where the profile gets none (stdout, a device, a FIFO)."""
+    """The Sidecar beside `out`'s profile, or an empty context where the
+    profile gets none (stdout, a device, a FIFO)."""
     side = sidecar_output(out)
     return side if side is not None else contextlib.nullcontext()
 

@@ -74,14 +74,17 @@ def check_max_entries(entries, map_name=None, sets=1):
     if isinstance(entries, bool) or not isinstance(entries, int) or entries <= 0:
         raise UsageError(f"invalid --max-entries {entries!r}",
                          "give a positive number of map entries")
+    # --interval: two sets of tables share the budget (_load_and_attach)
+    budget = MAP_BUDGET // sets
+    per = f"{budget >> 20} MiB" + (" per set, of --interval's two"
+                                    if sets > 1 else "")
     if map_name is None:
         hint = ("lower --max-entries (by default the map takes what fits "
-                f"{MAP_BUDGET >> 20} MiB of kernel memory)")
+                f"{per} of kernel memory)")
     else:
-        default = default_max_entries(map_name)
+        default = default_max_entries(map_name, budget)
         hint = (f"lower --max-entries (the {_MAP_WHAT.get(map_name, map_name)}"
-                f"'s default is {default:,}: what fits "
-                f"{MAP_BUDGET >> 20} MiB)")
+                f"'s default is {default:,}: what fits {per})")
     if entries > TABLE_MAX_ENTRIES:
         raise UsageError(f"--max-entries {entries:,} is above the largest map "
                          f"ebpf-bolt makes ({TABLE_MAX_ENTRIES:,} entries: "

@@ -652,7 +652,8 @@ class OutputDirectory(Handle):
     hidden directory over the target. rename(2) replaces an empty directory
     in one step and refuses a non-empty one, so a user's file put there
     meanwhile is never lost, and a reader sees no directory (or the empty
-    one) or the complete one. Leaving without a commit removes the hidden
+    one) or the complete one. (In place, each file is linked to its name
+    instead, which replaces nothing: _link_in_place.) Leaving without a commit removes the hidden
     directory; only a SIGKILL between the first add() and the commit (the
     writing of the profiles, after the work) can leave it behind. The
     parent of the directory must be writable."""
