@@ -491,6 +491,16 @@ class BoltObject(Handle):
         self.active = new
         return old
 
+    def end_window(self, read):
+        """Switch sets (switch_set), then `read(old)` the set that ended,
+        and clear it for the window after next whatever `read` does;
+        returns what `read` returned."""
+        old = self.switch_set()
+        try:
+            return read(old)
+        finally:
+            self.clear_set(old)
+
     def clear_set(self, s):
         """Empty set `s`'s count tables and its notes, once drained (its
         caches are emptied by the flush that comes before the drain), so

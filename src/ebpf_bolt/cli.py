@@ -567,10 +567,7 @@ def _commit_with_sidecar(out, side, profile, text, prov):
     side_text = None
     if side is not None:
         side.check_inputs([profile.binary])
-        size = len(text.encode() if isinstance(text, str) else text)
-        side_text = provenance.sidecar_text(provenance.sidecar(
-            prov, samples=profile.total(),
-            processes=profile.info.get("processes", 1), size=size))
+        side_text = profile.sidecar_text(prov, text)
     commit_with_sidecar(out, side, text, side_text)
 
 
@@ -733,9 +730,7 @@ def _deferred_signals():
     finally:
         _deferring = False
     if len(_signals_received) > before:
-        name = signal.Signals(_signals_received[-1]).name
-        raise KeyboardInterrupt(name + (
-            " (Ctrl-C)" if _signals_received[-1] == signal.SIGINT else ""))
+        raise KeyboardInterrupt(*stop_reason())
 
 
 def _record_until_done(rec, args, progress, frequency, duration,
@@ -793,11 +788,13 @@ def render_each(profiles, fmt):
     return out, warnings
 
 
-def _commit_objects(out, profiles, fmt, directory):
-    """Write several recorded profiles and their index.json to `out` (an
-    OutputDirectory for `directory`): the total, and each window of
-    --interval. Returns (texts, names, warnings) as render_each gives
-    them."""
+def _commit_objects(out, profiles, fmt, directory, provenance_of=None):
+    """Write several profiles and their index.json to `out` (an
+    OutputDirectory for `directory`): a recording's total, each window of
+    --interval, a replay's. provenance_of(profile, format): their
+    provenance (default: Profile.provenance, a recording's). Returns
+    (texts, names, warnings) as render_each gives them."""
+    provenance_of = provenance_of or (lambda p, f: p.provenance(f))
     entries = []
     texts, warnings = render_each(profiles, fmt)
     names = profile_names([(os.path.basename(p.binary),
@@ -812,9 +809,10 @@ def _commit_objects(out, profiles, fmt, directory):
                         "build_id": profile.info.get("build_id"),
                         "profile": name,
                         "samples": profile.total(),
-                        "processes": profile.info.get("processes", 0),
+                        # a replay has one address space, and no count
+                        "processes": profile.info.get("processes", 1),
                         "command": command,
-                        **provenance.index_fields(profile.provenance(f))})
+                        **provenance.index_fields(provenance_of(profile, f))})
     out.commit({"objects": entries})
     return texts, names, warnings
 
@@ -1076,7 +1074,6 @@ def replay_command(args):
 def replay_to_directory(args, objects, stacks, inputs):
     """Several objects: one profile each in the -o directory, with its
     index.json (complete or absent), as record_objects writes them."""
-    from .output import OutputDirectory, profile_names
     from .replay import replay_objects
     fmt = args.format
     with OutputDirectory(args.output, inputs=inputs) as out:
@@ -1084,25 +1081,9 @@ def replay_to_directory(args, objects, stacks, inputs):
         profiles = replay_objects(objects, stacks,
                                   max_entries=args.max_entries, cpus=args.cpus)
         stopped = time.time()
-        texts, warnings = render_each(profiles, fmt)
-        names = profile_names([(os.path.basename(p.binary),
-                                p.info.get("build_id"), f)
-                               for p, f, _ in texts])
-        entries = []
-        for (profile, f, text), name in zip(texts, names):
-            out.add(name, text)
-            command = bolt.apply_command(
-                profile.binary, os.path.join(args.output, name), f,
-                profile.kind, elf=profile.elf)
-            entries.append({"path": profile.binary,
-                            "build_id": profile.info.get("build_id"),
-                            "profile": name,
-                            "samples": profile.total(),
-                            "processes": 1,   # the replay's one address space
-                            "command": command,
-                            **provenance.index_fields(replayed_provenance(
-                                profile, f, started, stopped))})
-        out.commit({"objects": entries})
+        _, names, warnings = _commit_objects(
+            out, profiles, fmt, args.output,
+            lambda p, f: replayed_provenance(p, f, started, stopped))
     _say(replay_summary(profiles[0], fmt, len(stacks))[0])
     for line in _made_by(profiles[0]) + warnings:   # one tool made them
         _say(line)

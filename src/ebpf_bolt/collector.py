@@ -1002,13 +1002,11 @@ class Recorder(Handle):
         window's profiles are translated before the recording ends.
         objects=False: not here (Windows' watcher thread; the caller calls
         refresh_objects() before translating the counts)."""
-        old = self.obj.switch_set()
-        try:
+        def read(old):
             if objects:   # the objects the window's keys name
                 self.refresh_objects()
             return self.drain(old)
-        finally:
-            self.obj.clear_set(old)
+        return self.obj.end_window(read)
 
     def wall_time(self, t):
         """The wall-clock time of monotonic time `t` of this recording (one

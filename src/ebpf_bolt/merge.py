@@ -25,7 +25,7 @@ import os
 import re
 
 from . import provenance
-from .errors import UsageError
+from .errors import UsageError, os_error_text
 
 ENGINES = ("builtin", "duckdb")
 
@@ -173,8 +173,7 @@ def file_input(path, binary):
     try:
         size = os.stat(path).st_size
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}",
-                         "check the profile's path") from None
+        raise cannot_read(path, e) from None
     if not os.path.exists(side_path):
         if binary is None:
             raise UsageError(f"{path} has no sidecar {side_path}: nothing "
@@ -230,8 +229,7 @@ def sniff(path):
         with open(path, encoding="utf-8", errors="replace") as f:
             first, second = f.readline(), f.readline()
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}",
-                         "check the profile's path") from None
+        raise cannot_read(path, e) from None
     first, second = first.rstrip("\n"), second.rstrip("\n")
     if first.startswith("E "):
         mode = "ip" if second.startswith("S ") else "branch"
@@ -455,7 +453,7 @@ def _first_bad_line(dia, path, text, line_no):
 
 
 def cannot_read(path, err):
-    return UsageError(f"cannot read {path}: {err.strerror}",
+    return UsageError(f"cannot read {path}: {os_error_text(err)}",
                       "check the profile's path")
 
 

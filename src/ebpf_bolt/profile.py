@@ -99,11 +99,17 @@ class Profile:
             side = (sidecar_output(out) if "started" in self.info
                     else None)   # a replay's times are its caller's
             text = self.render(fmt)
-            side_text = None if side is None else provenance.sidecar_text(
-                provenance.sidecar(self.provenance(fmt), samples=self.total(),
-                                   processes=self.info.get("processes", 1),
-                                   size=len(text.encode())))
+            side_text = None if side is None else self.sidecar_text(
+                self.provenance(fmt), text)
             commit_with_sidecar(out, side, text, side_text)
+
+    def sidecar_text(self, prov, text):
+        """The text of the sidecar of `text`, this profile rendered, whose
+        provenance is `prov` (provenance.py)."""
+        size = len(text.encode() if isinstance(text, str) else text)
+        return provenance.sidecar_text(provenance.sidecar(
+            prov, samples=self.total(),
+            processes=self.info.get("processes", 1), size=size))
 
 
 # 1 for a row that is not a return, from TraceTable.returns

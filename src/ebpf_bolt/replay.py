@@ -442,11 +442,7 @@ class Replayer(_MappedInput):
         profiles of the window that ended (that set's drain), then clear
         that set for the window after next: as --interval does while
         recording. Between runs: replay's runs are this thread's own."""
-        old = self.obj.switch_set()
-        try:
-            return self.profiles(old)
-        finally:
-            self.obj.clear_set(old)
+        return self.obj.end_window(self.profiles)
 
     def profiles(self, s=None):
         """The Profile of each object, in the order given, from set `s`
