@@ -212,6 +212,34 @@ def test_live_windows_sum_to_the_total(ebpf_bolt_cmd, workload_pie, tmp_path):
     assert not list(tmp_path.glob(".ebpf-bolt-*"))
 
 
+def test_collect_with_an_interval(workload_pie):
+    """collect(interval=): on_window gets each window's profiles, numbered
+    from 1, while recording; what it returns is their total, key by key."""
+    from ebpf_bolt import collect
+    got = []
+
+    def on_window(n, profiles, early):
+        got.append((n, Counter(profiles[0].samples), early))
+    profile = collect(command=[str(workload_pie), *WORKLOAD], mode="ip",
+                      interval=0.7, on_window=on_window)
+    assert [n for n, _, _ in got] == list(range(1, len(got) + 1))
+    assert len(got) >= 3 and profile.info["windows"] == len(got)
+    summed = Counter()
+    for _, samples, _ in got:
+        summed.update(samples)
+    assert sum(profile.samples.values()) > 1000
+    assert summed == Counter(profile.samples)
+    assert profile.info["returncode"] == 0
+
+
+@pytest.mark.parametrize("interval", [0, -1, True, "1", float("nan"),
+                                      float("inf")])
+def test_collect_refuses_a_bad_interval(interval):
+    from ebpf_bolt import collect, errors
+    with pytest.raises(errors.UsageError, match="invalid interval"):
+        collect(command=["true"], interval=interval)
+
+
 @pytest.mark.kernel_matrix
 def test_windows_of_an_earlier_run_are_warned_about(ebpf_bolt_cmd,
                                                     workload_pie, tmp_path):

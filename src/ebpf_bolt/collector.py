@@ -11,6 +11,7 @@ import re
 import resource
 import time
 
+from .windows import Windows
 from .handle import Handle
 from . import _libbpf, bolt
 from . import perf_event as pe
@@ -1176,7 +1177,8 @@ class Recorder(Handle):
 def collect(pid=None, command=None, duration=None,
             frequency=DEFAULT_FREQUENCY, mode="auto", max_entries=None,
             count_threads=False, notice=None, verbose=False, warn=None,
-            binaries=(), all_objects=False, all_processes=False, btf=None):
+            binaries=(), all_objects=False, all_processes=False, btf=None,
+            interval=None, on_window=None):
     """Profile a process (`pid`) and the processes it starts, a command
     (`command`, an argv list) and every process it starts, or every process
     (`all_processes`, with `binaries` or `all_objects`), and return the
@@ -1191,18 +1193,36 @@ def collect(pid=None, command=None, duration=None,
     `notice`) are called with messages as they arise; the warnings are also
     in ``profile.info["warnings"]``.
 
+    `interval` (seconds), as --interval: the counts are drained every
+    `interval` seconds, and earlier where the table passes 80% full, so a
+    long recording loses nothing for want of room; each window's
+    profiles (a list, one per object) go to ``on_window(number, profiles,
+    early)`` while recording, and the return value is their total, with
+    ``info["windows"]``.
+
     Raises the classes of :mod:`ebpf_bolt.errors` (all EbpfBoltError, each
     with ``exit_code`` and ``hint``), e.g. UsageError for a command given as
     a string instead of a list."""
+    if interval is not None and (isinstance(interval, bool) or not isinstance(
+            interval, (int, float)) or not 0 < interval < float("inf")):
+        raise UsageError(f"invalid interval {interval!r}",
+                         "give a positive number of seconds")
     with Recorder(pid=pid, command=command, duration=duration,
                   frequency=frequency, mode=mode, max_entries=max_entries,
                   count_threads=count_threads, notice=notice,
                   verbose=verbose, warn=warn, binaries=binaries,
                   all_objects=all_objects,
-                  all_processes=all_processes, btf=btf) as rec:
+                  all_processes=all_processes, btf=btf,
+                  windows=interval is not None) as rec:
         rec.start()
-        rec.run()
-        rec.finish()
+        if interval is None:
+            rec.run()
+            rec.finish()
+        else:
+            windows = Windows(rec, interval, on_window or (lambda *a: None),
+                              notice)
+            rec.run(poll=windows.poll)
+            windows.finish()
     if command is not None:
         code = rec.target.wait()
         for profile in rec.profiles:
