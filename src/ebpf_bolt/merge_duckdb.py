@@ -23,6 +23,7 @@ directory, one per input, and errors name the inputs again.
 import os
 import shutil
 import tempfile
+import threading
 
 from .errors import UsageError
 
@@ -122,8 +123,9 @@ def reduce_duckdb(dia, profiles):
         files = "[" + ", ".join(map(_sql_string, names)) + "]"
         con = duckdb.connect()
         try:
-            rows = con.execute(reduce_sql(dia, files))
-            return _collect(dia, rows, names, bad_line, other_event)
+            return _interruptible(con, lambda: _collect(
+                dia, con.execute(reduce_sql(dia, files)), names, bad_line,
+                other_event))
         except (duckdb.Error, RuntimeError) as e:
             _interrupted(e)
             message = " ".join(str(e).split())
@@ -174,6 +176,38 @@ def _collect(dia, rows, names, bad_line, other_event):
     if refusal is not None:
         raise refusal
     return event, first, second
+
+
+def _interruptible(con, work):
+    """What work() returns (it runs `con`'s query and reads its rows), run
+    in a thread while this one waits where Python handles signals: a stop
+    signal (cli's handlers raise KeyboardInterrupt here) interrupts the
+    query at once (con.interrupt()). Left to DuckDB, which looks for
+    signals itself while the query runs in this thread, one was seen to be
+    missed under load, the query running on. The end is an Event, not
+    Thread.join: a join a signal interrupts can leave the thread marked
+    ended while it runs (CPython's _wait_for_tstate_lock releases the lock
+    the thread holds), and con.close() would then meet a busy connection."""
+    done, finished = {}, threading.Event()
+
+    def run():
+        try:
+            done["value"] = work()
+        except BaseException as e:   # raised again in this thread
+            done["error"] = e
+        finally:
+            finished.set()
+    threading.Thread(target=run, name="duckdb-query", daemon=True).start()
+    try:
+        while not finished.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        con.interrupt()
+        finished.wait()
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 def _interrupted(error):
