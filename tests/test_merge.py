@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -722,20 +723,27 @@ def test_engines_refuse_other_events_alike(tmp_path, capsys):
     assert errs[0] == errs[1]
 
 
+@pytest.mark.parametrize("when", ["running", "before"])
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_duckdb_merge_interrupted(sig, tmp_path, capsys, monkeypatch):
-    """Ctrl-C or SIGTERM while DuckDB runs the query: what the built-in
-    engine says (exit 130, no profile written), not an internal error."""
+def test_duckdb_merge_interrupted(sig, when, tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM while DuckDB runs the query, or before it began
+    (DuckDB clears an interrupt when a query begins): what the built-in
+    engine says (exit 130, no profile written), not an internal error,
+    and at once, not when the query ends."""
     import signal
     import threading
     pytest.importorskip("duckdb", reason="the duckdb extra is not installed")
     from ebpf_bolt import merge_duckdb
-    # a query of the rows' columns that runs for a minute or more, the
-    # signal sent a second after it is made (DuckDB is running it then)
+    # a query of the rows' columns that runs for minutes, the signal sent
+    # a second after it is made (DuckDB is running it then), or while the
+    # query is being made
     started = threading.Event()
+    sent = []
 
     def slow_sql(dia, files):
         started.set()
+        if when == "before":
+            time.sleep(0.5)
         return """
         SELECT 1 AS flag, 'T 1 2 3' AS key, sum(a.range * b.range) AS first,
                NULL AS second, '' AS first_pos, '' AS first_line
@@ -751,7 +759,9 @@ def test_duckdb_merge_interrupted(sig, tmp_path, capsys, monkeypatch):
         # once: the query runs in a thread the signal stops
         # (merge_duckdb._interruptible), where DuckDB left alone was seen
         # to miss one under load
-        if started.wait(30) and not done.wait(1):
+        if started.wait(30) and not done.wait(1 if when == "running"
+                                               else 0.1):
+            sent.append(time.monotonic())
             os.kill(os.getpid(), getattr(signal, sig))
     timer = threading.Thread(target=interrupt, daemon=True)
     timer.start()
@@ -760,6 +770,7 @@ def test_duckdb_merge_interrupted(sig, tmp_path, capsys, monkeypatch):
     finally:
         done.set()
         timer.join()
+    assert sent and time.monotonic() - sent[0] < 10, "the query ran on"
     assert code == 130, err
     assert err.splitlines() == [
         f"ebpf-bolt: merge interrupted by {sig}"

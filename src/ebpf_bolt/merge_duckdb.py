@@ -201,10 +201,19 @@ def _interruptible(con, work):
     try:
         while not finished.wait(0.05):
             pass
-    except KeyboardInterrupt:
-        con.interrupt()
-        finished.wait()
-        raise
+    except KeyboardInterrupt as stop:
+        # again until the thread ends: DuckDB clears the flag when a query
+        # begins, so one sent before it began is lost; a second signal
+        # changes nothing (the thread must end before the connection
+        # closes)
+        while True:
+            con.interrupt()
+            try:
+                if finished.wait(0.05):
+                    break
+            except KeyboardInterrupt:
+                pass
+        raise stop
     if "error" in done:
         raise done["error"]
     return done["value"]
