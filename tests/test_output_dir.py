@@ -310,11 +310,23 @@ def test_file_put_in_meanwhile_is_kept(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["profiles"]
 
 
+def no_hard_links(monkeypatch):
+    """os.link as on a file system without hard links (vfat)."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", refuse)
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["links", "no-links"])
 @pytest.mark.parametrize("put", ["symlink", "fifo", "file", "index"])
-def test_in_place_names_taken_meanwhile_are_kept(put, tmp_path):
+def test_in_place_names_taken_meanwhile_are_kept(put, links, tmp_path,
+                                                 monkeypatch):
     """In place (the total of --interval -o DIR, whose windows are in it
     already): a name taken while recording is refused, what took it kept
-    as it was, and no profile nor index.json of this commit is left."""
+    as it was, and no profile nor index.json of this commit is left; on a
+    file system without hard links too."""
+    if not links:
+        no_hard_links(monkeypatch)
     d = tmp_path / "profiles"
     precious = tmp_path / "precious"
     precious.write_text("mine\n")
@@ -339,6 +351,20 @@ def test_in_place_names_taken_meanwhile_are_kept(put, tmp_path):
         assert stat.S_ISFIFO(taken.lstat().st_mode)
     else:
         assert taken.read_text() == "mine\n"
+
+
+def test_in_place_without_hard_links(tmp_path, monkeypatch):
+    """In place on a file system without hard links: the files get their
+    names all the same, and no hidden temporary is left."""
+    no_hard_links(monkeypatch)
+    d = tmp_path / "profiles"
+    with OutputDirectory(d, in_place=True) as out:
+        (d / "0001").mkdir()
+        out.add("app.preagg", PROFILES["app.preagg"])
+        out.commit({"objects": [entry("app.preagg")]})
+    assert sorted(p.name for p in d.iterdir()) == ["0001", "app.preagg",
+                                                   "index.json"]
+    assert (d / "app.preagg").read_text() == PROFILES["app.preagg"]
 
 
 def test_closed_output_raises_a_python_error(tmp_path, monkeypatch):

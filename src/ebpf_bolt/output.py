@@ -480,8 +480,11 @@ class OutputFile(Handle):
             self._dirfd = None
 
 
-REGULAR_HINT = ("remove it, or give -o another file name: --interval writes "
-                "its windows to regular files")
+# link(2)'s errors where a file system has no hard links
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
+
+REGULAR_HINT = ("remove it, or give -o another file name: the windows of "
+                "--interval and sidecars are written to regular files only")
 
 
 def sidecar_output(out):
@@ -563,7 +566,8 @@ class Sidecar(Handle):
         """Write `data` in place of the file, whole; then closed."""
         self.check_inputs(())
         try:
-            with OutputFile(self.path, inputs=self._inputs, reserve=0) as f:
+            with OutputFile(self.path, inputs=self._inputs, reserve=0,
+                            regular=True) as f:
                 f.commit(data)
         finally:
             self.close()
@@ -913,27 +917,50 @@ class OutputDirectory(Handle):
         FIFO or device put at a name while recording is refused, and the
         files linked before it are taken back (no index.json without all
         the profiles it lists)."""
-        linked = []
+        placed = []
         try:
             for name in list(self._names):
-                try:
-                    os.link(self._temps[name], name, src_dir_fd=self._tmpfd,
-                            dst_dir_fd=self._tmpfd, follow_symlinks=False)
-                except FileExistsError:
-                    raise OutputError(
-                        f"{os.path.join(self.path, name)} appeared while "
-                        "the profiles were made: it is not replaced",
-                        "give -o a new or an empty directory") from None
-                linked.append(name)
+                if not self._place(self._temps[name], name):
+                    self._temps[name] = None   # renamed: no temporary left
+                placed.append(name)
         except BaseException:
-            for name in linked:
+            for name in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self._tmpfd)
             raise
-        for name in linked:   # close() spares them; the temporary goes
-            os.unlink(self._temps.pop(name), dir_fd=self._tmpfd)
+        for name in placed:   # close() spares them; the temporary goes
+            tmp = self._temps.pop(name)
+            if tmp is not None:
+                os.unlink(tmp, dir_fd=self._tmpfd)
             self._names.remove(name)
         os.fsync(self._tmpfd)
+
+    def _place(self, tmp, name):
+        """The file `tmp` also at `name`, replacing nothing: True for a
+        hard link. A file system without hard links (vfat, some FUSE
+        mounts) gets a rename once nothing is seen at `name` (a name taken
+        between the two is the one race left): False, `tmp` is gone."""
+        def taken():
+            return OutputError(f"{os.path.join(self.path, name)} appeared "
+                               "while the profiles were made: it is not "
+                               "replaced", "give -o a new or an empty "
+                               "directory")
+        try:
+            os.link(tmp, name, src_dir_fd=self._tmpfd, dst_dir_fd=self._tmpfd,
+                    follow_symlinks=False)
+            return True
+        except FileExistsError:
+            raise taken() from None
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+        try:
+            os.stat(name, dir_fd=self._tmpfd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(tmp, name, src_dir_fd=self._tmpfd,
+                      dst_dir_fd=self._tmpfd)
+            return False
+        raise taken()
 
     def close(self):
         """Release the directory; without a commit before, the hidden
@@ -943,9 +970,11 @@ class OutputDirectory(Handle):
         self._closed = True
         if self._tmpfd is not None:
             for name in self._names:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._temps.get(name, name)
-                              if self.in_place else name, dir_fd=self._tmpfd)
+                # in place: the hidden temporary, unless renamed (_place)
+                path = self._temps.get(name) if self.in_place else name
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path, dir_fd=self._tmpfd)
             os.close(self._tmpfd)
             self._tmpfd = None
         self._names = []
