@@ -232,6 +232,27 @@ def test_collect_with_an_interval(workload_pie):
     assert profile.info["returncode"] == 0
 
 
+def test_collect_ctrl_c_while_a_window_ends(workload_pie):
+    """Ctrl-C (SIGINT, Python's own handler) while on_window takes window
+    2: it waits until the window is handed over whole, then stops the
+    recording; the windows received still sum to the total."""
+    from ebpf_bolt import collect
+    got = []
+
+    def on_window(n, profiles, early):
+        if n == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+        got.append(Counter(profiles[0].samples))
+    profile = collect(command=[str(workload_pie), *WORKLOAD], mode="ip",
+                      interval=0.5, on_window=on_window)
+    assert len(got) == profile.info["windows"] == 3
+    summed = Counter()
+    for samples in got:
+        summed.update(samples)
+    assert summed == Counter(profile.samples) and sum(summed.values()) > 100
+
+
 @pytest.mark.parametrize("interval", [0, -1, True, "1", float("nan"),
                                       float("inf")])
 def test_collect_refuses_a_bad_interval(interval):

@@ -11,7 +11,7 @@ import re
 import resource
 import time
 
-from .windows import Windows
+from .windows import Windows, deferred_sigint
 from .handle import Handle
 from . import _libbpf, bolt
 from . import perf_event as pe
@@ -1220,7 +1220,7 @@ def collect(pid=None, command=None, duration=None,
             rec.finish()
         else:
             windows = Windows(rec, interval, on_window or (lambda *a: None),
-                              notice)
+                              notice, deferred_sigint)
             rec.run(poll=windows.poll)
             windows.finish()
     if command is not None:

@@ -22,6 +22,7 @@ watches the next one's fill (every WATCH seconds) and ends it early too;
 what still overflows is counted (map_full) and warned about by the CLI.
 """
 import contextlib
+import signal
 import threading
 import time
 from array import array
@@ -68,6 +69,29 @@ def total_counts(total, mode):
     cols[0], returns = split_returns(cols[0])
     return TraceColumns(cols, returns=returns)
 
+
+
+@contextlib.contextmanager
+def deferred_sigint():
+    """SIGINT waits while a window ends (switch, drain, clear, written),
+    then raises KeyboardInterrupt as it would have: raised inside, it
+    would leave a window drained from the tables but not written, or
+    written in part but in the total. For Python's own SIGINT handler
+    (collect()), in the main thread where signals are handled; the CLI
+    defers its own handlers (cli._deferred_signals)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not
+            signal.default_int_handler):
+        yield
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
 
 class Windows:
     """Ends the windows of a recording (`rec`, a Recorder made with
