@@ -593,16 +593,16 @@ def window_name(output, n, directory=False):
             else f"{output}.{n:04d}")
 
 
-def stale_windows(profile, output, directory=False):
-    """A warning when windows numbered past this run's last one are there
-    (left by an earlier, longer run): adding FILE.* up would count them."""
+def stale_windows(profile, output):
+    """A warning when windows numbered past this run's last one are beside
+    -o FILE (left by an earlier, longer run): adding FILE.* up would count
+    them."""
     n = profile.info.get("windows")
     if not n:
         return []
-    where = output if directory else os.path.dirname(output) or "."
-    pattern = re.compile(("" if directory else
-                          re.escape(os.path.basename(output)) + r"\.") +
-                         r"([0-9]{4,})")
+    where = os.path.dirname(output) or "."
+    pattern = re.compile(re.escape(os.path.basename(output))
+                         + r"\.([0-9]{4,})")
     try:
         names = os.listdir(where)
     except OSError:
@@ -854,10 +854,9 @@ def record_objects(args, rec, inputs, progress, frequency, duration,
             for line in _made_by(first) + warnings + loss_warnings(
                     first, fmt or first.default_format):
                 _say(line)
+        # (no earlier run's windows: -o DIR was new or empty at the start)
         if rec.profiles and windows_line(rec.profiles[0], args.output, True):
             _say(windows_line(rec.profiles[0], args.output, True))
-            for line in stale_windows(rec.profiles[0], args.output, True):
-                _say(line)
         for line in unwritten_warning(unwritten):
             _say(line)
         _say(f"wrote {plural(len(names), 'profile')} and index.json to "
