@@ -10,10 +10,11 @@ index.json entry) says which, and anything else is refused before reading a
 record.
 
 Memory holds the summed key -> count table and, per input, its provenance
-(a small dict): files are read a line at a time, and the provenance of the
-inputs is folded (ProvenanceSum) before any record is read. The output is sorted by key, so merging is
-associative and commutative byte for byte, and a merge's output (with its
-own sidecar) is an input like any other.
+(a small dict): files are read a block of lines at a time (reduce_builtin),
+and the provenance of the inputs is folded (ProvenanceSum) before any
+record is read. The output is sorted by key, so merging is associative
+and commutative byte for byte, and a merge's output (with its own
+sidecar) is an input like any other.
 
 The same reduce runs as a group-by-sum in DuckDB (engine="duckdb",
 ``pip install 'ebpf-bolt[duckdb]'``) over the files on disk; the regular

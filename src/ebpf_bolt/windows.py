@@ -70,7 +70,6 @@ def total_counts(total, mode):
     return TraceColumns(cols, returns=returns)
 
 
-
 @contextlib.contextmanager
 def deferred_sigint():
     """SIGINT waits while a window ends (switch, drain, clear, written),
