@@ -600,19 +600,12 @@ def stale_windows(profile, output):
     n = profile.info.get("windows")
     if not n:
         return []
-    where = os.path.dirname(output) or "."
-    pattern = re.compile(re.escape(os.path.basename(output))
-                         + r"\.([0-9]{4,})")
-    try:
-        names = os.listdir(where)
-    except OSError:
-        return []
-    stale = sorted((int(m.group(1)), name) for name in names
-                   if (m := pattern.fullmatch(name)) and int(m.group(1)) > n)
+    stale = [(number, path) for number, path, sidecar in
+             _window_files(output) if not sidecar and number > n]
     if not stale:
         return []
     return [f"warning: {plural(len(stale), 'window')} past this recording's "
-            f"{n} ({os.path.join(where, stale[0][1])} first) "
+            f"{n} ({stale[0][1]} first) "
             "are an earlier run's: remove them before adding windows up"]
 
 
@@ -664,6 +657,21 @@ def unwritten_warning(unwritten):
 WINDOW_SUFFIX = ".00000.json"
 
 
+def _window_files(output):
+    """The windows of -o FILE there now, and their sidecars: sorted
+    (number, path, is a sidecar) of the names FILE.0001, FILE.0001.json
+    and on beside it ([] where its directory cannot be read)."""
+    where = os.path.dirname(output) or "."
+    pattern = re.compile(re.escape(os.path.basename(output))
+                         + r"\.([0-9]{4,})(\.json)?")
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return []
+    return sorted((int(m[1]), os.path.join(where, name), bool(m[2]))
+                  for name in names if (m := pattern.fullmatch(name)))
+
+
 def _check_window_names(output):
     """Before recording, that -o FILE's windows, FILE.0001 and on, and
     their sidecars FILE.0001.json, can be written: their names fit the
@@ -680,15 +688,7 @@ def _check_window_names(output):
                           f"named {base}.0001.json and on, longer than the "
                           f"{name_max} bytes a file name can have there",
                           "give -o a shorter file name")
-    pattern = re.compile(re.escape(base) + r"\.[0-9]{4,}(\.json)?")
-    try:
-        names = os.listdir(where)
-    except OSError:
-        return
-    for entry in sorted(names):
-        if not pattern.fullmatch(entry):
-            continue
-        path = os.path.join(where, entry)
+    for _, path, _ in _window_files(output):
         try:
             st = os.stat(path)   # through links: their target is written
         except OSError:

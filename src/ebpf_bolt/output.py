@@ -535,11 +535,9 @@ class Sidecar(Handle):
         except OSError as e:
             raise output_error(self.path, e) from None
         if st is not None and not stat.S_ISREG(st.st_mode):
-            what = ("a symlink" if stat.S_ISLNK(st.st_mode) else
-                    "a directory" if stat.S_ISDIR(st.st_mode) else
-                    "not a regular file")
             raise OutputError(f"{self.path}, where the profile's sidecar "
-                              f"goes, is {what}", "move it away, or give "
+                              f"goes, is {file_type(st.st_mode)}",
+                              "move it away, or give "
                               "the profile another name with -o")
         _refuse_inputs(self.path, st, self._inputs)
         if st is None and not os.access(os.path.dirname(

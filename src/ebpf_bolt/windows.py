@@ -116,14 +116,11 @@ class Windows:
                                 # traces, every object's
         self.start = rec.t_start
         self.next_end = self.start + interval
-        # no window ends once the duration has passed (Recorder.run stops)
-        self.stop_at = (None if rec.duration is None else
-                        rec.t_start + rec.duration)
 
     def poll(self):
+        """At every turn of Recorder.run's loop, which calls it no more
+        once the duration has passed (the last window is finish()'s)."""
         now = time.monotonic()
-        if self.stop_at is not None and now >= self.stop_at:
-            return   # the recording ends: its last window is finish()'s
         fill = self.rec.window_fill()
         if now >= self.next_end or fill >= EARLY_FILL:
             with self.defer():
